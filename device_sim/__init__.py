@@ -1,0 +1,1 @@
+"""Simulated medical devices and manufacturers: demo PKI, signed events, a fleet over MQTT."""

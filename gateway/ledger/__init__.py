@@ -1,0 +1,1 @@
+"""Proof layer: transparency log, checkpoints, witnesses, chain anchors."""

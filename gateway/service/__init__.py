@@ -1,0 +1,1 @@
+"""The running gateway: lanes, batcher, outbox, as named asyncio tasks."""

@@ -1,0 +1,1 @@
+"""Durable state in SQLite: events, devices, manifests, quarantine, outbox."""

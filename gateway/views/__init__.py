@@ -1,0 +1,1 @@
+"""What people and auditors touch: the CLI, the web UI, audit bundles, FHIR export."""

@@ -1,0 +1,31 @@
+"""Root of the ``provgw`` command tree; each command group lives in its own module."""
+
+from __future__ import annotations
+
+import click
+
+from gateway import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="provgw")
+def cli() -> None:
+    """Provenance Gateway: verifiable firmware, maintenance and custody history for device fleets.
+
+    Every command takes --json for scripts; exit code 0 means success (or "valid"), 1 means the
+    input was refused, 2 means the command was used wrongly.
+    """
+
+
+def _register() -> None:
+    # Imported here so that `provgw --help` lists every group; each module adds one group.
+    from gateway.views.cli import _message  # noqa: PLC0415
+
+    for module in (_message,):
+        cli.add_command(module.group)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _register()
+    cli()
