@@ -1,0 +1,249 @@
+"""Enrolled devices and their key history: the persistent side of the device registry.
+
+Plain rows only (device id, manufacturer, kid, certificate DER, chain DER list): verifying a
+certificate chain or a rotation event is ``gateway.core``'s job; this module records the outcome
+so it survives a restart, and enforces the invariants a database can enforce:
+
+- a key id belongs to at most one device, ever (``device_keys.kid`` is the primary key), so a
+  retired or foreign key can never be re-enrolled under another device (key substitution);
+- a device's key changes only through :meth:`DeviceStore.rotate` (DESIGN: "key rotation is an
+  event signed by the old key"), never by enrolling again with another key;
+- a revoked device is neither re-enrolled nor rotated.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+from gateway.core.errors import PolicyError, RevokedError, UntrustedSignerError
+from gateway.store.db import Database
+
+__all__ = ["DeviceKey", "DeviceRow", "DeviceStore"]
+
+_SELECT_DEVICES = (
+    "SELECT device_id, manufacturer, kid, cert, chain, enrolled_ms, last_seq, revoked_ms,"
+    " rotated_from_kid FROM devices"
+)
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    """One enrolled device and its current key; ``chain`` holds the DER certificates above it."""
+
+    device_id: str
+    manufacturer: str
+    kid: bytes
+    cert: bytes
+    chain: tuple[bytes, ...]
+    enrolled_ms: int
+    last_seq: int | None
+    revoked_ms: int | None
+    rotated_from_kid: bytes | None
+
+    @property
+    def revoked(self) -> bool:
+        """Whether the device has been revoked."""
+        return self.revoked_ms is not None
+
+
+@dataclass(frozen=True)
+class DeviceKey:
+    """One key a device has had; ``valid_to_ms`` is ``None`` for the current key."""
+
+    kid: bytes
+    device_id: str
+    cert: bytes
+    valid_from_ms: int
+    valid_to_ms: int | None
+
+
+def _device(row: Sequence[Any]) -> DeviceRow:
+    chain = cbor2.loads(row[4])
+    return DeviceRow(row[0], row[1], row[2], row[3], tuple(chain), *row[5:])
+
+
+def _kid_owner(conn: sqlite3.Connection, kid: bytes) -> str | None:
+    row = conn.execute("SELECT device_id FROM device_keys WHERE kid = ?", (kid,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+class DeviceStore:
+    """Enrolled devices, looked up by device id or by key id (the COSE ``kid``)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def enrol(  # noqa: PLR0913 - one argument per stored column, all keyword-only
+        self,
+        *,
+        device_id: str,
+        manufacturer: str,
+        kid: bytes,
+        cert: bytes,
+        chain: Sequence[bytes],
+        now_ms: int,
+    ) -> DeviceRow:
+        """Enrol a device, or refresh its certificate and chain when it re-enrols with its key.
+
+        Raises :class:`PolicyError` (``kid-in-use``) if *kid* belongs to another device or to
+        one of this device's retired keys, :class:`PolicyError` (``kid-changed``) if the device
+        is enrolled with another key, and :class:`RevokedError` if the device was revoked.
+        """
+        chain_blob = cbor2.dumps([bytes(c) for c in chain])
+        with self._db.atomic() as conn:
+            current = conn.execute(
+                _SELECT_DEVICES + " WHERE device_id = ?", (device_id,)
+            ).fetchone()
+            owner = _kid_owner(conn, kid)
+            if current is None:
+                if owner is not None:
+                    raise _kid_in_use(kid, owner)
+                # A device enrolled after some of its events were stored (e.g. a restored
+                # database) starts from the highest stored seq, not from nothing.
+                conn.execute(
+                    "INSERT INTO devices (device_id, manufacturer, kid, cert, chain, enrolled_ms,"
+                    " last_seq) VALUES (?, ?, ?, ?, ?, ?,"
+                    " (SELECT max(seq) FROM events WHERE device_id = ?))",
+                    (device_id, manufacturer, kid, cert, chain_blob, now_ms, device_id),
+                )
+                conn.execute(
+                    "INSERT INTO device_keys (kid, device_id, cert, valid_from_ms)"
+                    " VALUES (?, ?, ?, ?)",
+                    (kid, device_id, cert, now_ms),
+                )
+            else:
+                existing = _device(current)
+                if existing.revoked:
+                    raise _revoked(device_id)
+                if existing.kid != kid:
+                    if owner is not None:
+                        raise _kid_in_use(kid, owner)
+                    raise PolicyError(
+                        f"Device {device_id} is already enrolled with another key; a new key is "
+                        "accepted only through a key-rotation event signed by the current key.",
+                        reason="kid-changed",
+                    )
+                conn.execute(
+                    "UPDATE devices SET manufacturer = ?, cert = ?, chain = ? WHERE device_id = ?",
+                    (manufacturer, cert, chain_blob, device_id),
+                )
+                conn.execute("UPDATE device_keys SET cert = ? WHERE kid = ?", (cert, kid))
+            row = conn.execute(_SELECT_DEVICES + " WHERE device_id = ?", (device_id,)).fetchone()
+        return _device(row)
+
+    def rotate(
+        self,
+        device_id: str,
+        *,
+        new_kid: bytes,
+        new_cert: bytes,
+        new_chain: Sequence[bytes],
+        now_ms: int,
+    ) -> DeviceRow:
+        """Replace a device's key after core verified the rotation event signed by the old key.
+
+        The old key is closed in the key history at *now_ms* and recorded as
+        ``rotated_from_kid``. Raises :class:`UntrustedSignerError` for an unknown device,
+        :class:`RevokedError` for a revoked one, :class:`PolicyError` (``kid-in-use``) if
+        *new_kid* was ever used before.
+        """
+        chain_blob = cbor2.dumps([bytes(c) for c in new_chain])
+        with self._db.atomic() as conn:
+            current = conn.execute(
+                _SELECT_DEVICES + " WHERE device_id = ?", (device_id,)
+            ).fetchone()
+            if current is None:
+                raise UntrustedSignerError(
+                    f"Device {device_id} is not enrolled, so it has no key to rotate; enrol it "
+                    "first.",
+                    reason="unknown-device",
+                )
+            existing = _device(current)
+            if existing.revoked:
+                raise _revoked(device_id)
+            owner = _kid_owner(conn, new_kid)
+            if owner is not None:
+                raise _kid_in_use(new_kid, owner)
+            conn.execute(
+                "UPDATE device_keys SET valid_to_ms = ? WHERE kid = ?", (now_ms, existing.kid)
+            )
+            conn.execute(
+                "INSERT INTO device_keys (kid, device_id, cert, valid_from_ms) VALUES (?, ?, ?, ?)",
+                (new_kid, device_id, new_cert, now_ms),
+            )
+            conn.execute(
+                "UPDATE devices SET kid = ?, cert = ?, chain = ?, rotated_from_kid = ?"
+                " WHERE device_id = ?",
+                (new_kid, new_cert, chain_blob, existing.kid, device_id),
+            )
+            row = conn.execute(_SELECT_DEVICES + " WHERE device_id = ?", (device_id,)).fetchone()
+        return _device(row)
+
+    def revoke(self, device_id: str, *, now_ms: int) -> bool:
+        """Mark a device revoked at *now_ms*; return ``False`` if it is not enrolled.
+
+        Revoking twice keeps the first time: the earliest revocation is the one that counts for
+        judging what the device signed afterwards.
+        """
+        with self._db.atomic() as conn:
+            cursor = conn.execute(
+                "UPDATE devices SET revoked_ms = coalesce(revoked_ms, ?) WHERE device_id = ?",
+                (now_ms, device_id),
+            )
+            return cursor.rowcount == 1
+
+    def get(self, device_id: str) -> DeviceRow | None:
+        """Return the enrolled device *device_id*, or ``None``."""
+        rows = self._db.query(_SELECT_DEVICES + " WHERE device_id = ?", (device_id,))
+        return _device(rows[0]) if rows else None
+
+    def by_kid(self, kid: bytes) -> DeviceRow | None:
+        """Return the device whose CURRENT key is *kid*, or ``None`` (retired keys match nothing).
+
+        Use :meth:`key_owner` to attribute a retired key.
+        """
+        rows = self._db.query(_SELECT_DEVICES + " WHERE kid = ?", (kid,))
+        return _device(rows[0]) if rows else None
+
+    def key_owner(self, kid: bytes) -> DeviceKey | None:
+        """Return the key-history entry for *kid* (current or retired), or ``None``."""
+        rows = self._db.query(
+            "SELECT kid, device_id, cert, valid_from_ms, valid_to_ms FROM device_keys"
+            " WHERE kid = ?",
+            (kid,),
+        )
+        return DeviceKey(*rows[0]) if rows else None
+
+    def key_history(self, device_id: str) -> list[DeviceKey]:
+        """Return every key *device_id* has had, oldest first."""
+        rows = self._db.query(
+            "SELECT kid, device_id, cert, valid_from_ms, valid_to_ms FROM device_keys"
+            " WHERE device_id = ? ORDER BY valid_from_ms, rowid",
+            (device_id,),
+        )
+        return [DeviceKey(*row) for row in rows]
+
+    def last_seq(self, device_id: str) -> int | None:
+        """Return the highest seq stored for an enrolled device, ``None`` if none or unknown."""
+        rows = self._db.query("SELECT last_seq FROM devices WHERE device_id = ?", (device_id,))
+        return None if not rows or rows[0][0] is None else int(rows[0][0])
+
+
+def _kid_in_use(kid: bytes, owner: str) -> PolicyError:
+    return PolicyError(
+        f"Key id {kid.hex()} already belongs to device {owner} (now or in the past); a key id is "
+        "never reused, so this enrolment is refused.",
+        reason="kid-in-use",
+    )
+
+
+def _revoked(device_id: str) -> RevokedError:
+    return RevokedError(
+        f"Device {device_id} has been revoked; its identity cannot be re-enrolled or rotated.",
+        reason="revoked",
+    )

@@ -1,0 +1,326 @@
+"""The event store: verified device events and quarantined input, written in one transaction.
+
+The ingest pipeline verifies a batch of messages (``gateway.core``), then calls
+:meth:`EventStore.insert_batch` once with the verified events and the refused messages; the MQTT
+acknowledgements are sent only after it returns, so a crash before the commit means the broker
+redelivers the whole batch (MQTT 3.1.1 §4.3.2, QoS 1 "at least once"), and a crash after it means
+the redelivery is absorbed here as duplicates.
+
+``insert_batch`` steps, each defending a named threat:
+
+1. Digest every record's exact received bytes (SHA-256): the digest is what (device, seq)
+   identity is judged on, and what the transparency log later commits to.
+2. Look up the batch's (device, seq) pairs already stored, in one indexed query.
+3. Partition: same (device, seq) with the same digest is a duplicate (QoS 1 redelivery: counted,
+   not stored twice); with another digest it is a conflict (replay, device fault or a cloned
+   device: quarantined with reason ``replay``, the first message kept).
+4. Insert the new events with a fresh 32-byte salt each (the log commitment's salt; destroying it
+   crypto-shreds the record), the quarantine rows, and raise each enrolled device's ``last_seq``
+   high-water mark — all in ONE transaction, so the acknowledgement after the commit covers
+   every row of the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.core.errors import VerificationError
+from gateway.store.db import Database
+
+__all__ = [
+    "BatchResult",
+    "EventRecord",
+    "EventStore",
+    "QuarantineRecord",
+    "QuarantinedRow",
+    "StoredEvent",
+]
+
+#: Reason token for a (device, seq) reused with other bytes; matches ``ReplayError``.
+REPLAY_REASON = "replay"
+
+#: Pairs per lookup query: two parameters each, far below SQLite's 32,766-parameter limit.
+_LOOKUP_CHUNK = 400
+
+_SELECT_EVENTS = (
+    "SELECT id, device_id, seq, type, event_time_ms, received_ms, site, topic, raw, digest,"
+    " payload, salt FROM events"
+)
+_INSERT_EVENT = (
+    "INSERT INTO events (id, device_id, seq, type, event_time_ms, received_ms, site, topic, raw,"
+    " digest, payload, salt) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_SELECT_QUARANTINE = (
+    "SELECT id, received_ms, topic, raw, reason, detail, device_hint FROM quarantine"
+)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """A verified device event, ready to store: ``raw`` is the exact signed COSE bytes received."""
+
+    device_id: str
+    seq: int
+    type: str
+    event_time_ms: int
+    received_ms: int
+    site: str
+    topic: str
+    raw: bytes
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event as stored: the record plus its row id, digest and salt (``None`` once shredded)."""
+
+    id: int
+    device_id: str
+    seq: int
+    type: str
+    event_time_ms: int
+    received_ms: int
+    site: str
+    topic: str
+    raw: bytes
+    digest: bytes
+    payload: bytes
+    salt: bytes | None
+
+
+@dataclass(frozen=True)
+class QuarantineRecord:
+    """Refused input to keep: the bytes, the machine ``reason`` and the human ``detail``."""
+
+    received_ms: int
+    topic: str
+    raw: bytes
+    reason: str
+    detail: str
+    device_hint: str | None = None
+
+    @classmethod
+    def from_error(
+        cls,
+        error: VerificationError,
+        *,
+        received_ms: int,
+        topic: str,
+        raw: bytes,
+        device_hint: str | None = None,
+    ) -> QuarantineRecord:
+        """Quarantine *raw* for the reason and sentence *error* carries."""
+        return cls(received_ms, topic, raw, error.reason, error.message, device_hint)
+
+
+@dataclass(frozen=True)
+class QuarantinedRow:
+    """A quarantine row as stored."""
+
+    id: int
+    received_ms: int
+    topic: str
+    raw: bytes
+    reason: str
+    detail: str
+    device_hint: str | None
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one :meth:`EventStore.insert_batch` did.
+
+    ``stored`` holds the new row ids in the order of the records stored; ``duplicates`` counts
+    records already stored with identical bytes; ``conflicts`` lists each record whose
+    (device, seq) was taken by other bytes, with the sentence it was quarantined with.
+    """
+
+    stored: list[int] = field(default_factory=list)
+    duplicates: int = 0
+    conflicts: list[tuple[EventRecord, str]] = field(default_factory=list)
+
+
+def _conflict_detail(record: EventRecord) -> str:
+    return (
+        f"Device {record.device_id} sent sequence number {record.seq} again with different "
+        "content; the first message with this number is kept and this one is set aside. This "
+        "is a replay, a device fault, or two devices using the same identity."
+    )
+
+
+class EventStore:
+    """Verified events and quarantined input in the gateway database."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def insert_batch(
+        self,
+        records: Sequence[EventRecord],
+        quarantined: Sequence[QuarantineRecord] = (),
+    ) -> BatchResult:
+        """Store *records* and *quarantined* in one transaction; see the module's steps 1-4.
+
+        Idempotent: calling it again with the same batch stores nothing new and counts every
+        record as a duplicate. Raises :class:`~gateway.core.errors.UnavailableError` when the
+        database cannot be written; then nothing of the batch is stored.
+        """
+        # Step 1: digest of the exact bytes received (outside the lock: pure CPU).
+        digests = [hashlib.sha256(r.raw).digest() for r in records]
+        with self._db.atomic() as conn:
+            # Step 2: what is already stored for these (device, seq) pairs.
+            seen: dict[tuple[str, int], bytes] = self._stored_digests(
+                conn, [(r.device_id, r.seq) for r in records]
+            )
+            # Step 3: partition into new, duplicate and conflicting records. A pair repeated
+            # inside the batch is judged against its first occurrence, exactly as if it had
+            # arrived in a later batch.
+            new: list[tuple[EventRecord, bytes]] = []
+            duplicates = 0
+            conflicts: list[tuple[EventRecord, str]] = []
+            for record, digest in zip(records, digests, strict=True):
+                key = (record.device_id, record.seq)
+                known = seen.get(key)
+                if known is None:
+                    seen[key] = digest
+                    new.append((record, digest))
+                elif known == digest:
+                    duplicates += 1
+                else:
+                    conflicts.append((record, _conflict_detail(record)))
+
+            # Step 4: write everything. Ids are assigned here, under the write lock that
+            # BEGIN IMMEDIATE holds, so they are known without reading them back.
+            first_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
+            ids = list(range(first_id, first_id + len(new)))
+            conn.executemany(
+                _INSERT_EVENT,
+                [
+                    (
+                        row_id,
+                        r.device_id,
+                        r.seq,
+                        r.type,
+                        r.event_time_ms,
+                        r.received_ms,
+                        r.site,
+                        r.topic,
+                        r.raw,
+                        digest,
+                        r.payload,
+                        secrets.token_bytes(32),
+                    )
+                    for row_id, (r, digest) in zip(ids, new, strict=True)
+                ],
+            )
+            replays = [
+                QuarantineRecord(r.received_ms, r.topic, r.raw, REPLAY_REASON, detail, r.device_id)
+                for r, detail in conflicts
+            ]
+            conn.executemany(
+                "INSERT INTO quarantine (received_ms, topic, raw, reason, detail, device_hint)"
+                " VALUES (?,?,?,?,?,?)",
+                [
+                    (q.received_ms, q.topic, q.raw, q.reason, q.detail, q.device_hint)
+                    for q in (*quarantined, *replays)
+                ],
+            )
+            # The per-device high-water mark only moves up; devices not enrolled are untouched.
+            high: dict[str, int] = {}
+            for r, _ in new:
+                high[r.device_id] = max(r.seq, high.get(r.device_id, r.seq))
+            conn.executemany(
+                "UPDATE devices SET last_seq = max(coalesce(last_seq, ?1), ?1)"
+                " WHERE device_id = ?2",
+                [(seq, device) for device, seq in high.items()],
+            )
+        return BatchResult(stored=ids, duplicates=duplicates, conflicts=conflicts)
+
+    @staticmethod
+    def _stored_digests(
+        conn: sqlite3.Connection,
+        keys: Sequence[tuple[str, int]],
+    ) -> dict[tuple[str, int], bytes]:
+        found: dict[tuple[str, int], bytes] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), _LOOKUP_CHUNK):
+            chunk = unique[start : start + _LOOKUP_CHUNK]
+            # A VALUES CTE joined on the UNIQUE(device_id, seq) index: one indexed probe per
+            # pair (a row-value IN list would scan the table).
+            values = ",".join("(?,?)" for _ in chunk)
+            rows = conn.execute(
+                f"WITH k(d, s) AS (VALUES {values}) "  # noqa: S608 - only "(?,?)" placeholders
+                "SELECT e.device_id, e.seq, e.digest FROM k "
+                "JOIN events e ON e.device_id = k.d AND e.seq = k.s",
+                [v for pair in chunk for v in pair],
+            )
+            found.update(((d, s), digest) for d, s, digest in rows)
+        return found
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        """Return the number of stored events."""
+        return int(self._db.query("SELECT count(*) FROM events")[0][0])
+
+    def get(self, device_id: str, seq: int) -> StoredEvent | None:
+        """Return the event a device sent with *seq*, or ``None``."""
+        rows = self._db.query(
+            _SELECT_EVENTS + " WHERE device_id = ? AND seq = ?",
+            (device_id, seq),
+        )
+        return _events(rows)[0] if rows else None
+
+    def by_id(self, event_id: int) -> StoredEvent | None:
+        """Return the event stored under row id *event_id*, or ``None``."""
+        rows = self._db.query(
+            _SELECT_EVENTS + " WHERE id = ?",
+            (event_id,),
+        )
+        return _events(rows)[0] if rows else None
+
+    def history(self, device_id: str) -> list[StoredEvent]:
+        """Return every stored event of *device_id*, in sequence order."""
+        return _events(
+            self._db.query(
+                _SELECT_EVENTS + " WHERE device_id = ? ORDER BY seq",
+                (device_id,),
+            )
+        )
+
+    def quarantine_rows(
+        self,
+        *,
+        reason: str | None = None,
+        device_hint: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[QuarantinedRow]:
+        """Return quarantined input, newest first, optionally only one reason or device.
+
+        Page with ``before_id`` set to the smallest id of the previous page.
+        """
+        sql = _SELECT_QUARANTINE + " WHERE id < ?"
+        params: list[object] = [before_id if before_id is not None else 2**63 - 1]
+        if reason is not None:
+            sql += " AND reason = ?"
+            params.append(reason)
+        if device_hint is not None:
+            sql += " AND device_hint = ?"
+            params.append(device_hint)
+        rows = self._db.query(sql + " ORDER BY id DESC LIMIT ?", [*params, limit])
+        return [QuarantinedRow(*row) for row in rows]
+
+    def quarantine_counts(self) -> dict[str, int]:
+        """Return how many quarantined messages there are per reason token."""
+        rows = self._db.query("SELECT reason, count(*) FROM quarantine GROUP BY reason")
+        return {reason: int(n) for reason, n in rows}
+
+
+def _events(rows: Iterable[Sequence[Any]]) -> list[StoredEvent]:
+    return [StoredEvent(*row) for row in rows]

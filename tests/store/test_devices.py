@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import pytest
+
+from gateway.core.errors import PolicyError, RevokedError, UntrustedSignerError
+from gateway.store.devices import DeviceStore
+from gateway.store.events import EventRecord, EventStore
+
+
+@pytest.fixture
+def devices(db):
+    return DeviceStore(db)
+
+
+def enrol(devices: DeviceStore, device: str = "pump-1", kid: bytes = b"kid-1", **extra):
+    fields = {
+        "device_id": device,
+        "manufacturer": "acme",
+        "kid": kid,
+        "cert": b"cert-" + kid,
+        "chain": [b"intermediate", b"root"],
+        "now_ms": 1_000,
+    }
+    fields.update(extra)
+    return devices.enrol(**fields)
+
+
+def test_enrolled_device_is_found_by_id_and_by_kid_with_its_chain(devices):
+    row = enrol(devices)
+    assert devices.get("pump-1") == row
+    assert devices.by_kid(b"kid-1") == row
+    assert row.chain == (b"intermediate", b"root")
+    assert (row.manufacturer, row.cert, row.enrolled_ms) == ("acme", b"cert-kid-1", 1_000)
+    assert (row.last_seq, row.revoked_ms, row.rotated_from_kid) == (None, None, None)
+    assert devices.get("pump-2") is None
+    assert devices.by_kid(b"kid-2") is None
+
+
+def test_reenrolling_with_the_same_key_refreshes_certificate_and_chain(devices):
+    enrol(devices)
+    row = enrol(devices, cert=b"renewed", chain=[b"new-intermediate"], now_ms=9_999)
+    assert (row.cert, row.chain) == (b"renewed", (b"new-intermediate",))
+    assert row.enrolled_ms == 1_000
+    assert [k.cert for k in devices.key_history("pump-1")] == [b"renewed"]
+
+
+def test_reenrolling_with_another_key_is_refused(devices):
+    enrol(devices)
+    with pytest.raises(PolicyError) as info:
+        enrol(devices, kid=b"kid-2")
+    assert info.value.reason == "kid-changed"
+    assert devices.by_kid(b"kid-1") is not None
+    assert devices.by_kid(b"kid-2") is None
+
+
+def test_a_key_id_of_another_device_is_refused(devices):
+    enrol(devices, "pump-1", b"shared")
+    with pytest.raises(PolicyError) as info:
+        enrol(devices, "pump-2", b"shared")
+    assert info.value.reason == "kid-in-use"
+    assert devices.get("pump-2") is None
+
+
+def test_rotation_moves_the_device_to_the_new_key_and_keeps_history(devices):
+    enrol(devices)
+    row = devices.rotate(
+        "pump-1", new_kid=b"kid-2", new_cert=b"cert-2", new_chain=[b"ca"], now_ms=5_000
+    )
+    assert (row.kid, row.cert, row.chain, row.rotated_from_kid) == (
+        b"kid-2",
+        b"cert-2",
+        (b"ca",),
+        b"kid-1",
+    )
+    assert devices.by_kid(b"kid-2") == row
+    assert devices.by_kid(b"kid-1") is None
+    old = devices.key_owner(b"kid-1")
+    assert old is not None
+    assert (old.device_id, old.valid_from_ms, old.valid_to_ms) == ("pump-1", 1_000, 5_000)
+    assert [(k.kid, k.valid_to_ms) for k in devices.key_history("pump-1")] == [
+        (b"kid-1", 5_000),
+        (b"kid-2", None),
+    ]
+
+
+def test_a_retired_key_id_is_never_reused(devices):
+    enrol(devices)
+    devices.rotate("pump-1", new_kid=b"kid-2", new_cert=b"c", new_chain=[], now_ms=5_000)
+    with pytest.raises(PolicyError) as by_other:
+        enrol(devices, "pump-2", b"kid-1")
+    assert by_other.value.reason == "kid-in-use"
+    with pytest.raises(PolicyError) as back:
+        devices.rotate("pump-1", new_kid=b"kid-1", new_cert=b"c", new_chain=[], now_ms=6_000)
+    assert back.value.reason == "kid-in-use"
+    row = devices.get("pump-1")
+    assert row is not None
+    assert row.kid == b"kid-2"
+
+
+def test_rotating_an_unknown_device_is_refused(devices):
+    with pytest.raises(UntrustedSignerError) as info:
+        devices.rotate("ghost", new_kid=b"k", new_cert=b"c", new_chain=[], now_ms=1)
+    assert info.value.reason == "unknown-device"
+
+
+def test_revocation_keeps_the_first_time_and_blocks_reenrolment_and_rotation(devices):
+    enrol(devices)
+    assert devices.revoke("pump-1", now_ms=7_000)
+    assert devices.revoke("pump-1", now_ms=8_000)
+    row = devices.get("pump-1")
+    assert row is not None
+    assert row.revoked
+    assert row.revoked_ms == 7_000
+    with pytest.raises(RevokedError):
+        enrol(devices)
+    with pytest.raises(RevokedError):
+        devices.rotate("pump-1", new_kid=b"kid-2", new_cert=b"c", new_chain=[], now_ms=9_000)
+    assert not devices.revoke("ghost", now_ms=1)
+
+
+def test_device_enrolled_after_its_events_starts_from_the_highest_stored_seq(db, devices):
+    EventStore(db).insert_batch(
+        [
+            EventRecord("pump-1", seq, "custody", 0, 0, "site-a", "t", f"r{seq}".encode(), b"p")
+            for seq in (3, 11, 4)
+        ]
+    )
+    assert enrol(devices).last_seq == 11
+    assert devices.last_seq("pump-1") == 11
+    assert devices.last_seq("ghost") is None

@@ -1,0 +1,220 @@
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.core.errors import SignatureError
+from gateway.store.db import Database
+from gateway.store.devices import DeviceStore
+from gateway.store.events import EventRecord, EventStore, QuarantineRecord
+
+
+def record(device: str = "pump-1", seq: int = 0, raw: bytes | None = None) -> EventRecord:
+    return EventRecord(
+        device_id=device,
+        seq=seq,
+        type="maintenance",
+        event_time_ms=1_700_000_000_000 + seq,
+        received_ms=1_700_000_000_500 + seq,
+        site="site-a",
+        topic=f"provgw/v1/site-a/dev/{device}/evt/maintenance",
+        raw=raw if raw is not None else f"cose:{device}:{seq}".encode(),
+        payload=f"cbor:{device}:{seq}".encode(),
+    )
+
+
+def refused(marker: str = "x", reason: str = "bad-signature") -> QuarantineRecord:
+    return QuarantineRecord(
+        received_ms=1,
+        topic="provgw/v1/site-a/dev/pump-9/evt/custody",
+        raw=marker.encode(),
+        reason=reason,
+        detail="The signature does not verify.",
+        device_hint="pump-9",
+    )
+
+
+@pytest.fixture
+def store(db):
+    return EventStore(db)
+
+
+def test_batch_insert_stores_every_record_with_its_row_id(store):
+    batch = [record(seq=s) for s in range(5)] + [record("monitor-2", 0)]
+    result = store.insert_batch(batch)
+    assert len(result.stored) == 6
+    assert result.duplicates == 0
+    assert result.conflicts == []
+    assert store.count() == 6
+    for row_id, rec in zip(result.stored, batch, strict=True):
+        stored = store.by_id(row_id)
+        assert stored is not None
+        assert (stored.device_id, stored.seq, stored.raw, stored.payload) == (
+            rec.device_id,
+            rec.seq,
+            rec.raw,
+            rec.payload,
+        )
+        assert (stored.type, stored.site, stored.topic) == (rec.type, rec.site, rec.topic)
+        assert (stored.event_time_ms, stored.received_ms) == (rec.event_time_ms, rec.received_ms)
+
+
+def test_row_ids_keep_growing_across_batches(store):
+    first = store.insert_batch([record(seq=s) for s in range(3)])
+    second = store.insert_batch([record(seq=s) for s in range(3, 6)])
+    assert first.stored + second.stored == sorted(first.stored + second.stored)
+    assert len(set(first.stored + second.stored)) == 6
+
+
+def test_digest_is_sha256_of_the_exact_bytes_and_each_salt_is_fresh(store):
+    store.insert_batch([record(seq=0), record(seq=1)])
+    a, b = store.history("pump-1")
+    assert a.digest == hashlib.sha256(a.raw).digest()
+    assert a.salt is not None
+    assert b.salt is not None
+    assert len(a.salt) == 32
+    assert a.salt != b.salt
+
+
+def test_redelivered_batch_stores_nothing_new_and_counts_duplicates(store):
+    batch = [record(seq=s) for s in range(10)]
+    store.insert_batch(batch)
+    again = store.insert_batch(batch)
+    assert again.stored == []
+    assert again.duplicates == 10
+    assert again.conflicts == []
+    assert store.count() == 10
+    assert store.quarantine_counts() == {}
+
+
+def test_replayed_seq_with_other_bytes_is_quarantined_as_replay_and_first_kept(store):
+    original = record(seq=7, raw=b"original")
+    store.insert_batch([original])
+    forged = record(seq=7, raw=b"forged")
+    result = store.insert_batch([forged, record(seq=8)])
+    assert len(result.stored) == 1
+    assert [rec for rec, _ in result.conflicts] == [forged]
+    assert "sequence number 7" in result.conflicts[0][1]
+    kept = store.get("pump-1", 7)
+    assert kept is not None
+    assert kept.raw == b"original"
+    assert store.quarantine_counts() == {"replay": 1}
+    (row,) = store.quarantine_rows(reason="replay")
+    assert (row.raw, row.device_hint, row.topic) == (b"forged", "pump-1", forged.topic)
+    assert row.detail == result.conflicts[0][1]
+
+
+def test_repeats_inside_one_batch_are_judged_against_their_first_occurrence(store):
+    result = store.insert_batch(
+        [record(seq=1, raw=b"a"), record(seq=1, raw=b"a"), record(seq=1, raw=b"b")]
+    )
+    assert len(result.stored) == 1
+    assert result.duplicates == 1
+    assert [rec.raw for rec, _ in result.conflicts] == [b"b"]
+    assert store.count() == 1
+    assert store.quarantine_counts() == {"replay": 1}
+
+
+def test_same_seq_on_two_devices_is_not_a_conflict(store):
+    result = store.insert_batch([record("pump-1", 3), record("pump-2", 3)])
+    assert len(result.stored) == 2
+    assert result.conflicts == []
+
+
+def test_quarantined_input_is_stored_with_the_batch(store):
+    result = store.insert_batch([record(seq=0)], [refused("a"), refused("b", reason="schema")])
+    assert len(result.stored) == 1
+    assert store.quarantine_counts() == {"bad-signature": 1, "schema": 1}
+
+
+def test_failed_batch_stores_neither_events_nor_quarantine(store):
+    # seq -1 violates the table's CHECK: the whole batch, quarantine rows included, is undone.
+    with pytest.raises(sqlite3.IntegrityError):
+        store.insert_batch([record(seq=0), record(seq=-1)], [refused()])
+    assert store.count() == 0
+    assert store.quarantine_counts() == {}
+
+
+def test_batch_of_only_quarantine_rows_is_stored(store):
+    result = store.insert_batch([], [refused()])
+    assert result.stored == []
+    assert store.quarantine_counts() == {"bad-signature": 1}
+
+
+def test_history_is_in_seq_order_and_only_for_that_device(store):
+    store.insert_batch([record(seq=s) for s in (5, 1, 3)] + [record("other", 2)])
+    assert [e.seq for e in store.history("pump-1")] == [1, 3, 5]
+    assert store.history("nobody") == []
+    assert store.get("pump-1", 2) is None
+    assert store.by_id(10_000) is None
+
+
+def test_quarantine_rows_are_newest_first_filterable_and_pageable(store):
+    store.insert_batch(
+        [], [refused(str(i), reason="schema" if i % 2 else "oversize") for i in range(7)]
+    )
+    newest = store.quarantine_rows(limit=3)
+    assert [r.raw for r in newest] == [b"6", b"5", b"4"]
+    older = store.quarantine_rows(limit=3, before_id=newest[-1].id)
+    assert [r.raw for r in older] == [b"3", b"2", b"1"]
+    assert [r.raw for r in store.quarantine_rows(reason="schema")] == [b"5", b"3", b"1"]
+    assert store.quarantine_rows(device_hint="pump-1") == []
+    assert len(store.quarantine_rows(device_hint="pump-9")) == 7
+    assert store.quarantine_counts() == {"schema": 3, "oversize": 4}
+
+
+def test_quarantine_record_from_error_keeps_reason_and_sentence():
+    error = SignatureError("The signature does not verify over the bytes received.")
+    q = QuarantineRecord.from_error(error, received_ms=5, topic="t", raw=b"r", device_hint="d")
+    assert (q.reason, q.detail, q.device_hint) == ("bad-signature", error.message, "d")
+
+
+def test_enrolled_device_last_seq_follows_the_highest_stored_seq(db, store):
+    devices = DeviceStore(db)
+    devices.enrol(
+        device_id="pump-1", manufacturer="acme", kid=b"k1", cert=b"der", chain=[], now_ms=0
+    )
+    store.insert_batch([record(seq=4), record(seq=9), record("not-enrolled", 1)])
+    assert devices.last_seq("pump-1") == 9
+    store.insert_batch([record(seq=2)])  # late arrival: the high-water mark does not go back
+    assert devices.last_seq("pump-1") == 9
+    assert devices.last_seq("not-enrolled") is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["a", "b"]), st.integers(0, 6), st.sampled_from([b"x", b"y"])
+            ),
+            max_size=8,
+        ),
+        max_size=5,
+    )
+)
+def test_any_mix_of_batches_stores_each_pair_once_with_its_first_bytes(batches):
+    with tempfile.TemporaryDirectory() as folder, Database(Path(folder) / "gw.sqlite3") as db:
+        store = EventStore(db)
+        first: dict[tuple[str, int], bytes] = {}
+        duplicates = conflicts = 0
+        for batch in batches:
+            result = store.insert_batch([record(d, s, raw) for d, s, raw in batch])
+            duplicates += result.duplicates
+            conflicts += len(result.conflicts)
+            for d, s, raw in batch:
+                first.setdefault((d, s), raw)
+        assert store.count() == len(first)
+        for (d, s), raw in first.items():
+            stored = store.get(d, s)
+            assert stored is not None
+            assert stored.raw == raw
+        total = sum(len(b) for b in batches)
+        assert len(first) + duplicates + conflicts == total
+        assert store.quarantine_counts().get("replay", 0) == conflicts

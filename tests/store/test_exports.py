@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import pytest
+
+from gateway.store import db, devices, events, schema
+
+PINNED = {
+    db: ["Database", "Migration", "migration", "registered_migrations", "unavailable_from"],
+    devices: ["DeviceKey", "DeviceRow", "DeviceStore"],
+    events: [
+        "BatchResult",
+        "EventRecord",
+        "EventStore",
+        "QuarantineRecord",
+        "QuarantinedRow",
+        "StoredEvent",
+    ],
+    schema: [],
+}
+
+
+@pytest.mark.parametrize("module", list(PINNED), ids=lambda m: m.__name__)
+def test_public_api_is_pinned_sorted_and_present(module):
+    assert module.__all__ == PINNED[module]
+    assert module.__all__ == sorted(module.__all__)
+    for name in module.__all__:
+        assert hasattr(module, name)
