@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from device_sim.pki import make_crl, make_issuing_ca, make_root_ca
+from gateway.core.errors import MalformedError, PolicyError
+from gateway.store.trust_files import load_trust_dir
+
+NOW = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def root():
+    return make_root_ca("Acme Infusion Systems", alg="Ed25519", now=NOW)
+
+
+def test_roots_and_crls_are_loaded(tmp_path, root):
+    (tmp_path / "acme.root.pem").write_bytes(root.cert.public_bytes(Encoding.PEM))
+    crl = make_crl(root, [(42, NOW)], now=NOW, number=1)
+    (tmp_path / "acme.root.crl.pem").write_bytes(crl.public_bytes(Encoding.PEM))
+    (tmp_path / "notes.txt").write_text("ignored: not a .pem")
+    store = load_trust_dir(tmp_path)
+    assert store.roots == (root.cert,)
+    assert store.crls_by(root.cert.subject) == (crl,)
+    assert store.verified_crls(root.cert) == (crl,)
+
+
+def test_directory_without_a_root_is_refused(tmp_path):
+    with pytest.raises(MalformedError, match="no root certificate"):
+        load_trust_dir(tmp_path)
+
+
+def test_missing_directory_is_refused(tmp_path):
+    with pytest.raises(MalformedError, match="is not a directory"):
+        load_trust_dir(tmp_path / "absent")
+
+
+def test_bad_file_is_named_in_the_error(tmp_path, root):
+    (tmp_path / "acme.root.pem").write_bytes(root.cert.public_bytes(Encoding.PEM))
+    (tmp_path / "broken.crl.pem").write_bytes(b"garbage")
+    with pytest.raises(MalformedError, match=r"broken\.crl\.pem"):
+        load_trust_dir(tmp_path)
+
+
+def test_intermediate_in_the_trust_dir_is_refused_as_anchor(tmp_path, root):
+    issuing = make_issuing_ca(root, alg="Ed25519", now=NOW)
+    (tmp_path / "acme.issuing.pem").write_bytes(issuing.cert.public_bytes(Encoding.PEM))
+    with pytest.raises(PolicyError, match=r"acme\.issuing\.pem"):
+        load_trust_dir(tmp_path)
