@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
 from device_sim import pki as pki_module
+from device_sim.events import SimDevice, make_event
 from gateway.views.cli._output import emit, fail, json_option
 
 __all__ = ["cli", "main"]
@@ -85,6 +88,81 @@ def revoke(directory: Path, device_id: str | None, mfr_slug: str | None, *, as_j
         as_json=as_json,
         text=f"Revoked {what} (certificate serial {serial:x}) in the {crl} CRL.",
     )
+
+
+@cli.command("sign")
+@click.option(
+    "--pki",
+    "pki_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Demo PKI directory made by 'provgw-sim pki init'.",
+)
+@click.option("--device", "device_id", required=True, help="Device id (see PKI/devices.json).")
+@click.option(
+    "--type",
+    "event_type",
+    required=True,
+    type=click.Choice(["firmware_update", "maintenance", "custody"]),
+    help="Event type to simulate.",
+)
+@click.option(
+    "--seq", type=click.IntRange(0), default=1, show_default=True, help="Sequence number."
+)
+@click.option("--no-chain", is_flag=True, help="Send only the kid, as after first contact.")
+@click.option("--seed", type=int, default=None, help="Random seed for a reproducible body.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the COSE_Sign1 message.",
+)
+@json_option
+def sign(  # noqa: PLR0913 - one parameter per option
+    *,
+    pki_dir: Path,
+    device_id: str,
+    event_type: str,
+    seq: int,
+    output: Path,
+    seed: int | None,
+    no_chain: bool,
+    as_json: bool,
+) -> None:
+    """Write one signed event of DEVICE, as the device would publish it."""
+    device = _load_device(pki_dir, device_id)
+    now = datetime.now(UTC)
+    event = make_event(
+        device_id,
+        event_type,
+        seq,
+        int(now.timestamp() * 1000),
+        random.Random(seed),
+        today=now.date(),
+    )
+    data = device.sign(event, with_chain=not no_chain)
+    output.write_bytes(data)
+    emit(
+        {
+            "file": str(output),
+            "device": device_id,
+            "type": event_type,
+            "seq": seq,
+            "bytes": len(data),
+            "chain": not no_chain,
+        },
+        as_json=as_json,
+        text=f"Wrote {event_type} #{seq} of {device_id} to {output} ({len(data)} bytes).",
+    )
+
+
+def _load_device(pki_dir: Path, device_id: str) -> SimDevice:
+    # Devices of the untrusted manufacturer live under PKI/untrusted/ for negative demos.
+    found = [b for b in (pki_dir, pki_dir / "untrusted") if (b / "devices" / device_id).is_dir()]
+    if not found:
+        fail(f"no device {device_id!r} in {pki_dir}", hint=f"see {pki_dir / 'devices.json'}")
+    return SimDevice.load(found[0], device_id)
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -21,7 +21,7 @@ def emit(data: dict[str, Any], *, as_json: bool, text: str) -> None:
         click.echo(text)
 
 
-def fail(message: str, *, hint: str | None = None, code: int = 2) -> None:
+def fail(message: str, *, hint: str | None = None, code: int = 2) -> NoReturn:
     """Stop with a clear error on stderr, saying what to do where we know it."""
     click.echo(f"error: {message}", err=True)
     if hint:
