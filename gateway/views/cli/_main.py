@@ -19,10 +19,14 @@ def cli() -> None:
 
 def _register() -> None:
     # Imported here so that `provgw --help` lists every group; each module adds one group.
+    import gateway.views.cli._broker as broker_cli  # noqa: PLC0415
+    import gateway.views.cli._sbom as sbom_cli  # noqa: PLC0415
     from gateway.views.cli import _message  # noqa: PLC0415
 
     for module in (_message,):
         cli.add_command(module.group)
+    cli.add_command(sbom_cli.group)
+    cli.add_command(broker_cli.command)
 
 
 def main() -> None:

@@ -1,0 +1,298 @@
+"""Fixtures shared across test layers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ec import (
+    SECP256R1,
+    EllipticCurvePrivateKey,
+    generate_private_key,
+)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
+
+from gateway.ingest.broker_config import BrokerConfig, ClientCredentials, write_broker_config
+from gateway.ingest.mqtt import MqttClient
+from gateway.store.db import Database
+
+# -- store ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def db(tmp_path) -> Iterator[Database]:
+    """A fresh gateway database in a real SQLite file, every migration applied."""
+    with Database(tmp_path / "gateway.sqlite3") as database:
+        yield database
+
+
+# -- broker (Mosquitto on a random loopback port, TLS with client certificates) -------------------
+# A tiny stand-in for `provgw-sim pki init DIR` (device_sim/pki.py), in its layout: two
+# manufacturers, one with Ed25519 keys and one with P-256, each root CA -> issuing CA -> devices.
+
+_NOW = dt.datetime.now(dt.UTC)
+MOSQUITTO_MISSING = "Mosquitto is not installed (no /usr/sbin/mosquitto); `make test` installs it."
+
+
+def _pki_key(kind: str) -> Ed25519PrivateKey | EllipticCurvePrivateKey:
+    return Ed25519PrivateKey.generate() if kind == "ed25519" else generate_private_key(SECP256R1())
+
+
+def _pki_sign(builder, key):
+    return builder.sign(key, None if isinstance(key, Ed25519PrivateKey) else hashes.SHA256())
+
+
+def _pki_cert(cn, key, issuer_cn, issuer_key, *, ca: bool):
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_cn)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_NOW - dt.timedelta(days=1))
+        .not_valid_after(_NOW + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+            critical=False,
+        )
+    )
+    return _pki_sign(builder, issuer_key)
+
+
+def _pki_crl(issuer, issuer_key, revoked_serials, next_update):
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.subject)
+        .last_update(_NOW - dt.timedelta(days=1))
+        .next_update(next_update)
+        .add_extension(x509.CRLNumber(1), critical=False)
+    )
+    for serial in revoked_serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(_NOW - dt.timedelta(hours=1))
+            .build()
+        )
+    return _pki_sign(builder, issuer_key)
+
+
+def _pem(obj) -> bytes:
+    return obj.public_bytes(serialization.Encoding.PEM)
+
+
+def _key_pem(key) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+#: (manufacturer slug, key type, device ids, revoked device ids)
+PKI_MANUFACTURERS = (
+    ("acme", "ed25519", ("09506000134352-A1001", "09506000134352-A1002"), ("09506000134352-R9",)),
+    ("globex", "p256", ("04012345000016-G7",), ()),
+)
+
+
+def make_pki(
+    root: Path,
+    *,
+    revoke_issuing: frozenset[str] = frozenset(),
+    crl_next_update: dt.datetime | None = None,
+) -> Path:
+    """Write a demo PKI in the layout of `provgw-sim pki init DIR` and return DIR."""
+    next_update = crl_next_update or _NOW + dt.timedelta(days=7)
+    devices = []
+    for slug, kind, ids, revoked in PKI_MANUFACTURERS:
+        root_key, issuing_key = _pki_key(kind), _pki_key(kind)
+        root_cert = _pki_cert(f"{slug} root CA", root_key, f"{slug} root CA", root_key, ca=True)
+        issuing = _pki_cert(f"{slug} issuing CA", issuing_key, f"{slug} root CA", root_key, ca=True)
+        mdir = root / "manufacturers" / slug
+        mdir.mkdir(parents=True)
+        for name, key, cert in (("root", root_key, root_cert), ("issuing", issuing_key, issuing)):
+            (mdir / f"{name}.key.pem").write_bytes(_key_pem(key))
+            (mdir / f"{name}.cert.pem").write_bytes(_pem(cert))
+        revoked_serials = []
+        for device_id in ids + revoked:
+            key = _pki_key(kind)
+            cert = _pki_cert(device_id, key, f"{slug} issuing CA", issuing_key, ca=False)
+            if device_id in revoked:
+                revoked_serials.append(cert.serial_number)
+            ddir = root / "devices" / device_id
+            ddir.mkdir(parents=True)
+            (ddir / "key.pem").write_bytes(_key_pem(key))
+            (ddir / "cert.pem").write_bytes(_pem(cert))
+            (ddir / "chain.pem").write_bytes(_pem(cert) + _pem(issuing))
+            devices.append({"id": device_id, "manufacturer": slug, "manufacturer_slug": slug})
+        trust = root / "trust"
+        trust.mkdir(exist_ok=True)
+        (trust / f"{slug}.root.pem").write_bytes(_pem(root_cert))
+        root_revoked = [issuing.serial_number] if slug in revoke_issuing else []
+        (trust / f"{slug}.root.crl.pem").write_bytes(
+            _pem(_pki_crl(root_cert, root_key, root_revoked, next_update))
+        )
+        (trust / f"{slug}.issuing.crl.pem").write_bytes(
+            _pem(_pki_crl(issuing, issuing_key, revoked_serials, next_update))
+        )
+    (root / "devices.json").write_text(json.dumps(devices), encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def demo_pki():
+    """`make_pki(dir, revoke_issuing=..., crl_next_update=...)`: a test's own demo PKI."""
+    return make_pki
+
+
+@dataclass(frozen=True)
+class BrokerSetup:
+    """The session's PKI and the broker configuration written from it."""
+
+    pki: Path
+    config: BrokerConfig
+
+    def client(self, client_id: str) -> ClientCredentials:
+        """Credentials of a gateway or manufacturer client (`gateway-routine`, `mfr-acme`)."""
+        return self.config.client(client_id)
+
+    def device(self, device_id: str) -> ClientCredentials:
+        """A device's credentials: its chain (device + issuing CA), key, and the site CA."""
+        ddir = self.pki / "devices" / device_id
+        return ClientCredentials(
+            device_id, self.config.site_ca, ddir / "chain.pem", ddir / "key.pem"
+        )
+
+
+@pytest.fixture(scope="session")
+def broker_config(tmp_path_factory) -> BrokerSetup:
+    """A demo PKI and the broker configuration (TLS material, ACL) for the whole session."""
+    pki = make_pki(tmp_path_factory.mktemp("pki"))
+    config = write_broker_config(
+        pki, tmp_path_factory.mktemp("broker"), now=_NOW, routine_workers=2
+    )
+    return BrokerSetup(pki, config)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Mosquitto:
+    """A real Mosquitto on a random loopback port; `restart()` keeps its persistence directory."""
+
+    def __init__(self, setup: BrokerSetup, workdir: Path) -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(exe).exists():
+            pytest.fail(MOSQUITTO_MISSING)
+        self.exe = exe
+        self.setup = setup
+        self.host = "127.0.0.1"
+        self.port = _free_port()
+        self.conf = workdir / "mosquitto.conf"
+        self.log_path = workdir / "mosquitto.log"
+        data = workdir / "data"
+        data.mkdir()
+        self.conf.write_text(
+            setup.config.mosquitto_conf(
+                port=self.port, persistence_dir=data, run_as=getpass.getuser()
+            ),
+            encoding="utf-8",
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 5.0) -> None:
+        """Start the broker and wait until it completes a TLS handshake with a client cert."""
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [self.exe, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
+            )
+        creds = self.setup.client("gateway-admin")
+        ctx = ssl.create_default_context(cafile=str(creds.cafile))
+        ctx.load_cert_chain(str(creds.certfile), str(creds.keyfile))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"mosquitto exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with (
+                    socket.create_connection((self.host, self.port), timeout=1) as raw,
+                    ctx.wrap_socket(raw, server_hostname=self.host),
+                ):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        pytest.fail(f"mosquitto did not accept TLS within {timeout} s:\n{self.log()}")
+
+    def stop(self) -> None:
+        """Stop cleanly (SIGTERM: Mosquitto writes its persistence file), kill if it hangs."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def restart(self) -> None:
+        """Stop and start again on the same port with the same persistence directory."""
+        self.stop()
+        self.start()
+
+    def log(self) -> str:
+        """Everything Mosquitto logged so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def client(self, client_id: str, **kwargs) -> MqttClient:
+        """An (unconnected) adapter for a gateway or manufacturer identity on this broker."""
+        return MqttClient(self.setup.client(client_id), host=self.host, port=self.port, **kwargs)
+
+    def device(self, device_id: str, **kwargs) -> MqttClient:
+        """An (unconnected) adapter for a device identity on this broker."""
+        return MqttClient(self.setup.device(device_id), host=self.host, port=self.port, **kwargs)
+
+
+@pytest.fixture
+def start_mosquitto(tmp_path) -> Iterator[Callable[[Path, BrokerConfig], Mosquitto]]:
+    """`start(pki_dir, config)`: a Mosquitto for any written config; all stopped after the test."""
+    started: list[Mosquitto] = []
+
+    def start(pki: Path, config: BrokerConfig) -> Mosquitto:
+        workdir = tmp_path / f"mosquitto-{len(started)}"
+        workdir.mkdir()
+        broker = Mosquitto(BrokerSetup(pki, config), workdir)
+        started.append(broker)
+        broker.start()
+        return broker
+
+    try:
+        yield start
+    finally:
+        for broker in started:
+            broker.stop()
+
+
+@pytest.fixture
+def mosquitto(broker_config, start_mosquitto) -> Mosquitto:
+    """A running Mosquitto with the session's configuration; stopped (never left behind) after."""
+    return start_mosquitto(broker_config.pki, broker_config.config)

@@ -1,0 +1,398 @@
+"""The real Mosquitto, configured by `write_broker_config`, enforcing who may connect and write."""
+
+from __future__ import annotations
+
+import datetime as dt
+import queue
+import socket
+import ssl
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from device_sim import pki
+from gateway.core.errors import UnavailableError
+from gateway.ingest import mqtt
+from gateway.ingest.broker_config import ClientCredentials, write_broker_config
+from gateway.ingest.mqtt import MqttClient
+from gateway.ingest.topics import EVENT_FILTER, MANUFACTURER_FILTER, command_topic, event_topic
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(30)]
+
+ACME_1 = "09506000134352-A1001"  # Ed25519 device
+ACME_2 = "09506000134352-A1002"
+ACME_REVOKED = "09506000134352-R9"
+GLOBEX_1 = "04012345000016-G7"  # P-256 device
+
+
+class Inbox:
+    """Collects deliveries from the paho thread; `get` waits for one."""
+
+    def __init__(self) -> None:
+        self.q: queue.Queue[tuple[str, bytes, int, int, dict]] = queue.Queue()
+
+    def __call__(self, topic, payload, mid, qos, properties) -> None:
+        self.q.put((topic, payload, mid, qos, properties))
+
+    def get(self, timeout: float = 3.0):
+        return self.q.get(timeout=timeout)
+
+    def nothing_within(self, seconds: float) -> bool:
+        try:
+            self.q.get(timeout=seconds)
+        except queue.Empty:
+            return True
+        return False
+
+
+def _tls_version(creds: ClientCredentials, broker) -> str | None:
+    ctx = ssl.create_default_context(cafile=str(creds.cafile))
+    ctx.load_cert_chain(str(creds.certfile), str(creds.keyfile))
+    with (
+        socket.create_connection((broker.host, broker.port), timeout=3) as raw,
+        ctx.wrap_socket(raw, server_hostname=broker.host) as tls,
+    ):
+        return tls.version()
+
+
+@pytest.mark.parametrize("device", [ACME_1, GLOBEX_1], ids=["ed25519", "p256"])
+def test_device_certificate_connects_over_tls13(mosquitto, broker_config, device):
+    assert _tls_version(broker_config.device(device), mosquitto) == "TLSv1.3"
+    with mosquitto.device(device) as client:
+        assert client.connected
+
+
+def test_device_event_reaches_the_gateway(mosquitto):
+    inbox = Inbox()
+    with mosquitto.client("gateway-routine", on_message=inbox) as gw:
+        gw.subscribe(EVENT_FILTER, share_group="provgw")
+        with mosquitto.device(ACME_1) as dev:
+            dev.publish(event_topic("icu", ACME_1, "maintenance"), b"signed-bytes")
+        topic, payload, mid, qos, _ = inbox.get()
+        assert (topic, payload, qos) == (
+            event_topic("icu", ACME_1, "maintenance"),
+            b"signed-bytes",
+            1,
+        )
+        assert gw.ack(mid, qos)
+
+
+def test_device_cannot_publish_under_another_devices_topic(mosquitto):
+    inbox = Inbox()
+    with mosquitto.client("gateway-routine", on_message=inbox) as gw:
+        gw.subscribe(EVENT_FILTER)
+        with mosquitto.device(ACME_1) as dev:
+            # MQTT 5: Mosquitto 2.0.11 answers an ACL-denied QoS 1 publish with PUBACK 0x87.
+            with pytest.raises(UnavailableError, match="Not authorized") as err:
+                dev.publish(event_topic("icu", ACME_2, "maintenance"), b"forged")
+            assert err.value.reason == "broker-refused"
+            dev.publish(event_topic("icu", ACME_1, "custody"), b"own")
+        # Only the device's own event arrives, never the forged one.
+        assert inbox.get()[0] == event_topic("icu", ACME_1, "custody")
+        assert inbox.nothing_within(0.3)
+
+
+def test_device_never_receives_another_devices_commands(mosquitto):
+    inbox = Inbox()
+    with (
+        mosquitto.device(ACME_1, on_message=inbox) as dev,
+        mosquitto.client("gateway-urgent") as gw,
+    ):
+        # Mosquitto 2.0.11 grants the SUBSCRIBE itself; the ACL's `read` is enforced on delivery.
+        dev.subscribe(command_topic("icu", ACME_2))
+        dev.subscribe("provgw/#")
+        gw.publish(command_topic("icu", ACME_2), b"offer for A1002")
+        gw.publish(command_topic("icu", ACME_1), b"offer for A1001")
+        assert inbox.get()[:2] == (command_topic("icu", ACME_1), b"offer for A1001")
+        assert inbox.nothing_within(0.3)
+
+
+def test_gateway_command_reaches_only_its_device(mosquitto):
+    inbox = Inbox()
+    with (
+        mosquitto.device(ACME_1, on_message=inbox) as dev,
+        mosquitto.client("gateway-urgent") as gw,
+    ):
+        dev.subscribe(command_topic("icu", ACME_1))
+        gw.publish(command_topic("icu", ACME_1), b"offer")
+        topic, payload, mid, qos, _ = inbox.get()
+        assert (topic, payload) == (command_topic("icu", ACME_1), b"offer")
+        assert dev.ack(mid, qos)
+
+
+def test_manufacturer_publishes_only_its_own_manifests(mosquitto):
+    inbox = Inbox()
+    with mosquitto.client("gateway-urgent", on_message=inbox) as gw:
+        gw.subscribe(MANUFACTURER_FILTER)
+        with mosquitto.client("mfr-acme") as mfr:
+            mfr.publish("provgw/v1/mfr/acme/manifest", b"m")
+            with pytest.raises(UnavailableError, match="Not authorized"):
+                mfr.publish("provgw/v1/mfr/globex/recall", b"forged recall")
+        assert inbox.get()[:2] == ("provgw/v1/mfr/acme/manifest", b"m")
+        assert inbox.nothing_within(0.3)
+
+
+def test_device_cannot_publish_as_a_manufacturer(mosquitto):
+    with (
+        mosquitto.device(ACME_1) as dev,
+        pytest.raises(UnavailableError, match="Not authorized"),
+    ):
+        dev.publish("provgw/v1/mfr/acme/manifest", b"forged")
+
+
+def _connect_raw(broker, ctx) -> None:
+    """TLS handshake and one read: TLS 1.3 servers reject client certificates after Finished."""
+    with (
+        socket.create_connection((broker.host, broker.port), timeout=3) as raw,
+        ctx.wrap_socket(raw, server_hostname=broker.host) as tls,
+    ):
+        tls.sendall(b"\x10\x00")  # a (malformed) CONNECT: any read now shows the alert
+        tls.recv(1)
+
+
+def test_client_without_certificate_cannot_connect(mosquitto, broker_config):
+    ctx = ssl.create_default_context(cafile=str(broker_config.config.site_ca))
+    with pytest.raises(OSError):  # noqa: PT011 - EOF or alert, depending on timing
+        _connect_raw(mosquitto, ctx)
+    assert "peer did not return a certificate" in mosquitto.log()
+
+
+def test_client_with_untrusted_certificate_cannot_connect(mosquitto, broker_config, tmp_path):
+    # Same CN as a real gateway client, but self-signed: a CA the broker was never told about.
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway-routine")])
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    creds = ClientCredentials(
+        "gateway-routine", broker_config.config.site_ca, tmp_path / "c.pem", tmp_path / "k.pem"
+    )
+    client = MqttClient(creds, host=mosquitto.host, port=mosquitto.port)
+    with pytest.raises(UnavailableError, match="did not accept") as err:
+        client.connect(timeout=3)
+    assert err.value.reason == "broker-refused"
+    assert "certificate verify failed" in mosquitto.log()
+
+
+def test_revoked_device_cannot_connect(mosquitto):
+    # Its certificate is on the acme issuing CA's CRL, which sits in the concatenated crlfile.
+    with pytest.raises(UnavailableError, match="did not accept") as err:
+        mosquitto.device(ACME_REVOKED).connect(timeout=3)
+    assert err.value.reason == "broker-refused"
+    assert "certificate verify failed" in mosquitto.log()
+    # Same manufacturer, same issuing CA, not on the CRL: admitted. So the CRL is what refused.
+    with mosquitto.device(ACME_1) as dev:
+        assert dev.connected
+
+
+def test_device_cannot_take_over_the_gateways_session_by_client_id(mosquitto, broker_config):
+    # use_username_as_clientid: the broker replaces the id a client asks for by its certificate CN,
+    # so a device asking for "gateway-urgent" does not disconnect the real one.
+    creds = broker_config.device(ACME_1)
+    impostor = ClientCredentials("gateway-urgent", creds.cafile, creds.certfile, creds.keyfile)
+    inbox = Inbox()
+    with mosquitto.client("gateway-urgent", on_message=inbox) as gw:
+        gw.subscribe(MANUFACTURER_FILTER)
+        with MqttClient(impostor, host=mosquitto.host, port=mosquitto.port):
+            time.sleep(0.2)
+            assert gw.connected
+        with mosquitto.client("mfr-globex") as mfr:
+            mfr.publish("provgw/v1/mfr/globex/recall", b"r")
+        assert inbox.get()[:2] == ("provgw/v1/mfr/globex/recall", b"r")
+
+
+def test_unacked_message_is_redelivered_after_reconnect(mosquitto):
+    topic = event_topic("icu", ACME_1, "maintenance")
+    first = Inbox()
+    gw = mosquitto.client("gateway-routine", on_message=first)
+    with gw:
+        gw.subscribe(EVENT_FILTER, share_group="provgw")
+        with mosquitto.device(ACME_1) as dev:
+            dev.publish(topic, b"e1")
+            dev.publish(topic, b"e2")
+        (_, p1, mid1, qos1, _), (_, p2, _, _, _) = first.get(), first.get()
+        assert (p1, p2) == (b"e1", b"e2")
+        assert gw.ack(mid1, qos1)  # e1 committed; e2 not (say the process died before commit)
+    again = Inbox()
+    with mosquitto.client("gateway-routine", on_message=again) as gw2:
+        assert gw2.session_present
+        _, payload, mid, qos, _ = again.get()
+        assert payload == b"e2"
+        assert again.nothing_within(0.3)
+        assert gw2.ack(mid, qos)
+
+
+def test_ack_from_an_earlier_connection_is_ignored(mosquitto):
+    inbox = Inbox()
+    gw = mosquitto.client("gateway-routine", on_message=inbox)
+    with gw:
+        gw.subscribe(EVENT_FILTER)
+        with mosquitto.device(ACME_1) as dev:
+            dev.publish(event_topic("icu", ACME_1, "custody"), b"e")
+        _, _, mid, qos, _ = inbox.get()
+    with gw:
+        _, _, mid_again, _, _ = inbox.get()  # redelivered: never acknowledged
+        assert mid_again != mid
+        assert not gw.ack(mid, qos)  # stale tag: must not acknowledge whatever reuses the id
+        assert gw.ack(mid_again, qos)
+        assert not gw.ack(mid_again, qos)  # and only once
+
+
+def test_message_published_while_gateway_offline_is_delivered_on_reconnect(mosquitto):
+    with mosquitto.client("gateway-routine") as gw:
+        gw.subscribe(EVENT_FILTER, share_group="provgw")
+    with mosquitto.device(GLOBEX_1) as dev:
+        dev.publish(event_topic("or", GLOBEX_1, "firmware_update"), b"while away")
+    inbox = Inbox()
+    with mosquitto.client("gateway-routine", on_message=inbox):
+        assert inbox.get()[:2] == (event_topic("or", GLOBEX_1, "firmware_update"), b"while away")
+
+
+def test_queued_messages_survive_a_broker_restart(mosquitto):
+    with mosquitto.client("gateway-routine") as gw:
+        gw.subscribe(EVENT_FILTER, share_group="provgw")
+    with mosquitto.device(ACME_2) as dev:
+        for i in range(5):
+            dev.publish(event_topic("icu", ACME_2, "maintenance"), b"%d" % i)
+    mosquitto.restart()  # SIGTERM: Mosquitto writes its persistence file
+    inbox = Inbox()
+    with mosquitto.client("gateway-routine", on_message=inbox) as gw:
+        assert gw.session_present
+        got = [inbox.get() for _ in range(5)]
+        assert [m[1] for m in got] == [b"0", b"1", b"2", b"3", b"4"]
+        for _, _, mid, qos, _ in got:
+            assert gw.ack(mid, qos)
+
+
+def test_receive_maximum_bounds_unacknowledged_deliveries(mosquitto):
+    inbox = Inbox()
+    with mosquitto.client("gateway-routine", on_message=inbox, receive_maximum=3) as gw:
+        gw.subscribe(EVENT_FILTER)
+        with mosquitto.device(ACME_1) as dev:
+            for i in range(10):
+                dev.publish(event_topic("icu", ACME_1, "maintenance"), b"%d" % i)
+        held = [inbox.get() for _ in range(3)]
+        assert inbox.nothing_within(0.3)  # the other 7 wait in the broker, not in our memory
+        for _, _, mid, qos, _ in held:
+            gw.ack(mid, qos)
+        assert len([inbox.get() for _ in range(3)]) == 3
+
+
+def test_shared_subscription_splits_events_between_workers(mosquitto):
+    a, b = Inbox(), Inbox()
+    with (
+        mosquitto.client("gateway-routine", on_message=a) as w1,
+        mosquitto.client("gateway-routine-2", on_message=b) as w2,
+    ):
+        w1.subscribe(EVENT_FILTER, share_group="provgw")
+        w2.subscribe(EVENT_FILTER, share_group="provgw")
+        with mosquitto.device(ACME_1) as dev:
+            for i in range(10):
+                dev.publish(event_topic("icu", ACME_1, "maintenance"), b"%d" % i)
+        deadline = time.monotonic() + 3
+        while a.q.qsize() + b.q.qsize() < 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        got_a = [a.get()[1] for _ in range(a.q.qsize())]
+        got_b = [b.get()[1] for _ in range(b.q.qsize())]
+    assert got_a
+    assert got_b
+    assert sorted(got_a + got_b) == sorted(b"%d" % i for i in range(10))
+
+
+def test_publish_to_a_stopped_broker_raises_unavailable(mosquitto):
+    with mosquitto.client("gateway-urgent") as gw:
+        mosquitto.stop()
+        with pytest.raises(UnavailableError) as err:
+            gw.publish(command_topic("icu", ACME_1), b"offer", timeout=1)
+        assert err.value.reason in {"broker-down", "broker-timeout"}
+
+
+def test_connect_to_a_closed_port_raises_unavailable(broker_config):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = MqttClient(broker_config.client("gateway-routine"), host="127.0.0.1", port=port)
+    with pytest.raises(UnavailableError, match="Cannot reach") as err:
+        client.connect(timeout=1)
+    assert err.value.reason == "broker-down"
+
+
+def test_devices_of_the_demo_pki_generator_connect_and_untrusted_ones_do_not(
+    tmp_path, start_mosquitto
+):
+    records = pki.init_pki(tmp_path / "pki", devices_per_model=1)
+    config = write_broker_config(tmp_path / "pki", tmp_path / "broker", now=dt.datetime.now(dt.UTC))
+    broker = start_mosquitto(tmp_path / "pki", config)
+    inbox = Inbox()
+    with broker.client("gateway-routine", on_message=inbox) as gw:
+        gw.subscribe(EVENT_FILTER)
+        for alg in ("Ed25519", "P-256"):
+            record = next(r for r in records if r.alg == alg)
+            with broker.device(record.id) as dev:
+                dev.publish(event_topic(record.site, record.id, "maintenance"), alg.encode())
+            assert inbox.get()[:2] == (
+                event_topic(record.site, record.id, "maintenance"),
+                alg.encode(),
+            )
+    untrusted = pki.load_devices(tmp_path / "pki" / "untrusted")[0]
+    ddir = tmp_path / "pki" / "untrusted" / "devices" / untrusted.id
+    creds = ClientCredentials(untrusted.id, config.site_ca, ddir / "chain.pem", ddir / "key.pem")
+    with pytest.raises(UnavailableError, match="did not accept"):
+        MqttClient(creds, host=broker.host, port=broker.port).connect(timeout=3)
+
+
+def test_devices_under_a_revoked_issuing_ca_cannot_connect(tmp_path, demo_pki, start_mosquitto):
+    # Mosquitto checks only the leaf's CRL, and the device sends its issuing CA itself: only
+    # leaving the manufacturer out of the CA bundle keeps these devices out.
+    pki_dir = demo_pki(tmp_path / "pki", revoke_issuing=frozenset({"globex"}))
+    config = write_broker_config(pki_dir, tmp_path / "broker", now=dt.datetime.now(dt.UTC))
+    broker = start_mosquitto(pki_dir, config)
+    with pytest.raises(UnavailableError, match="did not accept"):
+        broker.device(GLOBEX_1).connect(timeout=3)
+    with broker.device(ACME_1) as dev:
+        assert dev.connected
+
+
+def test_failing_handler_leaves_its_message_unacked_and_delivery_goes_on(mosquitto, caplog):
+    seen = Inbox()
+
+    def handler(topic, payload, mid, qos, properties):
+        seen(topic, payload, mid, qos, properties)
+        if payload == b"poison":
+            raise RuntimeError("handler bug")
+
+    with mosquitto.client("gateway-routine", on_message=handler) as gw:
+        gw.subscribe(EVENT_FILTER)
+        with mosquitto.device(ACME_1) as dev:
+            dev.publish(event_topic("icu", ACME_1, "custody"), b"poison")
+            dev.publish(event_topic("icu", ACME_1, "custody"), b"next")
+        assert [seen.get()[1] for _ in range(2)] == [b"poison", b"next"]
+    assert "left unacknowledged" in caplog.text
+    again = Inbox()
+    with mosquitto.client("gateway-routine", on_message=again):
+        assert again.get()[1] == b"poison"  # redelivered; "next" was never acked either
+        assert again.get()[1] == b"next"
+
+
+def test_mqtt_public_api_is_pinned():
+    assert mqtt.__all__ == ["MessageHandler", "MqttClient"]

@@ -1,0 +1,239 @@
+"""`write_broker_config` and `provgw broker-config`: what is written, and what PKI is refused."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.core.errors import (
+    ExpiredError,
+    MalformedError,
+    SignatureError,
+    UntrustedSignerError,
+)
+from gateway.ingest import broker_config as bc
+from gateway.ingest.broker_config import BrokerConfig, BrokerLimits, write_broker_config
+from gateway.views.cli._main import _register, cli
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+def _certs(path):
+    return x509.load_pem_x509_certificates(path.read_bytes())
+
+
+def _crl_issuers(path):
+    text = path.read_bytes()
+    marker = b"-----END X509 CRL-----\n"
+    return [x509.load_pem_x509_crl(part + marker).issuer for part in text.split(marker)[:-1]]
+
+
+@pytest.fixture(autouse=True)
+def _commands_registered():
+    _register()  # what `provgw` (main) does before parsing
+
+
+@pytest.fixture
+def pki(tmp_path, demo_pki):
+    return demo_pki(tmp_path / "pki")
+
+
+def test_conf_enforces_client_certificates_acl_and_persistence(pki, tmp_path):
+    config = write_broker_config(pki, tmp_path / "out", now=NOW, port=18883)
+    conf = config.conf.read_text().splitlines()
+    for line in [
+        "listener 18883 127.0.0.1",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "use_username_as_clientid true",
+        "allow_anonymous false",
+        f"acl_file {config.acl}",
+        f"cafile {config.cafile}",
+        f"crlfile {config.crlfile}",
+        "persistence true",
+        f"persistence_location {config.persistence_dir}/",
+        "max_queued_messages 1000000",
+        "persistent_client_expiration 14d",
+    ]:
+        assert line in conf
+    assert config.persistence_dir.is_dir()
+
+
+def test_acl_confines_devices_to_their_own_topics_and_manufacturers_to_theirs(pki, tmp_path):
+    acl = write_broker_config(pki, tmp_path / "out", now=NOW).acl.read_text()
+    assert "pattern write provgw/v1/+/dev/%u/evt/#" in acl
+    assert "pattern read provgw/v1/+/dev/%u/cmd" in acl
+    for user in ("gateway-admin", "gateway-routine", "gateway-urgent"):
+        block = acl.split(f"user {user}\n")[1].split("\n\n")[0]
+        assert block.splitlines() == [
+            "topic read provgw/v1/+/dev/+/evt/#",
+            "topic read provgw/v1/mfr/#",
+            "topic write provgw/v1/+/dev/+/cmd",
+        ]
+    assert "user mfr-acme\ntopic write provgw/v1/mfr/acme/#\n" in acl
+    assert "user mfr-globex\ntopic write provgw/v1/mfr/globex/#\n" in acl
+    # Nothing else is granted: every topic line is one of the above.
+    granted = [line for line in acl.splitlines() if line.startswith(("topic", "pattern"))]
+    assert len(granted) == 2 + 3 * 3 + 2
+
+
+def test_ca_bundle_holds_site_ca_and_every_manufacturer_root_and_issuing_ca(pki, tmp_path):
+    config = write_broker_config(pki, tmp_path / "out", now=NOW)
+    subjects = {c.subject.rfc4514_string() for c in _certs(config.cafile)}
+    assert subjects == {
+        "CN=Provenance Gateway site CA,O=Provenance Gateway site",
+        "CN=acme root CA",
+        "CN=acme issuing CA",
+        "CN=globex root CA",
+        "CN=globex issuing CA",
+    }
+
+
+def test_crl_bundle_holds_the_site_crl_and_every_manufacturer_crl(pki, tmp_path):
+    config = write_broker_config(pki, tmp_path / "out", now=NOW)
+    issuers = {n.rfc4514_string() for n in _crl_issuers(config.crlfile)}
+    assert issuers == {
+        "CN=Provenance Gateway site CA,O=Provenance Gateway site",
+        "CN=acme root CA",
+        "CN=acme issuing CA",
+        "CN=globex root CA",
+        "CN=globex issuing CA",
+    }
+    assert config.crl_next_update <= NOW + dt.timedelta(days=7)
+
+
+def test_server_certificate_names_both_the_ip_and_localhost(pki, tmp_path):
+    config = write_broker_config(pki, tmp_path / "out", now=NOW)
+    (server,) = _certs(config.certfile)
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in san.get_values_for_type(x509.DNSName)
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    (site_ca,) = _certs(config.site_ca)
+    server.verify_directly_issued_by(site_ca)
+
+
+def test_client_certificates_carry_the_client_id_as_cn_and_keys_are_private(pki, tmp_path):
+    config = write_broker_config(pki, tmp_path / "out", now=NOW, routine_workers=3)
+    assert sorted(config.clients) == [
+        "gateway-admin",
+        "gateway-routine",
+        "gateway-routine-2",
+        "gateway-routine-3",
+        "gateway-urgent",
+        "mfr-acme",
+        "mfr-globex",
+    ]
+    for cid, creds in config.clients.items():
+        (cert,) = _certs(creds.certfile)
+        assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == cid
+        assert creds.keyfile.stat().st_mode & 0o077 == 0
+
+
+def test_rerun_keeps_the_site_ca_devices_were_given(pki, tmp_path):
+    first = write_broker_config(pki, tmp_path / "out", now=NOW)
+    ca_before = first.site_ca.read_bytes()
+    second = write_broker_config(pki, tmp_path / "out", now=NOW + dt.timedelta(days=1))
+    assert second.site_ca.read_bytes() == ca_before
+
+
+def test_written_config_loads_back(pki, tmp_path):
+    limits = BrokerLimits(max_queued_messages=5000)
+    written = write_broker_config(pki, tmp_path / "out", now=NOW, port=9999, limits=limits)
+    assert BrokerConfig.load(tmp_path / "out") == written
+
+
+def test_loading_a_directory_without_config_is_refused(tmp_path):
+    with pytest.raises(MalformedError, match="broker-config"):
+        BrokerConfig.load(tmp_path)
+
+
+def test_manufacturer_with_revoked_issuing_ca_is_left_out_of_the_bundle(tmp_path, demo_pki):
+    pki = demo_pki(tmp_path / "pki", revoke_issuing=frozenset({"globex"}))
+    config = write_broker_config(pki, tmp_path / "out", now=NOW)
+    subjects = {c.subject.rfc4514_string() for c in _certs(config.cafile)}
+    assert not {"CN=globex issuing CA", "CN=globex root CA"} & subjects
+    assert {"CN=acme issuing CA", "CN=acme root CA"} <= subjects
+    assert config.revoked_issuers == ("globex",)
+
+
+def test_expired_crl_is_refused(tmp_path, demo_pki):
+    pki = demo_pki(tmp_path / "pki", crl_next_update=NOW - dt.timedelta(minutes=1))
+    with pytest.raises(ExpiredError, match="expired") as err:
+        write_broker_config(pki, tmp_path / "out", now=NOW)
+    assert err.value.reason == "crl-expired"
+    assert not (tmp_path / "out").exists()
+
+
+def test_crl_signed_by_another_key_is_refused(pki, tmp_path):
+    path = pki / "trust" / "acme.issuing.crl.pem"
+    genuine = x509.load_pem_x509_crl(path.read_bytes())
+    forged = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(genuine.issuer)
+        .last_update(NOW - dt.timedelta(days=1))
+        .next_update(NOW + dt.timedelta(days=1))
+        .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+    )
+    path.write_bytes(forged.public_bytes(bc.serialization.Encoding.PEM))
+    with pytest.raises(SignatureError):
+        write_broker_config(pki, tmp_path / "out", now=NOW)
+
+
+def test_issuing_ca_not_signed_by_the_trusted_root_is_refused(pki, tmp_path):
+    # Swap globex's issuing CA in for acme's: well-formed, but not acme's root's child.
+    issuing = pki / "manufacturers" / "globex" / "issuing.cert.pem"
+    (pki / "manufacturers" / "acme" / "issuing.cert.pem").write_bytes(issuing.read_bytes())
+    with pytest.raises(UntrustedSignerError):
+        write_broker_config(pki, tmp_path / "out", now=NOW)
+
+
+def test_pki_without_trust_directory_is_refused(tmp_path):
+    with pytest.raises(MalformedError, match="pki init"):
+        write_broker_config(tmp_path, tmp_path / "out", now=NOW)
+
+
+def test_cli_writes_config_and_reports_json(pki, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli, ["broker-config", "--pki", str(pki), "-o", str(out), "--port", "8884", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["written"] is True
+    assert data["port"] == 8884
+    assert data["manufacturers"] == ["acme", "globex"]
+    assert "listener 8884 127.0.0.1" in (out / "mosquitto.conf").read_text()
+
+
+def test_cli_refuses_a_bad_pki_with_exit_1(tmp_path, demo_pki):
+    pki = demo_pki(tmp_path / "pki", crl_next_update=NOW - dt.timedelta(minutes=1))
+    result = CliRunner().invoke(
+        cli, ["broker-config", "--pki", str(pki), "-o", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 1
+    assert "crl-expired" in result.output
+
+
+def test_cli_text_output_says_when_to_regenerate(pki, tmp_path):
+    result = CliRunner().invoke(
+        cli, ["broker-config", "--pki", str(pki), "-o", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "re-run before then" in result.output
+
+
+def test_public_api_is_pinned():
+    assert set(bc.__all__) == {
+        "GATEWAY_CLIENTS",
+        "BrokerConfig",
+        "BrokerLimits",
+        "ClientCredentials",
+        "render_acl",
+        "write_broker_config",
+    }
