@@ -31,3 +31,103 @@ def _tree(conn: sqlite3.Connection) -> None:
         ) STRICT, WITHOUT ROWID
         """
     )
+
+
+@migration("log_0002_leaves_checkpoints")
+def _leaves_checkpoints(conn: sqlite3.Connection) -> None:
+    # What each leaf commits to (gateway.ledger.log): the record kind, the row it stands for in
+    # that kind's table, and the salted commitment whose RFC 9162 leaf hash is log_nodes level 0
+    # at the same idx. UNIQUE (kind, ref_id): a record is logged once, so the tail of the events
+    # table restarts exactly after the last committed leaf (kill -9 loses and repeats nothing).
+    conn.execute(
+        """
+        CREATE TABLE log_leaves (
+            idx        INTEGER PRIMARY KEY CHECK (idx >= 0),
+            kind       TEXT    NOT NULL,
+            ref_id     INTEGER NOT NULL,
+            commitment BLOB    NOT NULL CHECK (length(commitment) = 32),
+            UNIQUE (kind, ref_id)
+        ) STRICT
+        """
+    )
+    # Every checkpoint the gateway ever signed (C2SP tlog-checkpoint in a signed note), one per
+    # tree size: "a log never signs two inconsistent checkpoints" is checked against this table
+    # before each new signature, and `provgw log verify` re-checks all of it.
+    conn.execute(
+        """
+        CREATE TABLE checkpoints (
+            size      INTEGER PRIMARY KEY CHECK (size > 0),
+            root      BLOB    NOT NULL CHECK (length(root) = 32),
+            note      BLOB    NOT NULL,
+            signed_ms INTEGER NOT NULL
+        ) STRICT
+        """
+    )
+    # How strong each checkpoint has become (logged -> witnessed -> anchored): the witnesses'
+    # cosignature lines (C2SP tlog-cosignature, appended to the note in receipts) and the chain
+    # anchor. Filled by the witness client and the chain outbox through TransparencyLog.
+    conn.execute(
+        """
+        CREATE TABLE checkpoint_status (
+            size           INTEGER PRIMARY KEY REFERENCES checkpoints (size),
+            cosignatures   TEXT    NOT NULL DEFAULT '',
+            witnessed_ms   INTEGER,
+            anchor_chain   TEXT,
+            anchored_tx    BLOB,
+            anchored_block INTEGER,
+            anchored_ms    INTEGER
+        ) STRICT
+        """
+    )
+    # Crypto-shredding (DESIGN, transparency log): one row per erased event. The erasure is
+    # itself a log leaf (kind "erasure") committing to (event id, SHA-256(reason), time) under
+    # its own salt; the reason text stays here, in the gateway, never in the log.
+    conn.execute(
+        """
+        CREATE TABLE erasures (
+            id            INTEGER PRIMARY KEY,
+            event_id      INTEGER NOT NULL UNIQUE REFERENCES events (id),
+            reason        TEXT    NOT NULL,
+            reason_digest BLOB    NOT NULL CHECK (length(reason_digest) = 32),
+            erased_ms     INTEGER NOT NULL,
+            salt          BLOB    NOT NULL CHECK (length(salt) = 32)
+        ) STRICT
+        """
+    )
+
+
+@migration("log_0101_anchor_outbox")
+def _anchor_outbox(conn: sqlite3.Connection) -> None:
+    # The durable chain-anchor outbox (gateway.service.outbox): one row per checkpoint handed to
+    # it, so anchors survive a restart and a chain outage. status: pending (to send) -> sent (tx
+    # hash known, waiting for its block) -> confirmed (block recorded); or superseded (a later
+    # head of the same log was anchored instead: by RFC 9162 consistency it covers this one).
+    # UNIQUE (log_id, size): a checkpoint is queued once however often it is handed over.
+    # The origin stays here, in the gateway; only log_id = SHA-256(origin) goes on chain.
+    conn.execute(
+        """
+        CREATE TABLE anchor_outbox (
+            id              INTEGER PRIMARY KEY,
+            origin          TEXT    NOT NULL,
+            log_id          BLOB    NOT NULL CHECK (length(log_id) = 32),
+            size            INTEGER NOT NULL CHECK (size >= 0),
+            root            BLOB    NOT NULL CHECK (length(root) = 32),
+            status          TEXT    NOT NULL DEFAULT 'pending'
+                            CHECK (status IN ('pending', 'sent', 'confirmed', 'superseded')),
+            enqueued_ms     INTEGER NOT NULL,
+            attempts        INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+            next_attempt_ms INTEGER NOT NULL,
+            tx_hash         BLOB    CHECK (tx_hash IS NULL OR length(tx_hash) = 32),
+            sent_ms         INTEGER,
+            block_number    INTEGER,
+            confirmed_ms    INTEGER,
+            last_error      TEXT,
+            UNIQUE (log_id, size)
+        ) STRICT
+        """
+    )
+    # The worker's question, "what is there to do, and when", is answered from this index alone.
+    conn.execute(
+        "CREATE INDEX anchor_outbox_open ON anchor_outbox (status, next_attempt_ms) "
+        "WHERE status IN ('pending', 'sent')"
+    )

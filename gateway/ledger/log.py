@@ -1,0 +1,817 @@
+"""The transparency log: salted commitments in an RFC 9162 tree, sealed by signed checkpoints.
+
+:class:`TransparencyLog` *tails* the events table: :meth:`~TransparencyLog.append_pending` appends
+every event whose id is above the last logged one, in id order, one transaction per chunk that
+writes the tree nodes and a ``log_leaves`` row (kind, ref id, commitment) per leaf. Ingest never
+waits for the log, and a ``kill -9`` at any point loses no leaf: a chunk is committed whole or not
+at all, and the next run continues after the last committed leaf (``UNIQUE (kind, ref_id)``
+refuses a second leaf for a record). Event ids are assigned as ``max(id) + 1`` under the write
+lock (:mod:`gateway.store.events`), so no event can later appear below the tail.
+
+:meth:`~TransparencyLog.seal` signs a C2SP tlog-checkpoint when the tree grew. It runs in its own
+transaction, never inside one that appends, so it signs only committed leaves; and before signing
+it proves, from the stored tree, that the new head is consistent with the last checkpoint it
+signed (RFC 9162 §2.1.4), refusing to sign otherwise: a log never signs two inconsistent
+checkpoints. Ed25519 is deterministic, so a seal repeated after a crash re-creates the same note.
+
+:func:`verify_log` re-derives everything from the store (``provgw log verify``).
+
+Witnesses and the chain outbox record what they achieved per checkpoint with
+:meth:`~TransparencyLog.add_cosignatures` and :meth:`~TransparencyLog.record_anchor`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from gateway.core import merkle, note
+from gateway.core.errors import (
+    MalformedError,
+    MismatchError,
+    PolicyError,
+    UnavailableError,
+    VerificationError,
+)
+from gateway.ledger.commitments import commitment, erasure_digest
+from gateway.ledger.tree import MerkleTree
+from gateway.store.db import Database
+
+__all__ = [
+    "Anchor",
+    "CheckpointStatus",
+    "Erasure",
+    "LeafRecord",
+    "LogReport",
+    "StoredCheckpoint",
+    "TransparencyLog",
+    "append_pending",
+    "erase_event",
+    "verify_log",
+]
+
+#: Events appended per transaction: bounded so the write lock is never held for long.
+_CHUNK = 5_000
+#: Leaves read per query by verify_log.
+_VERIFY_CHUNK = 10_000
+_SIG_PREFIX = "\u2014 "  # em dash, space: a signed-note signature line (C2SP signed-note)
+
+
+def _ms(now: datetime) -> int:
+    if now.tzinfo is None:
+        raise ValueError("the log needs a timezone-aware time")
+    return int(now.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class LeafRecord:
+    """One log entry: its index, the record kind and row it stands for, and its commitment."""
+
+    index: int
+    kind: str
+    ref_id: int
+    commitment: bytes
+
+    @property
+    def leaf_hash(self) -> bytes:
+        """The RFC 9162 leaf hash stored in the tree."""
+        return merkle.leaf_hash(self.commitment)
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A checkpoint the gateway signed: size, root, the signed note, and when it was signed."""
+
+    size: int
+    root: bytes
+    note: bytes
+    signed_ms: int
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """Where a checkpoint was anchored: chain id, transaction hash, block number."""
+
+    chain: str
+    tx: bytes
+    block: int
+
+
+@dataclass(frozen=True)
+class CheckpointStatus:
+    """How strong a checkpoint is: witness cosignature lines and the chain anchor, if any."""
+
+    size: int
+    cosignatures: tuple[str, ...]
+    witnessed_ms: int | None
+    anchor: Anchor | None
+    anchored_ms: int | None
+
+    @property
+    def state(self) -> str:
+        """``"anchored"``, ``"witnessed"`` or ``"logged"`` (as recorded, not yet verified)."""
+        if self.anchor is not None:
+            return "anchored"
+        return "witnessed" if self.cosignatures else "logged"
+
+    def note_with_cosignatures(self, checkpoint: StoredCheckpoint) -> bytes:
+        """Return the checkpoint's signed note with the witnesses' cosignature lines appended."""
+        return checkpoint.note + "".join(self.cosignatures).encode()
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """A crypto-shredded event: the erasure's own row id and log index, and when it happened."""
+
+    erasure_id: int
+    event_id: int
+    leaf_index: int
+    erased_ms: int
+    reason_digest: bytes
+
+
+_SELECT_CHECKPOINT = "SELECT size, root, note, signed_ms FROM checkpoints"
+_SELECT_STATUS = (
+    "SELECT size, cosignatures, witnessed_ms, anchor_chain, anchored_tx, anchored_block,"
+    " anchored_ms FROM checkpoint_status"
+)
+
+
+def _status(row: Sequence[object]) -> CheckpointStatus:
+    size, cosigs, witnessed_ms, chain, tx, block, anchored_ms = row
+    assert isinstance(size, int)
+    assert isinstance(cosigs, str)
+    lines = tuple(line + "\n" for line in cosigs.split("\n") if line)
+    anchor = None
+    if isinstance(chain, str) and isinstance(tx, bytes) and isinstance(block, int):
+        anchor = Anchor(chain, tx, block)
+    return CheckpointStatus(
+        size,
+        lines,
+        witnessed_ms if isinstance(witnessed_ms, int) else None,
+        anchor,
+        anchored_ms if isinstance(anchored_ms, int) else None,
+    )
+
+
+class TransparencyLog:
+    """The gateway's transparency log in *db*, signed by *signer* under *origin*.
+
+    *origin* (C2SP tlog-checkpoint: the log's unique name, first line of every checkpoint) must be
+    the signer's key name, because :func:`gateway.core.note.open_checkpoint` ties the two. It must
+    not name a site: it is published in every checkpoint.
+    """
+
+    def __init__(self, db: Database, signer: note.Signer, origin: str | None = None) -> None:
+        if origin is not None and origin != signer.name:
+            raise ValueError(
+                f"the log origin {origin!r} must be the signer key's name {signer.name!r}"
+            )
+        if signer.verifier.sig_type != note.ED25519:
+            raise ValueError("a log signs checkpoints with a plain Ed25519 key (type 0x01)")
+        self._db = db
+        self._signer = signer
+        self._tree = MerkleTree(db)
+
+    # -- identity -------------------------------------------------------------------------------
+
+    @property
+    def origin(self) -> str:
+        """The log's origin line (the signer key's name)."""
+        return self._signer.name
+
+    @property
+    def verifier(self) -> note.Verifier:
+        """The log's public key: what witnesses and verifiers are given."""
+        return self._signer.verifier
+
+    @property
+    def db(self) -> Database:
+        """The gateway database this log lives in."""
+        return self._db
+
+    # -- appending ------------------------------------------------------------------------------
+
+    def append_pending(self, limit: int | None = None) -> int:
+        """Append every event not yet logged (see :func:`append_pending`); return how many."""
+        return append_pending(self._db, limit)
+
+    def pending_events(self) -> int:
+        """Return how many stored events are not logged yet."""
+        rows = self._db.query(
+            "SELECT count(*) FROM events WHERE id > "
+            "(SELECT coalesce(max(ref_id), 0) FROM log_leaves WHERE kind = 'event')"
+        )
+        return int(rows[0][0])
+
+    def append_record(self, kind: str, ref_id: int, digest: bytes, salt: bytes) -> int:
+        """Log a record of *kind* (``"manifest"``, ``"recall"``…); return its leaf index.
+
+        *digest* is SHA-256 of the exact signed bytes, *salt* 32 random bytes the caller keeps
+        beside the record (destroying it later crypto-shreds the record).
+        """
+        value = commitment(kind, salt, digest)
+        with self._db.atomic() as conn:
+            return _append(self._db, conn, kind, [(ref_id, value)])
+
+    # -- sealing --------------------------------------------------------------------------------
+
+    def seal(self, now: datetime) -> note.SignedCheckpoint | None:
+        """Sign a checkpoint of the committed tree if it grew; ``None`` when there is nothing new.
+
+        Steps (C2SP tlog-checkpoint; RFC 9162 §2.1.4):
+
+        1. Refuse to run inside an open transaction (signing uncommitted leaves: a crash would
+           leave a published head over leaves that never existed).
+        2. Under the write lock, read the size; nothing new since the last checkpoint: no
+           signature (no churn for witnesses and the chain).
+        3. Open the last stored checkpoint with the log's own key and prove, from the stored
+           tree, that the new root extends it; refuse to sign otherwise (fork, rewritten
+           history, a tampered store).
+        4. Sign, store the note and an empty status row in the same transaction.
+        """
+        # Step 1 — signing leaves that are not committed.
+        if self._db.conn.in_transaction:
+            raise RuntimeError("seal() must run after the appended leaves are committed")
+        signed_ms = _ms(now)
+        with self._db.atomic() as conn:
+            # Step 2 — no growth, no signature.
+            size = self._tree.size()
+            last = self._latest()
+            if size == 0 or (last is not None and last.size == size):
+                return None
+            root = self._tree.root(size)
+            # Step 3 — never two inconsistent checkpoints.
+            if last is not None:
+                self._check_extends(last, size, root)
+            # Step 4 — sign and store.
+            data = note.Checkpoint(self.origin, size, root).sign(self._signer)
+            signed = note.open_checkpoint(data, self.verifier)
+            conn.execute(
+                "INSERT INTO checkpoints (size, root, note, signed_ms) VALUES (?, ?, ?, ?)",
+                (size, root, data, signed_ms),
+            )
+            conn.execute("INSERT INTO checkpoint_status (size) VALUES (?)", (size,))
+        return signed
+
+    def _check_extends(self, last: StoredCheckpoint, size: int, root: bytes) -> None:
+        try:
+            previous = note.open_checkpoint(last.note, self.verifier).checkpoint
+            if size < previous.size:
+                raise MismatchError("shrank", reason="log-shrank")
+            proof = self._tree.consistency_proof(previous.size, size)
+            merkle.verify_consistency(previous.size, size, previous.root, root, proof)
+        except VerificationError as exc:
+            raise MismatchError(
+                f"The log refuses to sign a checkpoint of {size} entries: it is not consistent "
+                f"with the checkpoint of {last.size} entries it already signed ({exc}). The "
+                f"database {self._db.path} was altered or replaced; stop the gateway and "
+                "investigate before any further checkpoint is published.",
+                reason="log-fork",
+            ) from exc
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def size(self) -> int:
+        """Return the number of leaves."""
+        return self._tree.size()
+
+    def root(self, size: int | None = None) -> bytes:
+        """Return the root of the first *size* leaves (default: all)."""
+        return self._tree.root(size)
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """RFC 9162 §2.1.3.1 audit path of leaf *index* in the tree of *size* leaves."""
+        return self._tree.inclusion_proof(index, size)
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
+        """RFC 9162 §2.1.4.1 proof that *new_size* leaves extend *old_size* leaves."""
+        return self._tree.consistency_proof(old_size, new_size)
+
+    def leaf(self, index: int) -> LeafRecord | None:
+        """Return log entry *index*, or ``None``."""
+        rows = self._db.query(
+            "SELECT idx, kind, ref_id, commitment FROM log_leaves WHERE idx = ?", (index,)
+        )
+        return LeafRecord(*rows[0]) if rows else None
+
+    def leaf_of(self, kind: str, ref_id: int) -> LeafRecord | None:
+        """Return the log entry of record *ref_id* of *kind* (``"event"`` and event id), or None."""
+        rows = self._db.query(
+            "SELECT idx, kind, ref_id, commitment FROM log_leaves WHERE kind = ? AND ref_id = ?",
+            (kind, ref_id),
+        )
+        return LeafRecord(*rows[0]) if rows else None
+
+    def latest_checkpoint(self) -> StoredCheckpoint | None:
+        """Return the newest signed checkpoint, or ``None`` before the first seal."""
+        return self._latest()
+
+    def _latest(self) -> StoredCheckpoint | None:
+        rows = self._db.query(_SELECT_CHECKPOINT + " ORDER BY size DESC LIMIT 1")
+        return StoredCheckpoint(*rows[0]) if rows else None
+
+    def checkpoint(self, size: int) -> StoredCheckpoint | None:
+        """Return the checkpoint signed at *size*, or ``None``."""
+        rows = self._db.query(_SELECT_CHECKPOINT + " WHERE size = ?", (size,))
+        return StoredCheckpoint(*rows[0]) if rows else None
+
+    def checkpoints(self) -> list[StoredCheckpoint]:
+        """Return every signed checkpoint, oldest first."""
+        return [
+            StoredCheckpoint(*row) for row in self._db.query(_SELECT_CHECKPOINT + " ORDER BY size")
+        ]
+
+    def status(self, size: int) -> CheckpointStatus:
+        """Return what witnesses and the chain recorded for the checkpoint at *size*."""
+        rows = self._db.query(_SELECT_STATUS + " WHERE size = ?", (size,))
+        if not rows:
+            raise MalformedError(
+                f"The log signed no checkpoint of {size} entries.", reason="unknown-checkpoint"
+            )
+        return _status(rows[0])
+
+    def covering_checkpoint(self, index: int) -> tuple[StoredCheckpoint, CheckpointStatus] | None:
+        """Return the strongest checkpoint holding leaf *index*: anchored, witnessed, newest.
+
+        Receipts are issued under it, so a receipt's state only ever rises.
+        """
+        rows = self._db.query(
+            "SELECT c.size FROM checkpoints c JOIN checkpoint_status s ON s.size = c.size"
+            " WHERE c.size > ? ORDER BY (s.anchored_tx IS NOT NULL) DESC,"
+            " (s.cosignatures != '') DESC, c.size DESC LIMIT 1",
+            (index,),
+        )
+        if not rows:
+            return None
+        size = int(rows[0][0])
+        stored = self.checkpoint(size)
+        assert stored is not None
+        return stored, self.status(size)
+
+    # -- witnesses and chain ----------------------------------------------------------------------
+
+    def add_cosignatures(self, size: int, lines: Iterable[str], now: datetime) -> CheckpointStatus:
+        """Keep witness cosignature lines (C2SP tlog-cosignature) for the checkpoint at *size*.
+
+        Each line is a signed-note signature line (``— name base64``). The lines are parsed as
+        part of the note before they are kept, so a receipt built from them always opens;
+        whether they verify is the verifier's business (it holds the witness keys). Lines
+        already kept are not repeated.
+        """
+        stored = self.checkpoint(size)
+        if stored is None:
+            raise MalformedError(
+                f"The log signed no checkpoint of {size} entries.", reason="unknown-checkpoint"
+            )
+        new = [line if line.endswith("\n") else line + "\n" for line in lines]
+        if not all(line.startswith(_SIG_PREFIX) and line.count("\n") == 1 for line in new):
+            raise MalformedError(
+                "A witness cosignature is not one signature line (an em dash, the witness name "
+                "and a base64 signature).",
+                reason="malformed-note",
+            )
+        with self._db.atomic():
+            current = self.status(size)
+            kept = list(dict.fromkeys([*current.cosignatures, *new]))
+            # Parse the note with every line (malformed lines refused); only the gateway's own
+            # signature is verified here.
+            note.open_note(stored.note + "".join(kept).encode(), [self.verifier])
+            self._db.conn.execute(
+                "UPDATE checkpoint_status SET cosignatures = ?,"
+                " witnessed_ms = coalesce(witnessed_ms, ?) WHERE size = ?",
+                ("".join(kept), _ms(now) if len(kept) > len(current.cosignatures) else None, size),
+            )
+            return self.status(size)
+
+    def record_anchor(
+        self, size: int, *, chain: str, tx: bytes, block: int, now: datetime
+    ) -> CheckpointStatus:
+        """Record that the checkpoint at *size* was anchored on *chain* in transaction *tx*."""
+        with self._db.atomic() as conn:
+            self.status(size)  # raises for an unknown checkpoint
+            conn.execute(
+                "UPDATE checkpoint_status SET anchor_chain = ?, anchored_tx = ?,"
+                " anchored_block = ?, anchored_ms = ? WHERE size = ?",
+                (chain, tx, block, _ms(now), size),
+            )
+            return self.status(size)
+
+    # -- crypto-shredding -----------------------------------------------------------------------
+
+    def erase(self, event_id: int, reason: str, now: datetime) -> Erasure:
+        """Crypto-shred event *event_id* and log the erasure (see :func:`erase_event`)."""
+        return erase_event(self._db, event_id, reason, now)
+
+
+# -- appending and erasing without a key ---------------------------------------------------------
+
+
+def append_pending(db: Database, limit: int | None = None) -> int:
+    """Append every event not yet logged (at most *limit*), in id order; return how many.
+
+    One transaction per chunk of at most 5,000 events: each chunk's tree nodes and
+    ``log_leaves`` rows commit together. Safe to call from several places: the write lock is
+    taken before the tail position is read. Needs no key: only :meth:`TransparencyLog.seal`
+    signs.
+    """
+    total = 0
+    while limit is None or total < limit:
+        want = _CHUNK if limit is None else min(_CHUNK, limit - total)
+        with db.atomic() as conn:
+            done = _append_events(db, conn, want)
+        total += done
+        if done < want:
+            break
+    return total
+
+
+def _append_events(db: Database, conn: sqlite3.Connection, limit: int) -> int:
+    """Append up to *limit* events after the tail, inside the caller's transaction."""
+    last = conn.execute(
+        "SELECT coalesce(max(ref_id), 0) FROM log_leaves WHERE kind = 'event'"
+    ).fetchone()[0]
+    rows = conn.execute(
+        "SELECT id, digest, salt FROM events WHERE id > ? ORDER BY id LIMIT ?", (last, limit)
+    ).fetchall()
+    items = []
+    for event_id, digest, salt in rows:
+        if salt is None:
+            # erase() logs pending events before destroying a salt, so this is damage.
+            raise UnavailableError(
+                f"Event {event_id} lost its salt before it was logged; the gateway database "
+                f"{db.path} was changed outside the gateway.",
+                reason="store-corrupt",
+            )
+        items.append((int(event_id), commitment("event", salt, digest)))
+    if items:
+        _append(db, conn, "event", items)
+    return len(items)
+
+
+def _append(
+    db: Database, conn: sqlite3.Connection, kind: str, items: list[tuple[int, bytes]]
+) -> int:
+    """Append leaves and their records inside the caller's transaction; return the first index."""
+    expected = conn.execute("SELECT coalesce(max(idx) + 1, 0) FROM log_leaves").fetchone()[0]
+    first = MerkleTree(db).append_many([merkle.leaf_hash(value) for _, value in items])
+    if first != expected:
+        raise UnavailableError(
+            f"The log in {db.path} has {first} tree leaves but {expected} leaf records; "
+            "the file is damaged: stop the gateway and restore it from the latest backup.",
+            reason="store-corrupt",
+        )
+    conn.executemany(
+        "INSERT INTO log_leaves (idx, kind, ref_id, commitment) VALUES (?, ?, ?, ?)",
+        [(first + i, kind, ref_id, value) for i, (ref_id, value) in enumerate(items)],
+    )
+    return first
+
+
+def erase_event(db: Database, event_id: int, reason: str, now: datetime) -> Erasure:
+    """Crypto-shred event *event_id* and log the erasure; one transaction.
+
+    Steps (DESIGN, "Transparency log and ledger"):
+
+    1. Log every pending event first, this one included, while its salt still exists (a
+       record erased before it was logged would leave a gap no verifier could explain).
+    2. Refuse an unknown or already erased event.
+    3. Destroy the salt and the stored bytes (raw message, payload). The leaf keeps its
+       commitment, so the tree and every checkpoint still verify, but nobody can recompute
+       the commitment from the record any more: the record is unlinkable. The digest of
+       the bytes stays, so a redelivered copy is absorbed as a duplicate, not stored again.
+    4. Log the erasure as a leaf of kind ``"erasure"`` committing to (event id,
+       SHA-256(reason), time) under a fresh salt — not to the content.
+    """
+    if not reason.strip():
+        raise PolicyError("An erasure needs a reason.", reason="no-reason")
+    erased_ms = _ms(now)
+    reason_digest = hashlib.sha256(reason.encode()).digest()
+    with db.atomic() as conn:
+        # Step 1 — log before shredding.
+        append_pending(db)
+        # Step 2 — unknown or already erased.
+        row = conn.execute("SELECT salt FROM events WHERE id = ?", (event_id,)).fetchone()
+        if row is None:
+            raise MalformedError(f"The gateway has no event {event_id}.", reason="unknown-event")
+        if row[0] is None:
+            raise PolicyError(f"Event {event_id} is already erased.", reason="already-erased")
+        # Step 3 — shred.
+        conn.execute(
+            "UPDATE events SET salt = NULL, raw = x'', payload = x'' WHERE id = ?",
+            (event_id,),
+        )
+        # Step 4 — log the erasure itself.
+        salt = secrets.token_bytes(32)
+        erasure_id = conn.execute(
+            "INSERT INTO erasures (event_id, reason, reason_digest, erased_ms, salt)"
+            " VALUES (?, ?, ?, ?, ?) RETURNING id",
+            (event_id, reason, reason_digest, erased_ms, salt),
+        ).fetchone()[0]
+        digest = erasure_digest(event_id, reason_digest, erased_ms)
+        value = commitment("erasure", salt, digest)
+        index = _append(db, conn, "erasure", [(erasure_id, value)])
+    return Erasure(erasure_id, event_id, index, erased_ms, reason_digest)
+
+
+# -- verification of the whole store -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogReport:
+    """What :func:`verify_log` checked."""
+
+    leaves: int
+    events: int
+    erased_events: int
+    erasures: int
+    other_records: int
+    checkpoints: int
+    pending_events: int
+    root: bytes
+
+
+class _RootBuilder:
+    """RFC 9162 §2.1.1 root of a growing list of leaf hashes, O(log n) memory.
+
+    Every complete subtree it closes is kept in :attr:`closed` as ``(level, idx) -> hash``
+    until the caller compares them with the stored tree and clears the dict.
+    """
+
+    def __init__(self) -> None:
+        self._stack: list[tuple[int, bytes]] = []
+        self._count = 0
+        self.closed: dict[tuple[int, int], bytes] = {}
+
+    def add(self, leaf: bytes) -> None:
+        level, acc = 0, leaf
+        self._count += 1
+        while self._stack and self._stack[-1][0] == level:
+            acc = merkle.node_hash(self._stack.pop()[1], acc)
+            level += 1
+            self.closed[level, (self._count >> level) - 1] = acc
+        self._stack.append((level, acc))
+
+    def root(self) -> bytes:
+        if not self._stack:
+            return merkle.EMPTY_ROOT
+        acc = self._stack[-1][1]
+        for _, h in reversed(self._stack[:-1]):
+            acc = merkle.node_hash(h, acc)
+        return acc
+
+
+def _check_interior_nodes(db: Database, closed: dict[tuple[int, int], bytes]) -> None:
+    """Compare rebuilt complete subtrees with the stored ones, one range query per level."""
+    by_level: dict[int, list[int]] = {}
+    for level, idx in closed:
+        by_level.setdefault(level, []).append(idx)
+    for level, indices in by_level.items():
+        rows = db.query(
+            "SELECT idx, hash FROM log_nodes WHERE level = ? AND idx BETWEEN ? AND ?",
+            (level, min(indices), max(indices)),
+        )
+        stored = {int(idx): h for idx, h in rows}
+        for idx in indices:
+            if stored.get(idx) != closed[level, idx]:
+                raise _mismatch(
+                    f"The stored tree node at level {level}, position {idx} differs from the "
+                    "one rebuilt from the leaves; interior tree nodes were altered, so proofs "
+                    "through them would not verify.",
+                    "node-mismatch",
+                )
+    closed.clear()
+
+
+def _mismatch(message: str, reason: str) -> MismatchError:
+    return MismatchError(message, reason=reason)
+
+
+_VERIFY_LEAVES = (
+    "SELECT l.idx, l.kind, l.ref_id, l.commitment, n.hash,"
+    " e.id, e.digest, e.salt, e.raw, x.event_id, x.reason_digest, x.erased_ms, x.salt"
+    " FROM log_leaves l"
+    " LEFT JOIN log_nodes n ON n.level = 0 AND n.idx = l.idx"
+    " LEFT JOIN events e ON l.kind = 'event' AND e.id = l.ref_id"
+    " LEFT JOIN erasures x ON l.kind = 'erasure' AND x.id = l.ref_id"
+    " WHERE l.idx >= ? AND l.idx < ? ORDER BY l.idx"
+)
+
+
+def _check_leaf(row: Sequence[object]) -> tuple[str, bytes]:
+    """Re-derive one leaf from the store; return (what it was, its leaf hash)."""
+    idx, kind, ref_id, stored, node, e_id, digest, salt, raw, x_event, x_reason, x_ms, x_salt = row
+    assert isinstance(stored, bytes)
+    leaf = merkle.leaf_hash(stored)
+    if node != leaf:
+        raise _mismatch(
+            f"Log entry {idx}: the tree holds a different leaf hash than its commitment gives; "
+            "the tree or the leaf record was altered.",
+            "leaf-mismatch",
+        )
+    if kind == "event":
+        if e_id is None:
+            raise _mismatch(
+                f"Log entry {idx} refers to event {ref_id}, which is not stored.", "missing-record"
+            )
+        if salt is None:
+            return "erased", leaf  # crypto-shredded: only the commitment remains (checked below)
+        assert isinstance(raw, bytes)
+        assert isinstance(digest, bytes)
+        assert isinstance(salt, bytes)
+        if hashlib.sha256(raw).digest() != digest:
+            raise _mismatch(
+                f"Event {ref_id}: its stored bytes do not match its digest.", "digest-mismatch"
+            )
+        if commitment("event", salt, digest) != stored:
+            raise _mismatch(
+                f"Log entry {idx}: the commitment recomputed from event {ref_id} (salt and "
+                "digest) differs from the one logged; the event or its salt was altered.",
+                "commitment-mismatch",
+            )
+        return "event", leaf
+    if kind == "erasure":
+        if x_event is None:
+            raise _mismatch(
+                f"Log entry {idx} refers to erasure {ref_id}, which is not stored.",
+                "missing-record",
+            )
+        assert isinstance(x_event, int)
+        assert isinstance(x_reason, bytes)
+        assert isinstance(x_ms, int)
+        assert isinstance(x_salt, bytes)
+        if commitment("erasure", x_salt, erasure_digest(x_event, x_reason, x_ms)) != stored:
+            raise _mismatch(
+                f"Log entry {idx}: the erasure record {ref_id} does not match its commitment.",
+                "commitment-mismatch",
+            )
+        return "erasure", leaf
+    return "other", leaf
+
+
+def verify_log(
+    db: Database,
+    verifier: note.Verifier,
+    progress: Callable[[int, int], None] | None = None,
+) -> LogReport:
+    """Re-derive the whole log from the store and check every checkpoint; raise on any mismatch.
+
+    Steps:
+
+    1. The tree and the leaf records have the same, gap-free size (lost or extra entries).
+    2. Every leaf, in order: its stored leaf hash is the hash of its commitment; for a
+       non-erased event the commitment is recomputed from salt and digest, and the digest from
+       the stored bytes; an erased event has an erasure record; an erasure leaf is recomputed
+       from its record (altered records, salts, leaves).
+    3. Event leaves follow event ids upwards and no event below the tail is missing (a record
+       dropped from, or slipped into, the log).
+    4. Every stored complete subtree equals the one rebuilt from the leaves, and so do the roots
+       at every checkpoint size and at the current size (altered interior nodes, which would
+       make proofs through them fail).
+    5. Every checkpoint's note verifies under *verifier* with the log's origin, its size and
+       root match its row and the rebuilt root, and each consecutive pair is consistent by an
+       RFC 9162 §2.1.4 proof from the stored tree (forged, altered or forked checkpoints).
+
+    *progress(done, total)* is called after each chunk of leaves.
+    """
+    tree = MerkleTree(db)
+    size = tree.size()
+    # Step 1 — sizes agree.
+    count, top = db.query("SELECT count(*), coalesce(max(idx), -1) FROM log_leaves")[0]
+    if count != size or top != size - 1:
+        raise _mismatch(
+            f"The tree has {size} leaves but there are {count} leaf records (highest index "
+            f"{top}); entries were lost or added outside the gateway.",
+            "size-mismatch",
+        )
+    checkpoints = [StoredCheckpoint(*r) for r in db.query(_SELECT_CHECKPOINT + " ORDER BY size")]
+    wanted = [c.size for c in checkpoints if c.size <= size]
+    if len(wanted) != len(checkpoints):
+        raise _mismatch(
+            f"A checkpoint claims more entries than the log's {size}; leaves were removed.",
+            "size-mismatch",
+        )
+    # Steps 2-3 — every leaf, then the events below the tail.
+    counts, last_event, rebuilt, final = _walk_leaves(db, size, wanted, progress)
+    _check_events_complete(db, last_event, counts)
+    # Step 4 — rebuilt roots equal the stored tree's.
+    for at, root in [*rebuilt.items(), (size, final)]:
+        if tree.root(at) != root:
+            raise _mismatch(
+                f"The stored tree's root at {at} entries differs from the root rebuilt from the "
+                "leaves; interior tree nodes were altered.",
+                "root-mismatch",
+            )
+    # Step 5 — checkpoints.
+    _verify_checkpoints(tree, checkpoints, rebuilt, verifier)
+    pending = db.query("SELECT count(*) FROM events WHERE id > ?", (last_event,))[0][0]
+    return LogReport(
+        leaves=size,
+        events=counts["event"],
+        erased_events=counts["erased"],
+        erasures=counts["erasure"],
+        other_records=counts["other"],
+        checkpoints=len(checkpoints),
+        pending_events=int(pending),
+        root=final,
+    )
+
+
+def _walk_leaves(
+    db: Database,
+    size: int,
+    wanted: Sequence[int],
+    progress: Callable[[int, int], None] | None,
+) -> tuple[dict[str, int], int, dict[int, bytes], bytes]:
+    """Check each leaf and rebuild the roots at *wanted* sizes (verify_log steps 2-3)."""
+    rebuilt: dict[int, bytes] = {}
+    builder = _RootBuilder()
+    counts = {"event": 0, "erased": 0, "erasure": 0, "other": 0}
+    last_event = 0
+    sizes = iter(wanted)
+    next_size = next(sizes, None)
+    for start in range(0, size, _VERIFY_CHUNK):
+        for row in db.query(_VERIFY_LEAVES, (start, start + _VERIFY_CHUNK)):
+            what, leaf = _check_leaf(row)
+            counts[what] += 1
+            # Step 3 — the tail appends events in id order, each once.
+            if row[1] == "event":
+                if row[2] <= last_event:
+                    raise _mismatch(
+                        f"Log entry {row[0]}: events are out of order.", "order-mismatch"
+                    )
+                last_event = row[2]
+            builder.add(leaf)
+            if next_size is not None and next_size == row[0] + 1:
+                rebuilt[next_size] = builder.root()
+                next_size = next(sizes, None)
+        _check_interior_nodes(db, builder.closed)
+        if progress is not None:
+            progress(min(start + _VERIFY_CHUNK, size), size)
+    return counts, last_event, rebuilt, builder.root()
+
+
+def _check_events_complete(db: Database, last_event: int, counts: dict[str, int]) -> None:
+    """Step 3 of :func:`verify_log`: no event below the tail is missing or unexplained."""
+    below = db.query("SELECT count(*) FROM events WHERE id <= ?", (last_event,))[0][0]
+    if below != counts["event"] + counts["erased"]:
+        raise _mismatch(
+            f"{below} events are stored up to event {last_event}, but the log holds "
+            f"{counts['event'] + counts['erased']} of them; events were removed or inserted.",
+            "missing-record",
+        )
+    unexplained = db.query(
+        "SELECT count(*) FROM events e WHERE e.salt IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM erasures x WHERE x.event_id = e.id)"
+    )[0][0]
+    if unexplained:
+        raise _mismatch(
+            f"{unexplained} events lost their salt without an erasure record.", "missing-record"
+        )
+
+
+def _verify_checkpoints(
+    tree: MerkleTree,
+    checkpoints: Sequence[StoredCheckpoint],
+    rebuilt: dict[int, bytes],
+    verifier: note.Verifier,
+) -> None:
+    previous: note.Checkpoint | None = None
+    for stored in checkpoints:
+        try:
+            checkpoint = note.open_checkpoint(stored.note, verifier).checkpoint
+        except VerificationError as exc:
+            raise _mismatch(
+                f"The checkpoint of {stored.size} entries does not verify under the log key "
+                f"{verifier.name}: {exc}",
+                "checkpoint-invalid",
+            ) from exc
+        if (checkpoint.size, checkpoint.root) != (stored.size, stored.root):
+            raise _mismatch(
+                f"The signed checkpoint of {checkpoint.size} entries does not match its stored "
+                f"row ({stored.size} entries).",
+                "checkpoint-mismatch",
+            )
+        if rebuilt.get(checkpoint.size) != checkpoint.root:
+            raise _mismatch(
+                f"The checkpoint of {checkpoint.size} entries signs a root the log's leaves do "
+                "not give: the log and its signed history disagree.",
+                "root-mismatch",
+            )
+        if previous is not None:
+            proof = tree.consistency_proof(previous.size, checkpoint.size)
+            try:
+                merkle.verify_consistency(
+                    previous.size, checkpoint.size, previous.root, checkpoint.root, proof
+                )
+            except VerificationError as exc:
+                raise _mismatch(
+                    f"The checkpoints of {previous.size} and {checkpoint.size} entries are not "
+                    f"consistent: {exc}",
+                    "log-fork",
+                ) from exc
+        previous = checkpoint

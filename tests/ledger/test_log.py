@@ -1,0 +1,346 @@
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+import pytest
+
+from gateway.core import merkle, note
+from gateway.core.errors import MalformedError, MismatchError, PolicyError, VerificationError
+from gateway.ledger import commitments
+from gateway.ledger.keys import GatewayKey
+from gateway.ledger.log import TransparencyLog, append_pending, erase_event, verify_log
+from gateway.store.events import EventRecord, EventStore
+
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+ORIGIN = "provgw.test/log"
+
+
+def _records(start: int, count: int, device: str = "dev-1") -> list[EventRecord]:
+    return [
+        EventRecord(device, seq, "maintenance", 0, 0, "site-a", "t", b"signed-%d" % seq, b"payload")
+        for seq in range(start, start + count)
+    ]
+
+
+@pytest.fixture
+def key():
+    return GatewayKey.generate(ORIGIN)
+
+
+@pytest.fixture
+def log(db, key):
+    return TransparencyLog(db, key.signer, ORIGIN)
+
+
+@pytest.fixture
+def store(db):
+    return EventStore(db)
+
+
+# -- commitments ----------------------------------------------------------------------------------
+
+
+def test_commitment_is_sha256_of_domain_salt_and_digest():
+    salt, digest = bytes(range(32)), hashlib.sha256(b"x").digest()
+    expected = hashlib.sha256(b"provgw/v1/event\0" + salt + digest).digest()
+    assert commitments.commitment("event", salt, digest) == expected
+    assert commitments.leaf_for("event", salt, digest) == merkle.leaf_hash(expected)
+
+
+def test_commitment_domains_separate_record_kinds():
+    salt, digest = bytes(32), bytes(32)
+    values = {commitments.commitment(kind, salt, digest) for kind in commitments.DOMAINS}
+    assert len(values) == len(commitments.DOMAINS)
+
+
+def test_commitment_refuses_unknown_kind_and_wrong_sizes():
+    with pytest.raises(ValueError, match="domain"):
+        commitments.commitment("photo", bytes(32), bytes(32))
+    with pytest.raises(ValueError, match="salt"):
+        commitments.commitment("event", bytes(31), bytes(32))
+    with pytest.raises(ValueError, match="digest"):
+        commitments.commitment("event", bytes(32), bytes(33))
+
+
+# -- tailing the events table ---------------------------------------------------------------------
+
+
+def test_pending_events_are_appended_in_id_order_with_their_commitments(log, store, db):
+    ids = store.insert_batch(_records(0, 7)).stored
+    assert log.pending_events() == 7
+    assert log.append_pending() == 7
+    assert log.pending_events() == 0
+    assert log.size() == 7
+    for index, event_id in enumerate(ids):
+        leaf = log.leaf(index)
+        event = store.by_id(event_id)
+        assert leaf is not None
+        assert event is not None
+        assert event.salt is not None
+        assert (leaf.kind, leaf.ref_id) == ("event", event_id)
+        assert leaf.commitment == commitments.commitment("event", event.salt, event.digest)
+        assert db.query("SELECT hash FROM log_nodes WHERE level = 0 AND idx = ?", (index,)) == [
+            (leaf.leaf_hash,)
+        ]
+
+
+def test_appending_again_appends_nothing_and_later_events_follow(log, store):
+    store.insert_batch(_records(0, 3))
+    assert log.append_pending() == 3
+    assert log.append_pending() == 0
+    store.insert_batch(_records(3, 4))
+    assert append_pending(log.db, limit=2) == 2
+    assert log.append_pending() == 2
+    assert [log.leaf(i).ref_id for i in range(7)] == list(range(1, 8))
+
+
+def test_append_record_logs_other_kinds_under_their_domain(log, store):
+    store.insert_batch(_records(0, 2))
+    log.append_pending()
+    salt, digest = bytes(range(32)), hashlib.sha256(b"manifest").digest()
+    index = log.append_record("manifest", 42, digest, salt)
+    assert index == 2
+    leaf = log.leaf_of("manifest", 42)
+    assert leaf is not None
+    assert leaf.commitment == commitments.commitment("manifest", salt, digest)
+
+
+# -- sealing --------------------------------------------------------------------------------------
+
+
+def test_seal_signs_a_checkpoint_that_opens_with_the_log_key(log, store, key):
+    assert log.seal(NOW) is None  # empty log: nothing to sign
+    store.insert_batch(_records(0, 5))
+    log.append_pending()
+    signed = log.seal(NOW)
+    assert signed is not None
+    assert signed.checkpoint == note.Checkpoint(ORIGIN, 5, log.root())
+    stored = log.latest_checkpoint()
+    assert stored is not None
+    assert stored.size == 5
+    assert stored.signed_ms == int(NOW.timestamp() * 1000)
+    assert note.open_checkpoint(stored.note, key.verifier).checkpoint == signed.checkpoint
+
+
+def test_seal_without_growth_signs_nothing(log, store):
+    store.insert_batch(_records(0, 3))
+    log.append_pending()
+    assert log.seal(NOW) is not None
+    assert log.seal(NOW) is None
+    assert [c.size for c in log.checkpoints()] == [3]
+
+
+def test_seal_refuses_to_run_inside_an_open_transaction(log, store, db):
+    store.insert_batch(_records(0, 3))
+    with db.atomic():
+        log.append_pending()
+        with pytest.raises(RuntimeError, match="committed"):
+            log.seal(NOW)
+
+
+def test_seal_refuses_to_sign_a_head_inconsistent_with_the_last_checkpoint(log, store, key, db):
+    store.insert_batch(_records(0, 4))
+    log.append_pending()
+    # A checkpoint of 4 entries with another root, validly signed: the stored history forks.
+    forged = note.Checkpoint(ORIGIN, 4, hashlib.sha256(b"other").digest()).sign(key.signer)
+    with db.atomic() as conn:
+        conn.execute(
+            "INSERT INTO checkpoints (size, root, note, signed_ms) VALUES (4, ?, ?, 0)",
+            (hashlib.sha256(b"other").digest(), forged),
+        )
+        conn.execute("INSERT INTO checkpoint_status (size) VALUES (4)")
+    store.insert_batch(_records(4, 2))
+    log.append_pending()
+    with pytest.raises(MismatchError) as info:
+        log.seal(NOW)
+    assert info.value.reason == "log-fork"
+    assert [c.size for c in log.checkpoints()] == [4]
+
+
+def test_log_origin_must_be_the_signer_name(db, key):
+    with pytest.raises(ValueError, match="origin"):
+        TransparencyLog(db, key.signer, "another/log")
+
+
+# -- witnesses and chain status -------------------------------------------------------------------
+
+
+def test_cosignatures_and_anchor_raise_the_checkpoint_state(log, store):
+    store.insert_batch(_records(0, 3))
+    log.append_pending()
+    signed = log.seal(NOW)
+    assert signed is not None
+    assert log.status(3).state == "logged"
+    witness = note.Signer.generate("witness.test", note.COSIGNATURE_V1)
+    line = witness.sign(signed.note.text, timestamp=1_700_000_000).line
+    status = log.add_cosignatures(3, [line, line], NOW)
+    assert status.cosignatures == (line,)
+    assert status.state == "witnessed"
+    assert status.witnessed_ms == int(NOW.timestamp() * 1000)
+    status = log.record_anchor(3, chain="besu:1337", tx=b"\x01" * 32, block=9, now=NOW)
+    assert status.state == "anchored"
+    assert status.anchor is not None
+    assert status.anchor.block == 9
+
+
+def test_malformed_cosignature_lines_are_refused(log, store):
+    store.insert_batch(_records(0, 1))
+    log.append_pending()
+    log.seal(NOW)
+    with pytest.raises(MalformedError):
+        log.add_cosignatures(1, ["not a signature line"], NOW)
+    with pytest.raises(MalformedError):
+        log.add_cosignatures(1, ["\u2014 witness.test !!!notbase64"], NOW)
+    assert log.status(1).cosignatures == ()
+
+
+# -- erasure (crypto-shredding) -------------------------------------------------------------------
+
+
+def test_erase_keeps_the_log_verifying_and_logs_the_erasure(log, store, key, db):
+    store.insert_batch(_records(0, 5))
+    log.append_pending()
+    log.seal(NOW)
+    before = log.leaf_of("event", 3)
+    erasure = erase_event(db, 3, "patient request 2025-17", NOW)
+    log.seal(NOW)
+    # The event's leaf and every earlier checkpoint are untouched.
+    assert log.leaf_of("event", 3) == before
+    report = verify_log(db, key.verifier)
+    assert (report.events, report.erased_events, report.erasures) == (4, 1, 1)
+    assert report.checkpoints == 2
+    # The erasure is itself a leaf that commits to (event id, reason digest, time) only.
+    leaf = log.leaf(erasure.leaf_index)
+    assert leaf is not None
+    assert (leaf.kind, leaf.ref_id) == ("erasure", erasure.erasure_id)
+    salt = db.query("SELECT salt FROM erasures WHERE id = ?", (erasure.erasure_id,))[0][0]
+    reason_digest = hashlib.sha256(b"patient request 2025-17").digest()
+    digest = commitments.erasure_digest(3, reason_digest, erasure.erased_ms)
+    assert leaf.commitment == commitments.commitment("erasure", salt, digest)
+
+
+def test_an_erased_record_can_no_longer_be_linked_to_its_leaf(log, store, db):
+    store.insert_batch(_records(0, 3))
+    log.append_pending()
+    event = store.by_id(2)
+    assert event is not None
+    erase_event(db, 2, "court order", NOW)
+    after = store.by_id(2)
+    assert after is not None
+    assert after.salt is None
+    assert after.raw == b""
+    assert after.payload == b""
+    # Whoever holds the original bytes cannot recompute the commitment without the salt: no
+    # commitment over any stored value matches the leaf.
+    leaf = log.leaf_of("event", 2)
+    assert leaf is not None
+    stored_values = [
+        bytes(v)
+        for row in db.query("SELECT * FROM events WHERE id = 2")
+        for v in row
+        if isinstance(v, bytes) and len(v) == 32
+    ]
+    digest = hashlib.sha256(event.raw).digest()
+    candidates = {commitments.commitment("event", s, digest) for s in stored_values}
+    assert leaf.commitment not in candidates
+    assert b"signed-1" not in b"".join(
+        bytes(v) for row in db.query("SELECT * FROM events") for v in row if isinstance(v, bytes)
+    )
+
+
+def test_erase_logs_pending_events_before_destroying_the_salt(log, store, db, key):
+    store.insert_batch(_records(0, 3))
+    erase_event(db, 3, "wrong patient", NOW)  # event 3 was never logged before
+    assert log.leaf_of("event", 3) is not None
+    assert log.leaf(3).kind == "erasure"
+    log.seal(NOW)
+    assert verify_log(db, key.verifier).erased_events == 1
+
+
+def test_erase_refuses_unknown_and_already_erased_events(store, db):
+    store.insert_batch(_records(0, 1))
+    with pytest.raises(MalformedError):
+        erase_event(db, 99, "x", NOW)
+    erase_event(db, 1, "x", NOW)
+    with pytest.raises(PolicyError) as info:
+        erase_event(db, 1, "x", NOW)
+    assert info.value.reason == "already-erased"
+    with pytest.raises(PolicyError):
+        erase_event(db, 1, "  ", NOW)
+
+
+# -- log verify -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sealed(log, store, db):
+    for start in range(0, 40, 10):
+        store.insert_batch(_records(start, 10))
+        log.append_pending()
+        log.seal(NOW)
+    return db
+
+
+def test_verify_log_passes_on_an_intact_log(sealed, key):
+    progress = []
+    report = verify_log(sealed, key.verifier, lambda done, total: progress.append((done, total)))
+    assert (report.leaves, report.events, report.checkpoints) == (40, 40, 4)
+    assert progress[-1] == (40, 40)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        ("UPDATE events SET salt = randomblob(32) WHERE id = 7", "commitment-mismatch"),
+        ("UPDATE events SET raw = x'00' WHERE id = 7", "digest-mismatch"),
+        ("UPDATE log_nodes SET hash = randomblob(32) WHERE level = 0 AND idx = 5", "leaf-mismatch"),
+        ("UPDATE log_nodes SET hash = randomblob(32) WHERE level = 2 AND idx = 1", "node-mismatch"),
+        ("UPDATE log_nodes SET hash = randomblob(32) WHERE level = 5 AND idx = 0", "node-mismatch"),
+        ("UPDATE log_leaves SET commitment = randomblob(32) WHERE idx = 9", "leaf-mismatch"),
+        ("DELETE FROM log_leaves WHERE idx = 39", "size-mismatch"),
+        ("UPDATE events SET salt = NULL WHERE id = 3", "missing-record"),
+        ("UPDATE checkpoints SET root = randomblob(32) WHERE size = 20", "checkpoint-mismatch"),
+    ],
+)
+def test_verify_log_names_the_first_mismatch(sealed, key, tamper, reason):
+    sealed.conn.execute(tamper)
+    with pytest.raises(VerificationError) as info:
+        verify_log(sealed, key.verifier)
+    assert info.value.reason == reason
+
+
+def test_verify_log_refuses_a_checkpoint_signed_by_another_key(sealed):
+    other = GatewayKey.generate(ORIGIN)
+    with pytest.raises(MismatchError) as info:
+        verify_log(sealed, other.verifier)
+    assert info.value.reason == "checkpoint-invalid"
+
+
+def test_verify_log_refuses_a_forged_checkpoint_in_the_store(sealed, key):
+    root = hashlib.sha256(b"fork").digest()
+    forged = note.Checkpoint(ORIGIN, 30, root).sign(key.signer)
+    sealed.conn.execute("UPDATE checkpoints SET root = ?, note = ? WHERE size = 30", (root, forged))
+    with pytest.raises(MismatchError) as info:
+        verify_log(sealed, key.verifier)
+    assert info.value.reason == "root-mismatch"
+
+
+def test_public_api_of_the_log_and_batcher_is_pinned():
+    from gateway.ledger import keys, log  # noqa: PLC0415
+    from gateway.service import batcher  # noqa: PLC0415
+
+    assert keys.__all__ == ["GatewayKey", "load_gateway_key", "load_verifier", "write_gateway_key"]
+    assert log.__all__ == [
+        "Anchor",
+        "CheckpointStatus",
+        "Erasure",
+        "LeafRecord",
+        "LogReport",
+        "StoredCheckpoint",
+        "TransparencyLog",
+        "append_pending",
+        "erase_event",
+        "verify_log",
+    ]
+    assert batcher.__all__ == ["Batcher", "CheckpointHook"]
