@@ -17,6 +17,7 @@ catch a library's exception type::
     │   ├── RollbackError            manifest sequence number not above the highest seen
     │   ├── ExpiredError             outside its validity window (certificate, use-before, skew)
     │   ├── MismatchError            digest, size, vendor, class or topic do not match
+    │   ├── ConflictError            the other side's latest state is not the one assumed (witness)
     │   └── SbomError                SBOM fails schema or minimum-element checks
     └── UnavailableError             a service is down: broker, ledger, witness, chain
 
@@ -27,6 +28,7 @@ quarantine rows and metrics, and its message is a sentence a biomed engineer can
 from __future__ import annotations
 
 __all__ = [
+    "ConflictError",
     "ExpiredError",
     "MalformedError",
     "MismatchError",
@@ -131,6 +133,24 @@ class MismatchError(VerificationError):
     """A digest, size, vendor, class or topic does not match what it must."""
 
     default_reason = "mismatch"
+
+
+class ConflictError(VerificationError):
+    """The other side's latest state is not the one the request assumed.
+
+    A C2SP tlog-witness answers "409 Conflict" with the size of the latest checkpoint it cosigned
+    when the submitted old size is not that size, or when it holds another root at the same size
+    (a split view); ``known_size`` carries that size so the log can prove consistency from it.
+    """
+
+    default_reason = "conflict"
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, known_size: int | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        #: The size of the latest state the other side holds, when it said.
+        self.known_size = known_size
 
 
 class SbomError(VerificationError):
