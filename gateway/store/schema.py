@@ -96,3 +96,184 @@ def _devices(conn: sqlite3.Connection) -> None:
         """
     )
     conn.execute("CREATE INDEX device_keys_device ON device_keys (device_id)")
+
+
+@migration("0004_manifests")
+def _manifests(conn: sqlite3.Connection) -> None:
+    # Every verified manifest is kept whole (raw envelope, SBOM included), keyed by the digest of
+    # its signed manifest map, so a later copy with more operator approvals replaces the envelope
+    # but never adds a second row. Rollback state is its own table (RFC 9124 REQ.SEC.SEQUENCE):
+    # the highest sequence number accepted per (vendor, class), and per device the installed one,
+    # so neither can go backwards even if manifest rows were ever pruned.
+    conn.execute(
+        """
+        CREATE TABLE manifests (
+            digest      BLOB    PRIMARY KEY CHECK (length(digest) = 32),
+            vendor      BLOB    NOT NULL CHECK (length(vendor) = 16),
+            class       BLOB    NOT NULL CHECK (length(class) = 16),
+            seq         INTEGER NOT NULL CHECK (seq >= 0),
+            version     TEXT    NOT NULL,
+            priority    INTEGER NOT NULL,
+            use_before  INTEGER NOT NULL,
+            raw         BLOB    NOT NULL,
+            received_ms INTEGER NOT NULL,
+            UNIQUE (vendor, class, seq)
+        ) STRICT
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE manifest_rollback (
+            vendor     BLOB    NOT NULL,
+            class      BLOB    NOT NULL,
+            seq        INTEGER NOT NULL CHECK (seq >= 0),
+            digest     BLOB    NOT NULL REFERENCES manifests (digest),
+            updated_ms INTEGER NOT NULL,
+            PRIMARY KEY (vendor, class)
+        ) STRICT
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE device_firmware (
+            device_id    TEXT    NOT NULL,
+            vendor       BLOB    NOT NULL,
+            class        BLOB    NOT NULL,
+            seq          INTEGER NOT NULL CHECK (seq >= 0),
+            digest       BLOB    NOT NULL CHECK (length(digest) = 32),
+            installed_ms INTEGER NOT NULL,
+            PRIMARY KEY (device_id, vendor, class)
+        ) STRICT
+        """
+    )
+
+
+@migration("0005_inventory")
+def _inventory(conn: sqlite3.Connection) -> None:
+    # The device inventory recalls are matched against (gateway.store.inventory). Serial numbers
+    # and lots are also kept split as (text prefix, trailing number) so a recall's serial or lot
+    # range is one index range scan (gateway.core.recall.range_key); (vendor, class, version)
+    # groups the fleet by firmware, so firmware and SBOM-component rules are decided once per
+    # group, not once per device. `version_seq` is the seq of the firmware_update event that set
+    # `version` (NULL: the inventory's initial version), so an older report never overwrites it.
+    conn.execute(
+        """
+        CREATE TABLE inventory (
+            device_id       TEXT    PRIMARY KEY,
+            vendor          BLOB    NOT NULL CHECK (length(vendor) = 16),
+            class           BLOB    NOT NULL CHECK (length(class) = 16),
+            vendor_domain   TEXT    NOT NULL,
+            manufacturer    TEXT    NOT NULL,
+            model           TEXT    NOT NULL,
+            gtin            TEXT    NOT NULL CHECK (length(gtin) = 14),
+            serial          TEXT    NOT NULL,
+            serial_prefix   TEXT    NOT NULL,
+            serial_num      INTEGER,
+            lot             TEXT,
+            lot_prefix      TEXT,
+            lot_num         INTEGER,
+            site            TEXT    NOT NULL,
+            department      TEXT    NOT NULL,
+            initial_version TEXT,
+            version         TEXT,
+            version_seq     INTEGER,
+            version_ms      INTEGER,
+            imported_ms     INTEGER NOT NULL
+        ) STRICT
+        """
+    )
+    conn.execute("CREATE INDEX inventory_firmware ON inventory (vendor, class, version)")
+    conn.execute(
+        "CREATE INDEX inventory_serial ON inventory (vendor, class, serial_prefix, serial_num)"
+    )
+    conn.execute("CREATE INDEX inventory_lot ON inventory (vendor, class, lot_prefix, lot_num)")
+    conn.execute(
+        "CREATE INDEX inventory_gtin_serial ON inventory (gtin, serial_prefix, serial_num)"
+    )
+    conn.execute("CREATE INDEX inventory_gtin_lot ON inventory (gtin, lot_prefix, lot_num)")
+    # How far the inventory has read the events table for firmware_update reports.
+    conn.execute(
+        """
+        CREATE TABLE inventory_cursor (
+            id         INTEGER PRIMARY KEY CHECK (id = 1),
+            last_event INTEGER NOT NULL
+        ) STRICT
+        """
+    )
+
+
+@migration("0006_recalls")
+def _recalls(conn: sqlite3.Connection) -> None:
+    # One row per recall id: its latest accepted revision (gateway.store.recalls), the recall map
+    # as CBOR (`payload`) and the bytes as received (`raw`: signed envelope or CSAF JSON).
+    conn.execute(
+        """
+        CREATE TABLE recalls (
+            recall_id    TEXT    PRIMARY KEY,
+            revision     INTEGER NOT NULL CHECK (revision >= 0),
+            vendor       BLOB    NOT NULL CHECK (length(vendor) = 16),
+            digest       BLOB    NOT NULL CHECK (length(digest) = 32),
+            signed       INTEGER NOT NULL CHECK (signed IN (0, 1)),
+            signers      TEXT    NOT NULL,
+            source       TEXT    NOT NULL CHECK (source IN ('notice', 'csaf')),
+            recall_class TEXT    NOT NULL,
+            status       TEXT    NOT NULL,
+            payload      BLOB    NOT NULL,
+            raw          BLOB    NOT NULL,
+            notes        TEXT    NOT NULL,
+            received_ms  INTEGER NOT NULL
+        ) STRICT
+        """
+    )
+    # Per recall and device: which rules matched, and the remediation state the urgent lane
+    # moves along (pending -> offered -> installed / failed / unreachable), with timestamps.
+    conn.execute(
+        """
+        CREATE TABLE recall_impacts (
+            recall_id      TEXT    NOT NULL REFERENCES recalls (recall_id),
+            device_id      TEXT    NOT NULL,
+            matches        TEXT    NOT NULL,
+            state          TEXT    NOT NULL CHECK (state IN
+                               ('pending', 'offered', 'installed', 'failed', 'unreachable')),
+            attempts       INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+            matched_ms     INTEGER NOT NULL,
+            offered_ms     INTEGER,
+            installed_ms   INTEGER,
+            failed_ms      INTEGER,
+            unreachable_ms INTEGER,
+            detail         TEXT,
+            updated_ms     INTEGER NOT NULL,
+            PRIMARY KEY (recall_id, device_id)
+        ) STRICT, WITHOUT ROWID
+        """
+    )
+    conn.execute("CREATE INDEX recall_impacts_state ON recall_impacts (recall_id, state)")
+    # The SBOM components of every kept firmware manifest, precomputed once per manifest, so a
+    # component rule is one indexed lookup per (vendor, purl) instead of parsing SBOMs per query.
+    conn.execute(
+        """
+        CREATE TABLE sbom_index (
+            digest     BLOB    PRIMARY KEY CHECK (length(digest) = 32),
+            vendor     BLOB    NOT NULL,
+            class      BLOB    NOT NULL,
+            version    TEXT    NOT NULL,
+            components INTEGER NOT NULL,
+            indexed_ms INTEGER NOT NULL
+        ) STRICT
+        """
+    )
+    conn.execute("CREATE INDEX sbom_index_group ON sbom_index (vendor, class, version)")
+    conn.execute(
+        """
+        CREATE TABLE sbom_components (
+            digest       BLOB NOT NULL REFERENCES sbom_index (digest),
+            vendor       BLOB NOT NULL,
+            class        BLOB NOT NULL,
+            version      TEXT NOT NULL,
+            purl         TEXT NOT NULL,
+            subpath      TEXT NOT NULL,
+            comp_version TEXT NOT NULL
+        ) STRICT
+        """
+    )
+    conn.execute("CREATE INDEX sbom_components_purl ON sbom_components (vendor, purl)")

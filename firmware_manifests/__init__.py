@@ -1,0 +1,1 @@
+"""Sample firmware manifests with CycloneDX SBOMs, and the script that regenerates them."""

@@ -1,0 +1,1 @@
+"""Sample recall notices and a CSAF 2.0 advisory."""
