@@ -1,0 +1,502 @@
+"""Ingest at line rate: ``provgw serve`` beside a raw subscriber and the naive pipeline.
+
+Same run, same Mosquitto, same PRE-SIGNED publisher (1,000 devices, one TLS connection each,
+QoS 1), three consumers in turn, each its own process (tree) with a fresh SQLite file:
+
+* (a) raw subscriber: paho -> SQLite batch -> ack, no verification (the ceiling);
+* (b) naive pipeline: paho -> verify -> ``EventStore`` batch -> ack, one process;
+* the gateway: ``provgw serve`` (its worker processes on a shared subscription).
+
+Per consumer: enrol every device (its first message, with the certificate chain), then publish
+kid-only events as fast as the consumer commits them, a window of ``WINDOW`` uncommitted messages
+at most (so the backlog, and with it the latency, stays bounded instead of piling up in the
+broker); then a paced phase at a rate every consumer sustains, for latency without queueing.
+
+"Committed" is observed, not reported: a thread polls the consumer's database every few ms for
+new rows and matches each row's SHA-256 digest to the time the publisher sent those bytes. So
+latency is publish -> visible after COMMIT, measured the same way for all three. RSS is the sum
+of VmRSS over the consumer's process tree (the gateway's supervisor and workers), peak while
+saturated. Everything, publisher and broker included, shares this machine's cores.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import random
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench._table import Row
+from device_sim.demo import LocalMosquitto
+from device_sim.events import SimDevice, make_event
+from device_sim.fleet import (
+    EVENT_MIX,
+    ClientPool,
+    device_credentials,
+    raise_fd_limit,
+    select_devices,
+)
+from device_sim.pki import DeviceRecord, init_pki
+from gateway.ingest.broker_config import write_broker_config
+from gateway.ingest.topics import event_topic
+
+WINDOW = 2000  # uncommitted messages the publisher allows itself
+POLL_S = 0.005  # how often the observer looks for new rows
+STALL_S = 30.0  # no commit for this long: the consumer is stuck, stop the benchmark
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Msg:
+    index: int  # device (= client) index
+    topic: str
+    payload: bytes
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class Plan:
+    devices: int
+    slices: int
+    per_slice: int
+    paced_rate: float
+    paced_s: float
+
+
+QUICK = Plan(devices=100, slices=1, per_slice=3000, paced_rate=500, paced_s=2)
+FULL = Plan(devices=1000, slices=3, per_slice=20000, paced_rate=1000, paced_s=4)
+
+
+# --- messages ------------------------------------------------------------------------------------
+
+
+def _msg(index: int, record: DeviceRecord, sim: SimDevice, seq: int, rng: random.Random) -> Msg:
+    now = datetime.now(UTC)
+    event_type = rng.choices([t for t, _ in EVENT_MIX], [w for _, w in EVENT_MIX])[0]
+    event = make_event(
+        record.id, event_type, seq, int(now.timestamp() * 1000), rng, today=now.date()
+    )
+    payload = sim.sign(event, with_chain=seq == 1)
+    topic = event_topic(record.site, record.id, event_type)
+    return Msg(index, topic, payload, hashlib.sha256(payload).digest())
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Pre-signed messages: enrolment (seq 1, with chain), throughput slices, paced phase."""
+
+    enrol: list[Msg]
+    slices: list[list[Msg]]
+    paced: list[Msg]
+    paced_rate: float
+
+    @property
+    def size(self) -> int:
+        return len(self.enrol) + sum(map(len, self.slices)) + len(self.paced)
+
+
+def presign(pki: Path, records: list[DeviceRecord], plan: Plan) -> Workload:
+    """Sign every message of the run before any is published."""
+    rng = random.Random(3)  # noqa: S311 - reproducible bench contents, not secrets
+    sims = [SimDevice.load(pki, r.id) for r in records]
+    n = len(records)
+    enrol = [_msg(i, r, sims[i], 1, rng) for i, r in enumerate(records)]
+    seqs = [2] * n
+    k = 0
+
+    def take(count: int) -> list[Msg]:
+        nonlocal k
+        out = []
+        for _ in range(count):
+            i = k % n
+            out.append(_msg(i, records[i], sims[i], seqs[i], rng))
+            seqs[i] += 1
+            k += 1
+        return out
+
+    slices = [take(plan.per_slice) for _ in range(plan.slices)]
+    paced = take(int(plan.paced_rate * plan.paced_s))
+    return Workload(enrol, slices, paced, plan.paced_rate)
+
+
+# --- watching the consumer -----------------------------------------------------------------------
+
+
+def _tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            children = Path(f"/proc/{p}/task/{p}/children").read_text(encoding="ascii").split()
+        except OSError:
+            continue
+        todo.extend(int(c) for c in children)
+    return pids
+
+
+def rss_bytes(pid: int) -> int:
+    """Sum of VmRSS over *pid* and its descendants."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text(encoding="ascii").splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
+@dataclass
+class Observer:
+    """Polls the consumer's ``events`` table; records when each published digest became visible."""
+
+    db: Path
+    pid: int
+    published: dict[bytes, float] = field(default_factory=dict)
+    committed: dict[bytes, float] = field(default_factory=dict)
+    peak_rss: int = 0
+    measuring_rss: bool = False
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="observer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self.db.exists() and not self._stop.wait(POLL_S):
+            pass
+        conn = sqlite3.connect(self.db, timeout=5)
+        last_id = 0
+        next_rss = 0.0
+        try:
+            while not self._stop.wait(POLL_S):
+                try:
+                    rows = conn.execute(
+                        "SELECT id, digest FROM events WHERE id > ? ORDER BY id", (last_id,)
+                    ).fetchall()
+                except sqlite3.OperationalError:
+                    continue  # table not created yet, or a writer's checkpoint
+                now = time.monotonic()
+                for row_id, digest in rows:
+                    last_id = row_id
+                    if digest in self.published and digest not in self.committed:
+                        self.committed[digest] = now
+                if self.measuring_rss and now >= next_rss:
+                    self.peak_rss = max(self.peak_rss, rss_bytes(self.pid))
+                    next_rss = now + 0.1
+        finally:
+            conn.close()
+
+    def done(self, msgs: list[Msg]) -> int:
+        return sum(1 for m in msgs if m.digest in self.committed)
+
+
+# --- the publisher -------------------------------------------------------------------------------
+
+
+def publish(
+    pool: ClientPool,
+    observer: Observer,
+    msgs: list[Msg],
+    *,
+    rate: float | None = None,
+    window: int = WINDOW,
+) -> float:
+    """Publish *msgs* (paced at *rate*, or as fast as the window allows); wait for all commits.
+
+    Returns the seconds from the first publish to the last commit.
+    """
+    base = len(observer.committed)
+    start = time.monotonic()
+    sent = 0
+    last_progress, last_count = start, base
+    while True:
+        now = time.monotonic()
+        count = len(observer.committed)
+        if count != last_count:
+            last_progress, last_count = now, count
+        elif now - last_progress > STALL_S:
+            done = f"{count - base} of {len(msgs)}"
+            msg = f"consumer stalled: {done} committed after {now - start:.1f} s"
+            raise RuntimeError(msg)
+        if sent < len(msgs):
+            limit = len(msgs) if rate is None else min(len(msgs), int((now - start) * rate) + 1)
+            room = window - (sent - (count - base))
+            for _ in range(max(0, min(limit - sent, room, 500))):
+                m = msgs[sent]
+                observer.published[m.digest] = time.monotonic()
+                pool.publish(m.index, m.topic, m.payload)
+                sent += 1
+        elif count - base >= len(msgs) and observer.done(msgs) == len(msgs):
+            break
+        pool.poll(0.001)
+    return max(observer.committed[m.digest] for m in msgs) - start
+
+
+def latencies_ms(observer: Observer, msgs: list[Msg]) -> list[float]:
+    return [(observer.committed[m.digest] - observer.published[m.digest]) * 1000 for m in msgs]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# --- the consumers -------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    name: str
+    rates: list[float]
+    saturated_ms: list[float]
+    paced_ms: list[float]
+    peak_rss: int
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.rates)
+
+
+def _wait_line(proc: subprocess.Popen[str], want: Callable[[str], bool], what: str) -> str:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            msg = f"{what} exited with code {proc.wait()} before it was ready"
+            raise RuntimeError(msg)
+        if want(line):
+            return line
+    msg = f"{what} not ready within 60 s"
+    raise RuntimeError(msg)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def start_baseline(
+    kind: str, folder: Path, broker: LocalMosquitto, pki: Path
+) -> tuple[subprocess.Popen[str], Path]:
+    db = folder / f"{kind}.sqlite3"
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench._ingest_consumers",
+        kind,
+        "--broker",
+        str(broker.config.directory),
+        "--port",
+        str(broker.port),
+        "--db",
+        str(db),
+        "--trust",
+        str(pki / "trust"),
+    ]
+    log = (folder / f"{kind}.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+    _wait_line(proc, lambda line: line.strip() == "ready", f"baseline {kind}")
+    return proc, db
+
+
+def start_gateway(
+    folder: Path, broker: LocalMosquitto, pki: Path, workers: int
+) -> tuple[subprocess.Popen[str], Path]:
+    db = folder / "gateway.sqlite3"
+    config = folder / "gateway.toml"
+    config.write_text(
+        "\n".join(
+            [
+                "[broker]",
+                f'host = "{broker.host}"',
+                f"port = {broker.port}",
+                f'config_dir = "{broker.config.directory}"',
+                "[ingest]",
+                f"workers = {workers}",
+                "[trust]",
+                f'dir = "{pki / "trust"}"',
+                "[store]",
+                f'path = "{db}"',
+                "[metrics]",
+                "port = 0",
+                "",
+            ]
+        ),
+        encoding="utf-8",
+    )
+    provgw = Path(sys.executable).with_name("provgw")
+    log = (folder / "gateway.log").open("w")
+    proc = subprocess.Popen(
+        [str(provgw), "serve", "--config", str(config), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    _wait_line(proc, lambda line: '"running"' in line, "provgw serve")
+    return proc, db
+
+
+def measure(
+    name: str, consumer: tuple[subprocess.Popen[str], Path], pool: ClientPool, work: Workload
+) -> Result:
+    proc, db = consumer
+    observer = Observer(db, proc.pid)
+    observer.start()
+    try:
+        publish(pool, observer, work.enrol)
+        observer.measuring_rss = True
+        rates, saturated = [], []
+        for part in work.slices:
+            seconds = publish(pool, observer, part)
+            rates.append(len(part) / seconds)
+            saturated += latencies_ms(observer, part)
+            print(f"  {name}: {rates[-1]:,.0f} events/s", file=sys.stderr, flush=True)
+        observer.measuring_rss = False
+        publish(pool, observer, work.paced, rate=work.paced_rate)
+        paced = latencies_ms(observer, work.paced)
+        return Result(name, rates, saturated, paced, observer.peak_rss)
+    finally:
+        observer.stop()
+        _stop(proc)
+
+
+def run(quick: bool) -> list[Row]:  # noqa: FBT001 - the bench runner's interface
+    plan = QUICK if quick else FULL
+    raise_fd_limit(plan.devices * 2 + 512)
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        folder = Path(tmp)
+        pki = folder / "pki"
+        init_pki(pki, devices_per_model=-(-plan.devices // 9))
+        workers = os.cpu_count() or 1
+        config = write_broker_config(
+            pki, folder / "broker", now=datetime.now(UTC), routine_workers=workers
+        )
+        records = select_devices(pki, plan.devices)
+        t = time.perf_counter()
+        work = presign(pki, records, plan)
+        took = time.perf_counter() - t
+        print(f"  signed {work.size:,} messages in {took:.1f} s", file=sys.stderr)
+        with LocalMosquitto(config, folder) as broker:
+            return _contest(folder, broker, pki, records, work)
+
+
+def _pool(
+    broker: LocalMosquitto, pki: Path, records: list[DeviceRecord], parallel: int
+) -> tuple[ClientPool, float]:
+    pool = ClientPool(broker.host, broker.port, max_inflight=100)
+    for r in records:
+        pool.add(device_credentials(pki, broker.config, r.id))
+    result = pool.connect_all(parallel=parallel)
+    if result.failures:
+        first = next(iter(result.failures.items()))
+        msg = f"{len(result.failures)} devices could not connect, e.g. {first}"
+        raise RuntimeError(msg)
+    return pool, result.seconds
+
+
+def _contest(
+    folder: Path, broker: LocalMosquitto, pki: Path, records: list[DeviceRecord], work: Workload
+) -> list[Row]:
+    sequential_pool, sequential_s = _pool(broker, pki, records, 1)
+    sequential_pool.close()
+    pool, parallel_s = _pool(broker, pki, records, 4)
+    results: dict[str, Result] = {}
+    try:
+        for name in ("raw", "naive"):
+            consumer = start_baseline(name, folder, broker, pki)
+            results[name] = measure(name, consumer, pool, work)
+        consumer = start_gateway(folder, broker, pki, os.cpu_count() or 1)
+        results["gateway"] = measure("gateway", consumer, pool, work)
+    finally:
+        pool.close()
+    raw, naive, gw = results["raw"], results["naive"], results["gateway"]
+    n = len(records)
+    at = f"{n:,} devices, QoS 1"
+    paced = f"paced {work.paced_rate:,.0f}/s"
+    saturated = f"saturated, window {WINDOW}"
+
+    row = functools.partial(Row, "ingest")
+
+    return [
+        row(f"connect {n:,} devices (TLS, 4 threads)", parallel_s, "s", "1 thread", sequential_s),
+        row(
+            f"gateway verified+stored+acked ({at})",
+            gw.rate,
+            "events/s",
+            "(a) raw subscriber, no verify",
+            raw.rate,
+            ">= 5,000/s and >= 0.7x raw",
+        ),
+        row(
+            f"gateway verified+stored+acked ({at})",
+            gw.rate,
+            "events/s",
+            "(b) naive 1-process pipeline",
+            naive.rate,
+            ">= 1.7x naive",
+        ),
+        row(
+            f"gateway p50 publish->commit ({paced})",
+            pct(gw.paced_ms, 0.5),
+            "ms",
+            "(a) raw",
+            pct(raw.paced_ms, 0.5),
+        ),
+        row(
+            f"gateway p99 publish->commit ({paced})",
+            pct(gw.paced_ms, 0.99),
+            "ms",
+            "(a) raw",
+            pct(raw.paced_ms, 0.99),
+        ),
+        row(
+            f"gateway p50 publish->commit ({saturated})",
+            pct(gw.saturated_ms, 0.5),
+            "ms",
+            "(b) naive",
+            pct(naive.saturated_ms, 0.5),
+        ),
+        row(
+            f"gateway p99 publish->commit ({saturated})",
+            pct(gw.saturated_ms, 0.99),
+            "ms",
+            "(b) naive",
+            pct(naive.saturated_ms, 0.99),
+        ),
+        row(
+            "gateway RSS, all processes, peak",
+            gw.peak_rss / MB,
+            "MB",
+            "(b) naive, 1 process",
+            naive.peak_rss / MB,
+            "<= 150 MB",
+        ),
+    ]

@@ -1,0 +1,457 @@
+"""``provgw-sim demo`` (what ``make demo`` runs): broker, gateway and a fleet, end to end.
+
+In a fresh directory it (1) makes a demo PKI, (2) writes the broker configuration, (3) starts
+Mosquitto on a free loopback port, (4) starts ``provgw serve``, (5) runs a small fleet with a
+little fault injection, (6) shows what arrived (stored per type, quarantined per reason, one
+device's history) and (7) verifies one stored message offline with ``provgw message verify``.
+Everything it starts is stopped on exit, on error and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, Self
+
+from device_sim.fleet import FaultRates, FleetOptions, raise_fd_limit, run_fleet
+from device_sim.pki import init_pki
+from gateway.ingest.broker_config import BrokerConfig, write_broker_config
+
+__all__ = ["DemoError", "DemoOptions", "LocalMosquitto", "free_port", "run_demo"]
+
+
+class DemoError(Exception):
+    """A demo step failed; the message says what went wrong and what to do."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port free on *host* right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _mosquitto_exe() -> str:
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(exe).exists():
+        msg = (
+            "Mosquitto is not installed. Install it (Debian/Ubuntu: sudo apt-get install "
+            "mosquitto), or run `make demo`, which installs it when run as root."
+        )
+        raise DemoError(msg)
+    return exe
+
+
+class LocalMosquitto:
+    """A Mosquitto process on a free loopback port, with the configuration ``broker-config`` wrote.
+
+    Its ``mosquitto.conf`` and persistence directory live in *workdir*; its log in
+    ``workdir/mosquitto.log``. Use as a context manager: the broker is stopped on exit.
+    """
+
+    def __init__(self, config: BrokerConfig, workdir: Path, *, port: int | None = None) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.host = config.host
+        self.port = port or free_port(config.host)
+        self.conf = workdir / "mosquitto.conf"
+        self.log_path = workdir / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the broker; wait until it completes a TLS handshake with a client certificate."""
+        exe = _mosquitto_exe()
+        data = self.workdir / "mosquitto-data"
+        data.mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(
+            self.config.mosquitto_conf(
+                port=self.port, persistence_dir=data, run_as=getpass.getuser()
+            ),
+            encoding="utf-8",
+        )
+        # One socket per device: the broker inherits our (raised) limit on open files.
+        raise_fd_limit(8192)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(  # noqa: S603 - our own executable and config file
+                [exe, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
+            )
+        creds = self.config.client("gateway-admin")
+        ctx = ssl.create_default_context(cafile=str(creds.cafile))
+        ctx.load_cert_chain(str(creds.certfile), str(creds.keyfile))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                msg = f"Mosquitto exited with code {self.proc.returncode}; its log:\n{self.log()}"
+                raise DemoError(msg)
+            try:
+                with (
+                    socket.create_connection((self.host, self.port), timeout=1) as raw,
+                    ctx.wrap_socket(raw, server_hostname=self.host),
+                ):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        msg = (
+            f"Mosquitto did not accept TLS connections within {timeout:g} s; its log:\n{self.log()}"
+        )
+        raise DemoError(msg)
+
+    def stop(self) -> None:
+        """Stop cleanly (SIGTERM: Mosquitto saves its persistence file); kill if it hangs."""
+        _terminate(self.proc)
+        self.proc = None
+
+    def log(self) -> str:
+        """Everything the broker logged so far."""
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# --- the demo ------------------------------------------------------------------------------------
+
+_MARKER = ".provgw-demo"
+_DEMO_FAULTS = FaultRates(bad_signature=0.01, replay=0.01, malformed=0.01, impersonate=0.01)
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What ``provgw-sim demo`` does; see the command's help."""
+
+    directory: Path
+    devices: int = 50
+    rate: float = 50.0
+    duration: float = 20.0
+    seed: int | None = None
+    faults: FaultRates = field(default_factory=lambda: _DEMO_FAULTS)
+
+
+Say = Callable[[str], None]
+
+
+def _fresh(directory: Path) -> None:
+    # Only a directory an earlier demo made (it holds the marker) is wiped; anything else is kept.
+    if directory.exists() and any(directory.iterdir()):
+        if not (directory / _MARKER).exists():
+            msg = (
+                f"{directory} exists and is not an earlier demo's directory; pass --dir with a "
+                "new or empty directory"
+            )
+            raise DemoError(msg)
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / _MARKER).write_text("made by provgw-sim demo; deleted by its next run\n")
+
+
+def _provgw() -> str:
+    beside = Path(sys.executable).with_name("provgw")
+    found = str(beside) if beside.exists() else shutil.which("provgw")
+    if found is None:
+        msg = "the `provgw` command is not installed; run `make demo` (it installs the package)"
+        raise DemoError(msg)
+    return found
+
+
+def _has_serve(provgw: str) -> bool:
+    result = subprocess.run(  # noqa: S603 - our own command
+        [provgw, "serve", "--help"], capture_output=True, text=True, check=False
+    )
+    return result.returncode == 0
+
+
+def _write_gateway_toml(
+    path: Path, broker: LocalMosquitto, pki: Path, db: Path, workers: int
+) -> None:
+    lines = [
+        "# Written by `provgw-sim demo`.",
+        "[broker]",
+        f"host = {json.dumps(broker.host)}",
+        f"port = {broker.port}",
+        f"config_dir = {json.dumps(str(broker.config.directory))}",
+        "[ingest]",
+        f"workers = {workers}",
+        "[trust]",
+        f"dir = {json.dumps(str(pki / 'trust'))}",
+        "[store]",
+        f"path = {json.dumps(str(db))}",
+        "[metrics]",
+        "port = 0",
+        "",
+    ]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+class _Gateway:
+    """``provgw serve`` as a child process: started, waited for, stopped."""
+
+    def __init__(self, provgw: str, config: Path, log: Path) -> None:
+        self.provgw = provgw
+        self.config = config
+        self.log_path = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.status: dict[str, Any] = {}
+
+    def start(self, timeout: float = 60.0) -> dict[str, Any]:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(  # noqa: S603 - our own command and config
+                [self.provgw, "serve", "--config", str(self.config), "--json"],
+                stdout=subprocess.PIPE,
+                stderr=log,
+            )
+        assert self.proc.stdout is not None
+        result: dict[str, Any] = {}
+        reader = threading.Thread(target=self._read_first, args=(result,), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        status = result.get("line")
+        if not status or status.get("status") != "running":
+            self.stop()
+            detail = (status or {}).get("detail") or self._log_tail()
+            msg = f"`provgw serve` did not start: {detail}"
+            raise DemoError(msg)
+        self.status = dict(status)
+        return self.status
+
+    def _read_first(self, result: dict[str, Any]) -> None:
+        assert self.proc is not None
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            with suppress(ValueError):
+                result["line"] = json.loads(raw)
+                return
+
+    def _log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        _terminate(self.proc, timeout=30)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
+
+
+def _counts(db: Path) -> tuple[dict[str, int], dict[str, int]]:
+    if not db.exists():
+        return {}, {}
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        stored = dict(conn.execute("SELECT type, count(*) FROM events GROUP BY type").fetchall())
+        quarantined = dict(
+            conn.execute("SELECT reason, count(*) FROM quarantine GROUP BY reason").fetchall()
+        )
+    except sqlite3.OperationalError:
+        return {}, {}
+    finally:
+        conn.close()
+    return stored, quarantined
+
+
+def _history(db: Path, device: str) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        rows = conn.execute(
+            "SELECT seq, type, event_time_ms, raw FROM events WHERE device_id = ? ORDER BY seq",
+            (device,),
+        ).fetchall()
+    finally:
+        conn.close()
+    return [
+        {
+            "seq": seq,
+            "type": kind,
+            "time": datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds"),
+            "bytes": len(raw),
+            "raw": raw,
+        }
+        for seq, kind, ms, raw in rows
+    ]
+
+
+@contextmanager
+def _interruptible(stop: threading.Event) -> Iterator[None]:
+    # Ctrl-C (and SIGTERM) set *stop*; every step checks it and the ExitStack cleans up.
+    def handler(signum: int, frame: FrameType | None) -> None:
+        del signum, frame
+        stop.set()
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+def run_demo(options: DemoOptions, say: Say) -> dict[str, Any]:  # noqa: PLR0915 - seven steps in order
+    """Run the seven demo steps; return what happened (the ``--json`` object).
+
+    Raises :class:`DemoError` with what to do when a step cannot run.
+    """
+    stop = threading.Event()
+    out: dict[str, Any] = {"dir": str(options.directory), "interrupted": False}
+    with ExitStack() as cleanup, _interruptible(stop):
+        directory = options.directory.resolve()
+        _fresh(directory)
+        pki, broker_dir, db = directory / "pki", directory / "broker", directory / "gateway.sqlite3"
+
+        say(f"[1/7] demo PKI (TEST KEYS ONLY) in {pki}")
+        records = init_pki(pki, devices_per_model=max(1, -(-options.devices // 9)))
+        out["pki"] = {"dir": str(pki), "devices": len(records)}
+
+        workers = min(os.cpu_count() or 1, 4)
+        say(f"[2/7] broker configuration in {broker_dir} ({workers} gateway workers)")
+        port = free_port()
+        config = write_broker_config(
+            pki, broker_dir, now=datetime.now(UTC), port=port, routine_workers=workers
+        )
+
+        say(f"[3/7] Mosquitto on 127.0.0.1:{port} (log: {directory / 'mosquitto.log'})")
+        broker = LocalMosquitto(config, directory, port=port)
+        broker.start()
+        cleanup.callback(broker.stop)
+        out["broker"] = {"host": broker.host, "port": broker.port}
+
+        provgw = _provgw()
+        gateway_config = directory / "gateway.toml"
+        _write_gateway_toml(gateway_config, broker, pki, db, workers)
+        if _has_serve(provgw):
+            say(f"[4/7] provgw serve --config {gateway_config} (log: {directory / 'gateway.log'})")
+            gateway = _Gateway(provgw, gateway_config, directory / "gateway.log")
+            status = gateway.start()
+            cleanup.callback(gateway.stop)
+            out["gateway"] = {
+                "running": True,
+                "pid": status.get("pid"),
+                "workers": status.get("workers"),
+            }
+        else:
+            say("[4/7] `provgw serve` is missing in this version: the fleet runs without a gateway")
+            out["gateway"] = {"running": False}
+        if stop.is_set():
+            out["interrupted"] = True
+            return out
+
+        say(
+            f"[5/7] {options.devices} devices publish {options.rate:g} events/s for "
+            f"{options.duration:g} s, with a little fault injection"
+        )
+        report = run_fleet(
+            FleetOptions(
+                pki=pki,
+                broker_dir=broker_dir,
+                devices=options.devices,
+                rate=options.rate,
+                duration=options.duration,
+                port=port,
+                seed=options.seed,
+                faults=options.faults,
+                progress_every=max(1.0, min(5.0, options.duration / 4)),
+            ),
+            on_progress=lambda p: say(
+                f"      {p.elapsed_s:5.1f} s: sent {p.sent}, acked {p.acked}, "
+                f"refused by the broker {p.refused}"
+            ),
+            stop=stop,
+        )
+        out["fleet"] = report.to_json()
+        say(
+            f"      fleet done: {report.sent} sent, {report.acked} accepted by the broker, "
+            f"{report.refused} refused by its ACL (impersonation attempts)"
+        )
+
+        say("[6/7] what arrived at the gateway")
+        expected = report.acked
+        deadline = time.monotonic() + 15
+        stored, quarantined = _counts(db)
+        while out["gateway"]["running"] and not stop.is_set() and time.monotonic() < deadline:
+            stored, quarantined = _counts(db)
+            if sum(stored.values()) + sum(quarantined.values()) >= expected:
+                break
+            time.sleep(0.2)
+        out["stored"], out["quarantined"] = stored, quarantined
+        say(f"      stored {sum(stored.values())}: " + _pairs(stored))
+        say(f"      quarantined {sum(quarantined.values())}: " + (_pairs(quarantined) or "nothing"))
+        sample_id = records[0].id
+        history = _history(db, sample_id) if stored else []
+        out["sample"] = {
+            "device": sample_id,
+            "history": [{k: v for k, v in h.items() if k != "raw"} for h in history],
+        }
+        say(f"      history of {sample_id} ({records[0].model}):")
+        for h in history[:8]:
+            say(f"        #{h['seq']:<4} {h['time']}  {h['type']}")
+        if len(history) > 8:
+            say(f"        ... {len(history) - 8} more")
+
+        if not history:
+            say("[7/7] nothing stored, so nothing to verify offline")
+            out["verify"] = None
+        else:
+            sample = directory / "sample-message.cose"
+            sample.write_bytes(history[0]["raw"])  # seq 1: it carries the certificate chain
+            say(f"[7/7] provgw message verify {sample} --trust {pki / 'trust'}")
+            result = subprocess.run(  # noqa: S603 - our own command
+                [provgw, "message", "verify", str(sample), "--trust", str(pki / "trust"), "--json"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            try:
+                out["verify"] = json.loads(result.stdout)
+            except ValueError:
+                out["verify"] = {"valid": False, "detail": result.stderr.strip()}
+            verdict = out["verify"]
+            say(
+                f"      {'VALID' if verdict.get('valid') else 'INVALID'}: "
+                + (
+                    f"{verdict.get('type')} #{verdict.get('seq')} from {verdict.get('device')}"
+                    if verdict.get("valid")
+                    else str(verdict.get("detail"))
+                )
+            )
+        out["interrupted"] = stop.is_set()
+        say("shutting down the gateway and the broker")
+    return out
+
+
+def _pairs(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {key}" for key, n in sorted(counts.items()))

@@ -1,0 +1,72 @@
+"""`provgw-sim demo` (what `make demo` runs) end to end, through the installed script."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(120)]
+
+SIM = Path(sys.executable).with_name("provgw-sim")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
+    directory = tmp_path / "demo"
+    result = subprocess.run(
+        [str(SIM), "demo", "--dir", str(directory), "--duration", "3", "--seed", "5", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert [line[:5] for line in result.stderr.splitlines() if line.startswith("[")] == [
+        f"[{i}/7]" for i in range(1, 8)
+    ]
+    fleet = out["fleet"]
+    assert fleet["connected"] == 50
+    assert fleet["unacked"] == 0
+    # Every valid event is stored once; every fault that got past the broker is quarantined.
+    kinds = fleet["kinds"]
+    assert sum(out["stored"].values()) == kinds["valid"]["acked"] > 100
+    faults = sum(kinds[k]["acked"] for k in ("bad_signature", "replay", "malformed", "impersonate"))
+    assert sum(out["quarantined"].values()) == faults
+    assert out["verify"]["valid"] is True
+    assert out["verify"]["device"] == out["sample"]["device"]
+    assert [h["seq"] for h in out["sample"]["history"]][:1] == [1]
+    # Shut down on exit: the gateway's process is gone and the broker's port is closed.
+    assert not _alive(out["gateway"]["pid"])
+    broker = ("127.0.0.1", out["broker"]["port"])
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(broker, 1):
+        pass
+
+
+def test_demo_refuses_to_wipe_a_directory_it_did_not_make(tmp_path):
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("precious", encoding="utf-8")
+    result = subprocess.run(
+        [str(SIM), "demo", "--dir", str(keep), "--duration", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "new or empty directory" in result.stderr
+    assert (keep / "notes.txt").read_text(encoding="utf-8") == "precious"
