@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench system-deps clean
+.PHONY: demo test lint bench system-deps node-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,10 +24,20 @@ system-deps:
 	  fi; \
 	fi
 
+# The chain tests start a real local JSON-RPC node (ganache) and check the committed contract
+# artifacts against a rebuild with the pinned solc: both come from npm, per contracts/package-lock.json.
+NODE_STAMP := contracts/node_modules/.installed-stamp
+$(NODE_STAMP): contracts/package.json contracts/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm is missing. Install Node.js 18+ with npm (Debian/Ubuntu: sudo apt-get install nodejs npm) and run make again." >&2; exit 1; }
+	cd contracts && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+node-deps: $(NODE_STAMP)
+
 demo: $(STAMP) system-deps
 	$(BIN)/provgw-sim demo
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps node-deps
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -126,8 +126,10 @@ def _anchor_outbox(conn: sqlite3.Connection) -> None:
         ) STRICT
         """
     )
-    # The worker's question, "what is there to do, and when", is answered from this index alone.
+    # The worker only ever looks at open rows, a handful per log: this partial index keeps each
+    # of its queries O(log n) however many confirmed rows pile up (queries repeat the exact
+    # "status IN ('pending', 'sent')" term so SQLite may use it).
     conn.execute(
-        "CREATE INDEX anchor_outbox_open ON anchor_outbox (status, next_attempt_ms) "
+        "CREATE INDEX anchor_outbox_open ON anchor_outbox (log_id, size) "
         "WHERE status IN ('pending', 'sent')"
     )
