@@ -20,13 +20,25 @@ def cli() -> None:
 def _register() -> None:
     # Imported here so that `provgw --help` lists every group; each module adds one group.
     import gateway.views.cli._broker as broker_cli  # noqa: PLC0415
+    import gateway.views.cli._log as log_cli  # noqa: PLC0415
+    import gateway.views.cli._manifest as manifest_cli  # noqa: PLC0415
+    import gateway.views.cli._recall as recall_cli  # noqa: PLC0415
     import gateway.views.cli._sbom as sbom_cli  # noqa: PLC0415
+    import gateway.views.cli._serve as serve_cli  # noqa: PLC0415
+    import gateway.views.cli._witness as witness_cli  # noqa: PLC0415
     from gateway.views.cli import _message  # noqa: PLC0415
 
     for module in (_message,):
         cli.add_command(module.group)
     cli.add_command(sbom_cli.group)
     cli.add_command(broker_cli.command)
+    cli.add_command(serve_cli.command)
+    cli.add_command(log_cli.group)
+    cli.add_command(log_cli.erase_command)
+    cli.add_command(manifest_cli.group)
+    cli.add_command(witness_cli.group)
+    cli.add_command(recall_cli.group)
+    cli.add_command(recall_cli.inventory_group)
 
 
 def main() -> None:
