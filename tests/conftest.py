@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import getpass
 import json
+import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -296,3 +300,124 @@ def start_mosquitto(tmp_path) -> Iterator[Callable[[Path, BrokerConfig], Mosquit
 def mosquitto(broker_config, start_mosquitto) -> Mosquitto:
     """A running Mosquitto with the session's configuration; stopped (never left behind) after."""
     return start_mosquitto(broker_config.pki, broker_config.config)
+
+
+# -- ingest service: a device_sim site, `provgw serve` subprocesses, PUBACK-counting devices -----
+
+
+@dataclass(frozen=True)
+class GatewaySite:
+    """A `provgw-sim pki init` PKI (real device identities) and its broker configuration."""
+
+    pki: Path
+    config: BrokerConfig
+    devices: tuple[str, ...]
+
+
+@pytest.fixture(scope="session")
+def gateway_site(tmp_path_factory) -> GatewaySite:
+    """One demo site per session: 9 trusted devices, broker config for 2 routine workers."""
+    from device_sim.pki import init_pki  # noqa: PLC0415 - only the ingest tests need it
+
+    pki = tmp_path_factory.mktemp("site") / "pki"
+    records = init_pki(pki, devices_per_model=1)
+    config = write_broker_config(
+        pki, tmp_path_factory.mktemp("site-broker"), now=_NOW, routine_workers=2
+    )
+    return GatewaySite(pki, config, tuple(r.id for r in records))
+
+
+@pytest.fixture
+def site_broker(gateway_site, start_mosquitto) -> Mosquitto:
+    """A running Mosquitto for `gateway_site` (correct ACL), stopped after the test."""
+    return start_mosquitto(gateway_site.pki, gateway_site.config)
+
+
+class ServeProcess:
+    """`provgw serve --config FILE --json` as a real subprocess in its own process group."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log_path = log
+        self.proc: subprocess.Popen[str] | None = None
+        self.status: dict = {}
+
+    def start(self) -> dict:
+        exe = Path(sys.executable).with_name("provgw")
+        with self.log_path.open("a") as err:
+            self.proc = subprocess.Popen(
+                [str(exe), "serve", "--config", str(self.config), "--json"],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                start_new_session=True,
+            )
+        assert self.proc.stdout is not None
+        # The start line (or a failure line); pytest-timeout bounds a hang here.
+        line = self.proc.stdout.readline()
+        if not line:
+            self.kill9()
+            pytest.fail(f"provgw serve did not start:\n{self.log()}")
+        self.status = json.loads(line)
+        return self.status
+
+    def stop(self, timeout: float = 20.0) -> dict:
+        """SIGTERM; return the JSON stop line."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=timeout)
+        self.proc = None
+        return json.loads(out.strip().splitlines()[-1])
+
+    def kill9(self) -> None:
+        """SIGKILL the whole process group: supervisor and every worker die at once."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.wait_exit()
+
+    def wait_exit(self, timeout: float = 20.0) -> int:
+        """Wait for the process to end by itself; return its exit code."""
+        assert self.proc is not None
+        code = self.proc.wait(timeout=timeout)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@pytest.fixture
+def serve_gateway(tmp_path) -> Iterator[Callable[..., ServeProcess]]:
+    """`serve_gateway(site, broker, workers=2, metrics_port=0)`: write gateway.toml, start serve.
+
+    Every gateway still running after the test is killed.
+    """
+    started: list[ServeProcess] = []
+
+    def start(site: GatewaySite, broker: Mosquitto, *, workers=2, metrics_port=0, start=True):
+        conf = tmp_path / "gateway.toml"
+        conf.write_text(
+            f'[broker]\nhost = "{broker.host}"\nport = {broker.port}\n'
+            f'config_dir = "{site.config.directory}"\n'
+            f'[trust]\ndir = "{site.pki / "trust"}"\n'
+            f'[store]\npath = "{tmp_path / "gateway.sqlite3"}"\n'
+            f"[ingest]\nworkers = {workers}\n"
+            f'[metrics]\nhost = "127.0.0.1"\nport = {metrics_port}\n',
+            encoding="utf-8",
+        )
+        serve = ServeProcess(conf, tmp_path / f"serve-{len(started)}.log")
+        started.append(serve)
+        if start:
+            serve.start()
+        return serve
+
+    try:
+        yield start
+    finally:
+        for serve in started:
+            serve.kill9()

@@ -337,10 +337,14 @@ class MqttClient:
                 self._outstanding.clear()
                 self._connected = True
                 self.session_present = bool(flags.session_present)
-                if not self.session_present:
-                    # Session expired while away: subscriptions must be made again (§4.1).
-                    for full, qos in self._subscriptions:
-                        self._client.subscribe(full, options=SubscribeOptions(qos=qos))
+                # Subscribe again even when the session is present: a session that expired while
+                # away has none (§4.1), and Mosquitto 2.0.11 restores a persistent session's
+                # SHARED subscription after a broker restart (session_present=1) but routes no new
+                # message to it until it is made again (measured: tests/service/
+                # test_crash_restart.py). Re-subscribing an existing subscription only replaces it
+                # (MQTT 5 §3.8.4).
+                for full, qos in self._subscriptions:
+                    self._client.subscribe(full, options=SubscribeOptions(qos=qos))
             self._changed.notify_all()
 
     def _handle_disconnect(

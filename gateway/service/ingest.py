@@ -1,0 +1,604 @@
+"""The ingest pipeline: MQTT deliveries -> verified events in SQLite -> acknowledgement.
+
+One :class:`IngestWorker` per worker process (see :mod:`gateway.service.workers`). Its paho thread
+puts each delivery on a queue; its main thread takes batches off the queue (``batch_max``
+messages or ``batch_ms`` after the first, whichever comes first) and hands each batch to
+:meth:`IngestPipeline.process`:
+
+1. Parse the topic (``provgw/v1/{site}/dev/{device}/evt/{type}``): anything else is quarantined
+   (``bad-topic``), never dropped.
+2. Verify with the core (:func:`~gateway.core.messages.verify_device_message`), passing the
+   topic's device as ``topic_device``: device A publishing under B's topic is refused even if the
+   broker ACL is misconfigured (``topic-mismatch``).
+3. The topic's event type must be the signed event's type (``topic-type-mismatch``): subscribers
+   that filter by type must see only what the device signed.
+4. Store the verified events, the quarantined messages and the device-key changes in ONE
+   transaction (:meth:`~gateway.store.events.EventStore.insert_batch`): duplicates by
+   (device, seq) with identical bytes are absorbed; other bytes under a taken seq are quarantined
+   as ``replay``.
+5. Only after COMMIT, send PUBACK for every message of the batch, refused ones included (they are
+   durably quarantined). MQTT 5 §4.3.2: until PUBACK the broker owns the message, and resends it
+   after a reconnect; so a crash anywhere before step 5 loses nothing, and the store absorbs the
+   resent copy.
+
+Memory is bounded by the MQTT 5 Receive Maximum the worker announces (§3.1.2.11.3): the broker
+sends at most that many unacknowledged messages, and a message stays unacknowledged until its
+batch commits. The queue between the paho thread and the batcher therefore never holds more than
+Receive Maximum messages; it is also given that size as a bound, so if it ever filled it would
+block the paho thread (TCP back-pressure to the broker), never grow. Under a flood the backlog
+waits in the broker (Mosquitto ``max_queued_messages``, raised by ``provgw broker-config``).
+
+Device keys: the core's in-memory :class:`~gateway.core.identity.DeviceRegistry` is a cache in
+front of the persistent :class:`~gateway.store.devices.DeviceStore` (:class:`StoreBackedRegistry`):
+a kid it does not know is looked up in the store (another worker may have enrolled the device), and
+enrolments and rotations are written in the batch's own transaction.
+
+A kid-only message whose device is being enrolled by *another* worker right now (the device's
+first message, with its certificate chain, went to the other member of the shared subscription)
+fails with ``unknown-kid`` until that worker commits. Such a message is kept, unacknowledged, and
+verified again with later batches for ``enrol_grace_ms`` before it is quarantined.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from gateway.core import cbor
+from gateway.core.errors import (
+    MalformedError,
+    MismatchError,
+    ProvenanceError,
+    UnavailableError,
+    UntrustedSignerError,
+    VerificationError,
+)
+from gateway.core.identity import (
+    DeviceIdentity,
+    DeviceRegistry,
+    TrustStore,
+    verify_device_chain,
+)
+from gateway.core.messages import MessagePolicy, verify_device_message
+from gateway.ingest.mqtt import MqttClient
+from gateway.ingest.topics import EVENT_FILTER, EventTopic, parse_topic
+from gateway.service.config import GatewayConfig
+from gateway.service.metrics import IngestMetrics
+from gateway.store.db import Database
+from gateway.store.devices import DeviceRow, DeviceStore
+from gateway.store.events import EventRecord, EventStore, QuarantineRecord
+from gateway.store.trust_files import load_trust_dir
+
+__all__ = [
+    "BatchOutcome",
+    "Delivery",
+    "IngestPipeline",
+    "IngestWorker",
+    "StoreBackedRegistry",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Reason tokens of the core for a kid nobody enrolled (yet) and for a retired key.
+_UNKNOWN_KID = "unknown-kid"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message as the broker delivered it; ``tag`` is the adapter's delivery tag for ack."""
+
+    topic: str
+    payload: bytes
+    tag: int
+    qos: int
+    received_ms: int
+    received_mono: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class BatchOutcome:
+    """What :meth:`IngestPipeline.process` did with one batch."""
+
+    stored: int = 0
+    duplicates: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    acked: int = 0
+    #: Messages kept unacknowledged for another try (``unknown-kid`` within the grace period).
+    deferred: list[Delivery] = field(default_factory=list)
+    commit_seconds: float = 0.0
+
+
+# --- the registry glue -------------------------------------------------------------------------
+
+
+class StoreBackedRegistry(DeviceRegistry):
+    """The core's device registry as a cache in front of :class:`DeviceStore`.
+
+    - kid miss: load the device from the store (enrolled by another worker or an earlier run) and
+      re-verify its stored chain against the trust store at ``now``;
+    - enrolment and rotation: checked against the store first (so a refusal is the same whichever
+      worker sees the message), then queued and written by :meth:`persist` inside the batch's
+      transaction; a batch that rolls back calls :meth:`reset`.
+
+    Set :attr:`now` before each batch: the registry is driven by the pipeline's clock.
+    """
+
+    def __init__(self, db: Database, trust: TrustStore) -> None:
+        super().__init__()
+        self._db = db
+        self._devices = DeviceStore(db)
+        self._trust = trust
+        self.now = datetime.now(UTC)
+        self._pending: list[tuple[str, DeviceIdentity]] = []
+        self._mark: tuple[int, int] | None = None
+
+    def reset(self) -> None:
+        """Forget the cache and the unwritten changes (after a rollback, or a stale cache)."""
+        DeviceRegistry.__init__(self)
+        self._pending.clear()
+
+    def refresh(self) -> None:
+        """Drop the cache if any worker rotated or revoked a key since the last call.
+
+        Rotations and revocations are the only ways a cached binding goes stale; both leave a
+        trace counted here (a retired key, a revoked device), so one cheap query per batch keeps
+        every worker's cache honest.
+        """
+        row = self._db.query(
+            "SELECT (SELECT count(*) FROM device_keys WHERE valid_to_ms IS NOT NULL),"
+            " (SELECT count(*) FROM devices WHERE revoked_ms IS NOT NULL)"
+        )[0]
+        mark = (int(row[0]), int(row[1]))
+        if mark != self._mark:
+            if self._mark is not None:
+                self.reset()
+            self._mark = mark
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def by_kid(self, kid: bytes) -> DeviceIdentity:
+        """Resolve *kid* from the cache, else from the store (see the class docstring)."""
+        try:
+            return super().by_kid(kid)
+        except UntrustedSignerError as err:
+            if err.reason != _UNKNOWN_KID:
+                raise
+            row = self._devices.by_kid(kid)
+            if row is None:
+                owner = self._devices.key_owner(kid)
+                if owner is not None:
+                    raise UntrustedSignerError(
+                        f"Key {kid.hex()} of device {owner.device_id} was replaced by a key "
+                        "rotation; messages signed with it are no longer accepted.",
+                        reason="retired-key",
+                    ) from None
+                raise
+        self._cache(row)
+        return super().by_kid(kid)
+
+    def _cache(self, row: DeviceRow) -> None:
+        if row.revoked:
+            super().revoke(row.device_id)
+            return
+        identity = verify_device_chain([row.cert, *row.chain], self._trust, self.now)
+        super().enrol(identity)
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def enrol(self, identity: DeviceIdentity) -> None:
+        """Bind *identity* (first contact), consistent with what the store already holds."""
+        try:
+            cached: DeviceIdentity | None = self.by_device_id(identity.device_id)
+        except VerificationError:
+            cached = None
+        if cached is not None and cached.kid == identity.kid:
+            return  # the hot path: a device that sends its chain with every message
+        if cached is None:
+            row = self._devices.get(identity.device_id)
+            if row is not None:
+                # Known to the store: its binding (or its revocation) wins over a new claim.
+                self._cache(row)
+                super().enrol(identity)  # no-op for the same key; refuses another key
+                return
+            owner = self._devices.key_owner(identity.kid)
+            if owner is not None and owner.device_id != identity.device_id:
+                raise UntrustedSignerError(
+                    f"The key of device {identity.device_id} is already the key of device "
+                    f"{owner.device_id}: two devices must never share a key (cloned device?).",
+                    reason="shared-key",
+                )
+        super().enrol(identity)
+        self._pending.append(("enrol", identity))
+
+    def rotate(
+        self,
+        old: DeviceIdentity,
+        new_chain: Sequence[bytes] | bytes,
+        trust: TrustStore,
+        now: datetime,
+    ) -> DeviceIdentity:
+        """Rotate in the cache (core checks) and queue the rotation for the batch transaction."""
+        new = super().rotate(old, new_chain, trust, now)
+        if new.kid != old.kid:
+            self._pending.append(("rotate", new))
+        return new
+
+    def persist(self, now_ms: int) -> None:
+        """Write queued enrolments and rotations; call inside the batch's transaction."""
+        for op, identity in self._pending:
+            row = self._devices.get(identity.device_id)
+            if row is not None and row.kid == identity.kid:
+                continue  # another worker wrote the same binding first
+            cert = identity.certificate.public_bytes(Encoding.DER)
+            chain = [
+                c.public_bytes(Encoding.DER)
+                for c in identity.issuers
+                if not self._trust.is_anchor(c)
+            ]
+            if op == "enrol":
+                self._devices.enrol(
+                    device_id=identity.device_id,
+                    manufacturer=identity.manufacturer,
+                    kid=identity.kid,
+                    cert=cert,
+                    chain=chain,
+                    now_ms=now_ms,
+                )
+            else:
+                self._devices.rotate(
+                    identity.device_id,
+                    new_kid=identity.kid,
+                    new_cert=cert,
+                    new_chain=chain,
+                    now_ms=now_ms,
+                )
+
+    def committed(self) -> None:
+        """Forget the queued changes: the batch holding them committed, so the store has them."""
+        self._pending.clear()
+
+
+# --- the pipeline ------------------------------------------------------------------------------
+
+
+class IngestPipeline:
+    """Verify, store and acknowledge batches of deliveries (module docstring, steps 1-5).
+
+    Transport-agnostic: *ack(tag, qos)* is called for each message once its batch committed.
+    """
+
+    def __init__(  # noqa: PLR0913 - collaborators and tunables, keyword-only after db
+        self,
+        db: Database,
+        trust: TrustStore,
+        *,
+        ack: Callable[[int, int], object],
+        metrics: IngestMetrics | None = None,
+        enrol_grace_s: float = 2.0,
+        policy: MessagePolicy | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._db = db
+        self._events = EventStore(db)
+        self._trust = trust
+        self._ack = ack
+        self.metrics = metrics or IngestMetrics()
+        self._grace = enrol_grace_s
+        self._policy = policy or MessagePolicy()
+        self._clock = clock
+        self.registry = StoreBackedRegistry(db, trust)
+
+    def process(self, batch: Sequence[Delivery]) -> BatchOutcome:
+        """Verify *batch*, commit it in one transaction, then acknowledge it.
+
+        Raises :class:`UnavailableError` when the database cannot be written; then nothing of the
+        batch is stored or acknowledged, the registry cache is reset, and the caller retries the
+        same batch (the broker will not resend it before a reconnect).
+        """
+        now = self._clock()
+        self.registry.now = now
+        self.registry.refresh()
+        records: list[EventRecord] = []
+        quarantined: list[QuarantineRecord] = []
+        done: list[Delivery] = []
+        outcome = BatchOutcome()
+        mono = time.monotonic()
+        for delivery in batch:
+            try:
+                records.append(self._verify(delivery, now))
+            except VerificationError as err:
+                if err.reason == _UNKNOWN_KID and mono - delivery.received_mono < self._grace:
+                    outcome.deferred.append(delivery)
+                    continue
+                quarantined.append(
+                    QuarantineRecord.from_error(
+                        err,
+                        received_ms=delivery.received_ms,
+                        topic=delivery.topic,
+                        raw=delivery.payload,
+                        device_hint=_topic_device(delivery.topic),
+                    )
+                )
+            done.append(delivery)
+
+        # Step 4: one transaction for events, quarantine and device-key changes.
+        start = time.perf_counter()
+        try:
+            with self._db.atomic():
+                self.registry.persist(_now_ms())
+                result = self._events.insert_batch(records, quarantined)
+        except ProvenanceError:
+            # Rolled back whole; the cache may hold bindings the store never got.
+            self.registry.reset()
+            raise
+        commit_done = time.time()
+        outcome.commit_seconds = time.perf_counter() - start
+        self.registry.committed()
+
+        # Step 5: acknowledge only now that everything is durable.
+        for delivery in done:
+            self._ack(delivery.tag, delivery.qos)  # QoS 0: nothing to send, the adapter knows
+            outcome.acked += 1
+        outcome.stored = len(result.stored)
+        outcome.duplicates = result.duplicates
+        for q in quarantined:
+            outcome.rejected[q.reason] = outcome.rejected.get(q.reason, 0) + 1
+        if result.conflicts:
+            outcome.rejected["replay"] = outcome.rejected.get("replay", 0) + len(result.conflicts)
+        self._record(outcome, records, commit_done, len(done))
+        return outcome
+
+    def _verify(self, delivery: Delivery, now: datetime) -> EventRecord:
+        # Step 1: which topic.
+        topic = parse_topic(delivery.topic)
+        if not isinstance(topic, EventTopic):
+            raise MalformedError(
+                f"{delivery.topic!r} is not a device event topic "
+                "(provgw/v1/SITE/dev/DEVICE/evt/TYPE).",
+                reason="bad-topic",
+            )
+        # Step 2: the core's checks, the topic's device included.
+        verified = verify_device_message(
+            delivery.payload,
+            trust=self._trust,
+            registry=self.registry,
+            now=now,
+            topic_device=topic.device,
+            policy=self._policy,
+        )
+        event = verified.event
+        # Step 3: the topic's type is the signed type.
+        if event.type != topic.event_type:
+            raise MismatchError(
+                f"Device {event.device} published a {event.type} event on its "
+                f"{topic.event_type} topic; the topic must name the type the device signed.",
+                reason="topic-type-mismatch",
+            )
+        return EventRecord(
+            device_id=event.device,
+            seq=event.seq,
+            type=event.type,
+            event_time_ms=event.time_ms,
+            received_ms=delivery.received_ms,
+            site=topic.site,
+            topic=delivery.topic,
+            raw=delivery.payload,
+            payload=cbor.dumps(event.to_cbor_map()),
+        )
+
+    def _record(
+        self, outcome: BatchOutcome, verified: list[EventRecord], commit_done: float, size: int
+    ) -> None:
+        m = self.metrics
+        m.accepted.inc(outcome.stored)
+        m.duplicates.inc(outcome.duplicates)
+        for reason, n in outcome.rejected.items():
+            m.rejected.labels(reason=reason).inc(n)
+        m.commit_seconds.observe(outcome.commit_seconds)
+        m.batch_size.observe(size)
+        # Every verified message, stored or absorbed as a redelivery: lag is how far behind the
+        # device's clock the gateway's durable state is, whatever the copy.
+        for record in verified:
+            m.lag_seconds.observe(max(0.0, commit_done - record.event_time_ms / 1000))
+
+
+def _topic_device(topic: str) -> str | None:
+    try:
+        parsed = parse_topic(topic)
+    except MalformedError:
+        return None
+    return parsed.device if isinstance(parsed, EventTopic) else None
+
+
+# --- one worker: MQTT client + batcher ---------------------------------------------------------
+
+
+class IngestWorker:
+    """One worker: its own MQTT session on the shared subscription, its own database connection.
+
+    :meth:`run` blocks until *should_stop()* is true, then finishes the batch at hand, sends its
+    acknowledgements, and disconnects (the session stays on the broker).
+    """
+
+    def __init__(self, config: GatewayConfig, index: int, metrics: IngestMetrics) -> None:
+        self.config = config
+        self.index = index
+        self.metrics = metrics
+        settings = config.broker
+        # Bounded (module docstring): at most Receive Maximum deliveries of the current
+        # connection, plus as many left over from the one before a reconnect (redelivered
+        # anyway, their acks are dropped). A put never blocks unless the broker oversteps the
+        # limit, and then it pushes back (TCP) instead of growing.
+        self._queue: queue.Queue[Delivery] = queue.Queue(maxsize=2 * settings.receive_maximum)
+        self._client = MqttClient(
+            config.credentials(index),
+            host=settings.host,
+            port=settings.port,
+            on_message=self._on_message,
+            session_expiry=settings.session_expiry_s,
+            receive_maximum=settings.receive_maximum,
+        )
+        self._db: Database | None = None
+        self._pending: list[Delivery] = []
+
+    def owns(self, topic: str) -> bool:
+        """Whether this worker stores *topic*'s messages (always, in ``shared`` mode).
+
+        ``partitioned`` mode: the device id's CRC-32 modulo the worker count picks the owner, so
+        one device's events are verified in order by one worker (no enrolment or rotation race
+        between workers). A topic without a device id is worker 0's, which quarantines it.
+        """
+        workers = self.config.ingest.workers
+        if self.config.ingest.mode == "shared" or workers == 1:
+            return True
+        device = _topic_device(topic)
+        owner = 0 if device is None else zlib.crc32(device.encode()) % workers
+        return owner == self.index
+
+    def _on_message(
+        self, topic: str, payload: bytes, tag: int, qos: int, properties: dict[str, Any]
+    ) -> None:
+        del properties
+        if not self.owns(topic):
+            # This session's copy only: the owner has its own copy in its own session and
+            # acknowledges that one after its commit.
+            self._client.ack(tag, qos)
+            return
+        self.metrics.in_flight.inc()
+        self._queue.put(Delivery(topic, payload, tag, qos, _now_ms()))
+
+    def _ack(self, tag: int, qos: int) -> None:
+        self._client.ack(tag, qos)
+        self.metrics.in_flight.dec()
+
+    def connect(self, should_stop: Callable[[], bool]) -> None:
+        """Connect and subscribe, retrying with backoff (1 s doubling to 30 s) until it works.
+
+        A broker that is restarting must not take the worker down; the supervisor's preflight
+        check already reported a broker that was never reachable.
+        """
+        delay = 1.0
+        while True:
+            self._forget_queued()
+            try:
+                self._client.connect()
+                # The broker may send a session's backlog before the SUBACK: allow for it.
+                shared = self.config.ingest.mode == "shared"
+                self._client.subscribe(
+                    EVENT_FILTER,
+                    timeout=30.0,
+                    qos=1,
+                    share_group=self.config.broker.share_group if shared else None,
+                )
+            except UnavailableError as err:
+                if should_stop():
+                    raise
+                _log.warning("worker %d: %s; retrying in %.0f s", self.index, err, delay)
+                self._client.disconnect()
+                until = time.monotonic() + delay
+                while time.monotonic() < until and not should_stop():
+                    time.sleep(0.05)
+                if should_stop():
+                    raise
+                delay = min(30.0, delay * 2)
+            else:
+                return
+
+    def _forget_queued(self) -> None:
+        # Deliveries of a dropped connection: never acknowledged, so the broker sends them again;
+        # keeping them would only let a failing reconnect loop fill the queue.
+        try:
+            while True:
+                self._queue.get_nowait()
+                self.metrics.in_flight.dec()
+        except queue.Empty:
+            pass
+        self._pending.clear()
+
+    def run(
+        self, should_stop: Callable[[], bool], on_ready: Callable[[], object] = lambda: None
+    ) -> None:
+        """Ingest until *should_stop()*; call *on_ready()* once subscribed (module docstring)."""
+        cfg = self.config
+        trust = load_trust_dir(cfg.trust_dir)
+        self._db = Database(cfg.database, durable_against_power_loss=cfg.durable_against_power_loss)
+        pipeline = IngestPipeline(
+            self._db,
+            trust,
+            ack=self._ack,
+            metrics=self.metrics,
+            enrol_grace_s=cfg.ingest.enrol_grace_ms / 1000,
+        )
+        try:
+            self.connect(should_stop)
+            on_ready()
+            while not should_stop():
+                batch = self._collect()
+                if batch:
+                    self._commit(pipeline, batch, should_stop)
+            # Drain what already arrived: acknowledged now rather than redelivered after restart.
+            batch = self._collect(wait=False)
+            if batch:
+                self._commit(pipeline, batch, lambda: True)
+        finally:
+            self._client.disconnect()
+            self._db.close()
+
+    def _collect(self, *, wait: bool = True) -> list[Delivery]:
+        """Up to ``batch_max`` deliveries: the first waits up to 50 ms, the rest ``batch_ms``."""
+        ingest = self.config.ingest
+        batch, self._pending = self._pending, []
+        try:
+            if not batch:
+                batch.append(self._queue.get(timeout=0.05) if wait else self._queue.get_nowait())
+            deadline = time.monotonic() + ingest.batch_ms / 1000
+            while len(batch) < ingest.batch_max:
+                left = deadline - time.monotonic()
+                if left <= 0 or not wait:
+                    batch.append(self._queue.get_nowait())
+                else:
+                    batch.append(self._queue.get(timeout=left))
+        except queue.Empty:
+            pass
+        return batch
+
+    def _commit(
+        self, pipeline: IngestPipeline, batch: list[Delivery], should_stop: Callable[[], bool]
+    ) -> None:
+        delay = 0.1
+        while True:
+            try:
+                outcome = pipeline.process(batch)
+            except UnavailableError as err:
+                # Nothing stored, nothing acknowledged; the broker will not resend before a
+                # reconnect, so this worker keeps the batch and tries again.
+                _log.error("worker %d: batch not stored: %s; retrying", self.index, err)
+                if should_stop():
+                    return
+                time.sleep(delay)
+                delay = min(5.0, delay * 2)
+                continue
+            except VerificationError as err:
+                # A device-key write lost a race with another worker; the store now knows, and
+                # verifying again gives every message its proper verdict.
+                _log.warning("worker %d: %s; verifying the batch again", self.index, err)
+                continue
+            self._pending = outcome.deferred
+            return
+
+    @property
+    def client(self) -> MqttClient:
+        """The worker's MQTT client (tests use it to check the session)."""
+        return self._client

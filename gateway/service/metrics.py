@@ -1,0 +1,148 @@
+"""Prometheus metrics of the ingest service, across worker processes.
+
+Each worker process records into :class:`IngestMetrics`; the supervisor serves the sum on
+``http://127.0.0.1:PORT/metrics``. With several processes this uses prometheus_client's
+multiprocess mode: every process writes its values to memory-mapped files in one directory
+(``PROMETHEUS_MULTIPROC_DIR``, set by :func:`prepare_multiprocess_dir` *before* the workers start,
+because prometheus_client picks its value store when it is first imported), and the supervisor's
+endpoint reads and adds them up (:class:`prometheus_client.multiprocess.MultiProcessCollector`).
+
+Metrics (all prefixed ``provgw_ingest_``):
+
+=========================  =========  =====================================================
+``accepted_total``         counter    events verified and stored (first copy only)
+``rejected_total``         counter    messages quarantined, label ``reason`` (core's token)
+``duplicates_total``       counter    QoS 1 redeliveries and re-sends absorbed, not stored
+``in_flight``              gauge      messages received and not yet acknowledged (all workers)
+``commit_seconds``         histogram  duration of one batch transaction
+``lag_seconds``            histogram  consumer lag: event time (device clock) -> commit
+``batch_size``             histogram  messages per committed batch
+=========================  =========  =====================================================
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from threading import Thread
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
+
+__all__ = [
+    "MULTIPROC_ENV",
+    "IngestMetrics",
+    "MetricsServer",
+    "mark_worker_dead",
+    "prepare_multiprocess_dir",
+]
+
+#: The environment variable prometheus_client's multiprocess mode reads.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# prometheus_client's multiprocess helpers are untyped; these typed seams keep mypy strict.
+_mark_process_dead: Callable[[int], None] = multiprocess.mark_process_dead
+_collector: Callable[..., object] = multiprocess.MultiProcessCollector
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Lag spans a healthy stream (tens of ms) to devices uploading what they buffered offline (days).
+_LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400)
+_BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000)
+
+
+class IngestMetrics:
+    """The ingest counters of one process, in *registry* (a fresh one by default).
+
+    In multiprocess mode the values go to the shared directory whatever the registry; the
+    registry only matters for reading them in the same process (tests).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.accepted = Counter(
+            "provgw_ingest_accepted", "Device events verified and stored.", registry=r
+        )
+        self.rejected = Counter(
+            "provgw_ingest_rejected",
+            "Messages refused and quarantined, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "provgw_ingest_duplicates",
+            "Messages already stored with identical bytes (QoS 1 redelivery), not stored again.",
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "provgw_ingest_in_flight",
+            "Messages received from the broker and not yet acknowledged.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.commit_seconds = Histogram(
+            "provgw_ingest_commit_seconds",
+            "Duration of one batch transaction (events, quarantine, device keys).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.lag_seconds = Histogram(
+            "provgw_ingest_lag_seconds",
+            "Consumer lag: from the event's own time to its commit.",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "provgw_ingest_batch_size",
+            "Messages per committed batch.",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+
+
+def prepare_multiprocess_dir() -> Path:
+    """Create a fresh directory for multiprocess metrics and point the environment at it.
+
+    Call before any worker process starts; they inherit the environment. Counters restart at
+    zero with each ``provgw serve`` (Prometheus handles counter resets).
+    """
+    path = Path(tempfile.mkdtemp(prefix="provgw-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(path)
+    return path
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Drop a dead worker's live gauges (its counters keep counting in the sum)."""
+    if os.environ.get(MULTIPROC_ENV):
+        _mark_process_dead(pid)
+
+
+class MetricsServer:
+    """The ``/metrics`` endpoint summing every process's metrics in *directory*."""
+
+    def __init__(self, host: str, port: int, directory: Path) -> None:
+        self.directory = directory
+        registry = CollectorRegistry()
+        _collector(registry, path=str(directory))
+        self._server: WSGIServer
+        self._thread: Thread
+        self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+        self.host = host
+        self.port = int(self._server.server_port)
+
+    def close(self) -> None:
+        """Stop serving and remove the metrics files."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -1,0 +1,295 @@
+"""Process supervision for ``provgw serve``: N ingest worker processes, one MQTT session each.
+
+Why worker processes, each running the whole pipeline (receive, verify, commit, ack), rather
+than one receiver and a verifier pool: in one Python process the paho network loop, COSE
+verification and SQLite share one GIL, and on this 2-core machine the paho loop costs about as
+much per message as verifying it (DESIGN.md: paho QoS 1 MQTT 5 ~4.3-6.2k msg/s; Ed25519 COSE
+verify ~7.3k/s). Each worker commits its own batches (SQLite WAL: writers take turns under
+``BEGIN IMMEDIATE`` and ``busy_timeout``; a 500-row batch holds the lock for a few ms).
+
+How the workers split the stream (``ingest.mode``), **measured on Mosquitto 2.0.11**
+(``tests/service/test_crash_restart.py``):
+
+- ``shared`` (MQTT 5 shared subscription, §4.8.2): the broker deals messages round-robin to the
+  members, *offline persistent members included*, and queues them there until that member
+  returns (also across a broker restart). But after a broker restart the restored shared
+  subscription routes **nothing** until it is subscribed again, and a message a device publishes
+  in that window is acknowledged to the device and dropped. (``MqttClient`` now re-subscribes at
+  every reconnect, which shortens the window but cannot close it: devices may reconnect first.)
+- ``partitioned`` (the default): every worker subscribes to every device event on its own
+  persistent, non-shared session -- restored intact by a broker restart, queued while the worker
+  is away -- and stores only the devices whose id hashes to it, acknowledging its copy of the
+  others' messages at once. No window; and one device's events are verified in order by one
+  worker, so no enrolment or key-rotation race between workers. The price: each worker's paho
+  loop parses every message (N x the receive work), and the broker sends N copies.
+
+Each worker has a stable client id (``gateway-routine``, ``gateway-routine-2``, ...), hence its own
+session: the supervisor restarts a worker that dies under the same index. Change
+``ingest.workers`` only with the broker's queues drained: in ``partitioned`` mode the new owner
+of a device may be a session that did not exist when the message was queued, in ``shared``
+mode messages queued for a dropped id wait until its session expires.
+
+Workers watch their parent: if ``provgw serve`` is killed (even ``kill -9``) they stop within a
+batch window rather than linger and contend with a restarted gateway for their sessions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import logging
+import multiprocessing
+import multiprocessing.synchronize
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from gateway.core.errors import UnavailableError
+from gateway.ingest.mqtt import MqttClient
+from gateway.service.config import GatewayConfig, load_config
+from gateway.service.ingest import IngestWorker
+from gateway.service.metrics import (
+    IngestMetrics,
+    MetricsServer,
+    mark_worker_dead,
+    prepare_multiprocess_dir,
+)
+from gateway.store.db import Database
+from gateway.store.events import EventStore
+from gateway.store.trust_files import load_trust_dir
+
+__all__ = ["Supervisor", "preflight", "run_worker", "serve"]
+
+_log = logging.getLogger(__name__)
+
+_STOP_TIMEOUT_S = 15.0
+_MAX_RESTART_DELAY_S = 30.0
+_READY_TIMEOUT_S = 30.0
+
+
+def run_worker(
+    config_path: str,
+    index: int,
+    parent_pid: int,
+    stop: multiprocessing.synchronize.Event,
+    ready: multiprocessing.synchronize.Event,
+) -> None:
+    """Entry point of worker process *index* (spawned by :class:`Supervisor`)."""
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s worker-{index} %(levelname)s %(message)s"
+    )
+    # `kill -USR1 PID` prints every thread's stack: how to see where a stuck worker waits.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # Ctrl-C reaches the whole process group: the supervisor decides, the worker waits for it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    config = load_config(Path(config_path))
+
+    def should_stop() -> bool:
+        return stop.is_set() or os.getppid() != parent_pid
+
+    IngestWorker(config, index, IngestMetrics()).run(should_stop, ready.set)
+
+
+def preflight(config: GatewayConfig) -> dict[str, Any]:
+    """Check trust store, database and broker before any worker starts; say what is wrong.
+
+    Raises :class:`~gateway.core.errors.VerificationError` (trust directory) or
+    :class:`UnavailableError` (database, broker) with a sentence naming the fix.
+    """
+    trust = load_trust_dir(config.trust_dir)
+    # Opening applies pending migrations once, here, not racing in N workers.
+    with Database(config.database) as db:
+        stored = EventStore(db).count()
+    admin = config.broker.config_dir
+    creds = config.credentials(0)
+    # The gateway-admin identity checks reachability without touching a worker's session.
+    from gateway.ingest.broker_config import BrokerConfig  # noqa: PLC0415 - preflight only
+
+    try:
+        admin_creds = BrokerConfig.load(admin).client("gateway-admin")
+    except KeyError:
+        admin_creds = creds
+    probe = MqttClient(
+        admin_creds, host=config.broker.host, port=config.broker.port, session_expiry=0
+    )
+    try:
+        probe.connect()
+    except UnavailableError as err:
+        raise UnavailableError(
+            f"{err} Is Mosquitto running (`mosquitto -c {admin / 'mosquitto.conf'}`) and "
+            f"listening on {config.broker.host}:{config.broker.port} (broker.host/port in "
+            f"{config.path})? The client files are in {admin / 'clients'}.",
+            reason=err.reason,
+        ) from err
+    probe.disconnect()
+    return {"roots": len(trust.roots), "events_stored": stored}
+
+
+@dataclass
+class _Slot:
+    index: int
+    ready: multiprocessing.synchronize.Event
+    process: BaseProcess | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Supervisor:
+    """Start, watch and stop the worker processes (and the metrics endpoint)."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self._ctx = multiprocessing.get_context("spawn")
+        self._stop = self._ctx.Event()
+        self._slots = [_Slot(i, self._ctx.Event()) for i in range(config.ingest.workers)]
+        self.metrics: MetricsServer | None = None
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the running workers."""
+        return [s.process.pid for s in self._slots if s.process and s.process.pid is not None]
+
+    def start(self) -> None:
+        """Start the metrics endpoint (if configured) and every worker."""
+        cfg = self.config
+        if cfg.metrics_port:
+            directory = prepare_multiprocess_dir()
+            try:
+                self.metrics = MetricsServer(cfg.metrics_host, cfg.metrics_port, directory)
+            except OSError as exc:
+                raise UnavailableError(
+                    f"Cannot serve metrics on {cfg.metrics_host}:{cfg.metrics_port}: {exc}; "
+                    f"pick a free port (metrics.port in {cfg.path}) or 0 to turn metrics off.",
+                    reason="metrics-port",
+                ) from exc
+        for slot in self._slots:
+            self._spawn(slot)
+
+    def wait_ready(self, timeout: float) -> int:
+        """Wait until every worker has subscribed (or *timeout*); return how many have.
+
+        Until then, a message published to a topic nobody subscribed yet is discarded by the
+        broker (MQTT has no subscription to queue it for): scripts should publish after "running".
+        """
+        deadline = time.monotonic() + timeout
+        for slot in self._slots:
+            slot.ready.wait(max(0.0, deadline - time.monotonic()))
+        return sum(slot.ready.is_set() for slot in self._slots)
+
+    def _spawn(self, slot: _Slot) -> None:
+        process = self._ctx.Process(
+            target=run_worker,
+            args=(str(self.config.path), slot.index, os.getpid(), self._stop, slot.ready),
+            name=f"provgw-worker-{slot.index}",
+            daemon=False,
+        )
+        process.start()
+        slot.process = process
+        slot.started = time.monotonic()
+
+    def watch(self, stopping: Callable[[], bool], interval: float = 0.2) -> None:
+        """Restart workers that die (same index: same session) until *stopping()*.
+
+        Backoff per worker: 1 s, doubling to 30 s while it keeps dying within a minute.
+        """
+        while not stopping():
+            now = time.monotonic()
+            for slot in self._slots:
+                proc = slot.process
+                if proc is not None and proc.exitcode is not None:
+                    _log.error(
+                        "worker %d (pid %s) exited with %s; restarting",
+                        slot.index,
+                        proc.pid,
+                        proc.exitcode,
+                    )
+                    if proc.pid is not None:
+                        mark_worker_dead(proc.pid)
+                    quick = now - slot.started < 60
+                    slot.restarts = slot.restarts + 1 if quick else 1
+                    slot.next_start = now + min(_MAX_RESTART_DELAY_S, 2.0 ** (slot.restarts - 1))
+                    slot.process = None
+                if slot.process is None and now >= slot.next_start:
+                    self._spawn(slot)
+            time.sleep(interval)
+
+    def stop(self) -> None:
+        """Ask every worker to finish its batch and acknowledge it, then wait; kill stragglers."""
+        self._stop.set()
+        deadline = time.monotonic() + _STOP_TIMEOUT_S
+        for slot in self._slots:
+            proc = slot.process
+            if proc is None:
+                continue
+            proc.join(max(0.1, deadline - time.monotonic()))
+            if proc.exitcode is None:
+                # Unacknowledged messages are redelivered after the restart: killing is safe.
+                _log.error("worker %d did not stop in time; killing it", slot.index)
+                proc.kill()
+                proc.join(5)
+            if proc.pid is not None:
+                mark_worker_dead(proc.pid)
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+
+
+def serve(config_path: Path, on_status: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Run the gateway until SIGTERM or SIGINT; report ``running`` then return the final status.
+
+    Raises what :func:`load_config` and :func:`preflight` raise, before anything starts.
+    """
+    config = load_config(config_path)
+    checked = preflight(config)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        del frame
+        _log.info("signal %d: stopping", signum)
+        stopping.set()
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    supervisor = Supervisor(config)
+    started = time.monotonic()
+    try:
+        supervisor.start()
+        ready = supervisor.wait_ready(_READY_TIMEOUT_S)
+        on_status(
+            {
+                "status": "running",
+                "pid": os.getpid(),
+                "workers": config.ingest.workers,
+                "workers_subscribed": ready,
+                "worker_pids": supervisor.pids,
+                "broker": f"{config.broker.host}:{config.broker.port}",
+                "database": str(config.database),
+                "metrics": (
+                    f"http://{supervisor.metrics.host}:{supervisor.metrics.port}/metrics"
+                    if supervisor.metrics
+                    else None
+                ),
+                **checked,
+            }
+        )
+        supervisor.watch(stopping.is_set)
+    finally:
+        supervisor.stop()
+        for sig, handler in old.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, handler)
+    with Database(config.database) as db:
+        events = EventStore(db)
+        return {
+            "status": "stopped",
+            "uptime_s": round(time.monotonic() - started, 3),
+            "events_stored": events.count(),
+            "quarantined": events.quarantine_counts(),
+        }

@@ -1,0 +1,77 @@
+"""``provgw serve``: run the ingest service until stopped (SIGTERM or Ctrl-C).
+
+A single command rather than a group, so it is exposed as ``command``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gateway.core.errors import UnavailableError, VerificationError
+from gateway.service.workers import serve
+from gateway.views.cli._output import fail, json_option
+
+__all__ = ["command"]
+
+_HINTS = {
+    "trust-dir-missing": "for a demo: `provgw-sim pki init DIR`, then trust.dir = DIR/trust",
+    "broker-config-missing": "run `provgw broker-config --pki DIR -o BROKER_DIR` first",
+    "config-missing-client": "re-run `provgw broker-config` with --routine-workers N",
+    "tls-file-missing": "re-run `provgw broker-config`, then restart Mosquitto",
+    "config-unreadable": "copy gateway.example.toml and adapt its paths",
+}
+
+
+def _line(data: dict[str, Any], *, as_json: bool) -> None:
+    # One JSON object per line (not indented): scripts read the start line before the stop line.
+    if as_json:
+        click.echo(json.dumps(data, sort_keys=True, default=str))
+    elif data["status"] == "running":
+        click.echo(
+            f"provgw serving: {data['workers']} workers (pids {data['worker_pids']}), broker "
+            f"{data['broker']}, database {data['database']}, metrics {data['metrics'] or 'off'}"
+        )
+    else:
+        click.echo(
+            f"provgw stopped after {data['uptime_s']:.1f} s: {data['events_stored']} events "
+            f"stored, quarantined {data['quarantined'] or 'nothing'}"
+        )
+    sys.stdout.flush()
+
+
+@click.command("serve")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Gateway configuration (TOML); see gateway.example.toml.",
+)
+@json_option
+def command(config_path: Path, *, as_json: bool) -> None:
+    """Ingest device events from the MQTT broker: verify, store, then acknowledge.
+
+    Starts one worker process per configured worker (default: one per CPU core) on a shared
+    subscription, plus a Prometheus endpoint if metrics.port is set. Stops cleanly on SIGTERM or
+    Ctrl-C: each worker commits and acknowledges its batch first. With --json, prints one JSON
+    status line on start and one on stop.
+
+    Exit code 0: stopped cleanly; 1: a service it needs is unavailable (broker, database);
+    2: the configuration or its files are wrong.
+    """
+    try:
+        final = serve(config_path, lambda status: _line(status, as_json=as_json))
+    except UnavailableError as err:
+        if as_json:
+            _line({"status": "failed", "reason": err.reason, "detail": str(err)}, as_json=True)
+        fail(str(err), code=1)
+    except VerificationError as err:
+        if as_json:
+            _line({"status": "failed", "reason": err.reason, "detail": str(err)}, as_json=True)
+        fail(str(err), hint=_HINTS.get(err.reason), code=2)
+    _line(final, as_json=as_json)

@@ -1,0 +1,123 @@
+"""The ingest pipeline without a broker: commit before ack, retries, the device-key cache."""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from device_sim.events import SimDevice, make_event
+from gateway.core.errors import UnavailableError
+from gateway.ingest.topics import event_topic
+from gateway.service.ingest import Delivery, IngestPipeline
+from gateway.store.db import Database
+from gateway.store.devices import DeviceStore
+from gateway.store.events import EventStore
+from gateway.store.trust_files import load_trust_dir
+
+TODAY = datetime.now(UTC).date()
+
+
+def _no_ack(_tag, _qos):
+    return None
+
+
+@pytest.fixture
+def site(gateway_site, tmp_path):
+    rng = random.Random(5)
+    device_id = gateway_site.devices[0]
+    sim = SimDevice.load(gateway_site.pki, device_id)
+    now_ms = int(time.time() * 1000)
+
+    def message(seq, *, with_chain, tag=None):
+        event = make_event(device_id, "custody", seq, now_ms + seq, rng, today=TODAY)
+        raw = sim.sign(event, with_chain=with_chain)
+        return Delivery(event_topic("icu", device_id, "custody"), raw, tag or seq, 1, now_ms)
+
+    return load_trust_dir(gateway_site.pki / "trust"), device_id, message, tmp_path / "g.sqlite3"
+
+
+def test_acks_are_sent_only_after_the_batch_commits(site):
+    trust, _, message, path = site
+    with Database(path) as db, Database(path) as observer:
+        seen_at_ack: list[int] = []
+
+        def ack(_tag, _qos):
+            seen_at_ack.append(EventStore(observer).count())  # another connection's view
+
+        pipeline = IngestPipeline(db, trust, ack=ack)
+        batch = [message(1, with_chain=True), message(2, with_chain=False)]
+        outcome = pipeline.process(batch)
+    assert outcome.stored == 2
+    assert seen_at_ack == [2, 2]
+
+
+def test_a_failed_commit_acknowledges_nothing_and_the_retry_stores_the_batch(site, monkeypatch):
+    trust, device_id, message, path = site
+    acked: list[int] = []
+    with Database(path) as db:
+        pipeline = IngestPipeline(db, trust, ack=lambda tag, _qos: acked.append(tag))
+        batch = [message(1, with_chain=True), message(2, with_chain=False)]
+        real = EventStore.insert_batch
+
+        def disk_full(self, records, quarantined=()):
+            real(self, records, quarantined)  # written, then the transaction fails
+            raise UnavailableError("disk full", reason="store-full")
+
+        monkeypatch.setattr(EventStore, "insert_batch", disk_full)
+        with pytest.raises(UnavailableError):
+            pipeline.process(batch)
+        assert acked == []
+        assert EventStore(db).count() == 0
+        assert DeviceStore(db).get(device_id) is None  # the enrolment rolled back with it
+        monkeypatch.setattr(EventStore, "insert_batch", real)
+        outcome = pipeline.process(batch)
+        assert (outcome.stored, acked) == (2, [1, 2])
+        assert DeviceStore(db).get(device_id) is not None
+
+
+def test_a_redelivered_batch_is_stored_once_and_counted_as_duplicates(site):
+    trust, _, message, path = site
+    with Database(path) as db:
+        pipeline = IngestPipeline(db, trust, ack=_no_ack)
+        batch = [message(1, with_chain=True), message(2, with_chain=False)]
+        pipeline.process(batch)
+        again = pipeline.process(batch)
+        assert (again.stored, again.duplicates, again.acked) == (0, 2, 2)
+        assert EventStore(db).count() == 2
+        assert pipeline.metrics.duplicates._value.get() == 2
+
+
+def test_kid_only_message_waits_for_the_enrolment_another_worker_commits(site):
+    trust, _, message, path = site
+    with Database(path) as db_a, Database(path) as db_b:
+        worker_a = IngestPipeline(db_a, trust, ack=_no_ack)
+        worker_b = IngestPipeline(db_b, trust, ack=_no_ack)
+        first, second = message(1, with_chain=True), message(2, with_chain=False)
+        early = worker_b.process([second])  # B sees the kid before A enrolled the device
+        assert (early.stored, early.deferred, early.acked) == (0, [second], 0)
+        worker_a.process([first])
+        later = worker_b.process(early.deferred)
+        assert (later.stored, later.acked) == (1, 1)
+
+
+def test_unknown_kid_is_quarantined_once_the_grace_period_is_over(site):
+    trust, device_id, message, path = site
+    with Database(path) as db:
+        pipeline = IngestPipeline(db, trust, ack=_no_ack, enrol_grace_s=0)
+        outcome = pipeline.process([message(2, with_chain=False)])
+        assert outcome.rejected == {"unknown-kid": 1}
+        assert EventStore(db).quarantine_rows()[0].device_hint == device_id
+
+
+def test_an_enrolment_survives_a_restart_of_the_gateway(site):
+    trust, _, message, path = site
+    with Database(path) as db:
+        IngestPipeline(db, trust, ack=_no_ack).process([message(1, with_chain=True)])
+    with Database(path) as db:  # a new process: empty in-memory registry
+        outcome = IngestPipeline(db, trust, ack=_no_ack, enrol_grace_s=0).process(
+            [message(2, with_chain=False)]
+        )
+        assert (outcome.stored, outcome.rejected) == (1, {})
