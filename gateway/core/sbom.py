@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -233,7 +234,41 @@ def _parse_float(text: str) -> float | int:
     return int(value) if value.is_integer() else value
 
 
+# CPython's JSON decoder guards its recursion with the interpreter's recursion limit, which is
+# safe at the default (1,000) but not after a library raises it: py-evm and py_ecc (pulled in by
+# the chain backend) set it to 100,000 on import, and 100,000 nested "[" then overflow the C stack
+# and kill the process instead of raising RecursionError. Above this limit we bound the nesting
+# depth ourselves before parsing.
+_SAFE_RECURSION_LIMIT = 4_000
+_MAX_NESTING = 256
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
+
+
+def _nesting_too_deep(data: bytes) -> bool:
+    """Return True if *data* nests deeper than ``_MAX_NESTING`` or its brackets do not balance.
+
+    Strings are removed first (they may contain brackets); then each pass deletes the innermost
+    ``[]`` / ``{}`` pairs, so the number of passes is the depth. Unbalanced brackets are not
+    JSON, so they are reported too rather than handed to the decoder.
+    """
+    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    for _ in range(_MAX_NESTING):
+        if not brackets:
+            return False
+        shorter = brackets.replace(b"[]", b"").replace(b"{}", b"")
+        if len(shorter) == len(brackets):
+            return True
+        brackets = shorter
+    return bool(brackets)
+
+
 def _parse(data: bytes) -> dict[str, Any]:
+    if sys.getrecursionlimit() > _SAFE_RECURSION_LIMIT and _nesting_too_deep(data):
+        raise MalformedError(
+            "The SBOM is nested too deeply to be read, or its brackets do not balance.",
+            reason="sbom-not-json",
+        )
     head = data[:512].lstrip(b"\xef\xbb\xbf \t\r\n")
     if head.startswith(b"<"):
         what = "CycloneDX XML" if b"cyclonedx" in data[:4096].lower() else "XML"

@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import sys
 import time
 from functools import cache
 from pathlib import Path
@@ -600,3 +601,21 @@ def test_public_api_is_pinned():
         "sbom_digest",
         "verify_sbom",
     ]
+
+
+def test_deep_nesting_is_refused_even_after_a_library_raised_the_recursion_limit():
+    # py-evm / py_ecc raise the limit to 100,000 on import; json's C decoder would then overflow
+    # the C stack on this input and kill the process instead of raising.
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(100_000)
+    try:
+        with pytest.raises(MalformedError) as caught:
+            check_sbom(b"[" * 100_000 + b"]" * 100_000)
+        assert caught.value.reason == "sbom-not-json"
+        with pytest.raises(MalformedError):
+            check_sbom(b'{"a": [' * 50 + b"}")
+        # Brackets inside strings do not count, and a normal SBOM still passes this guard.
+        doc = json.dumps(generate_sbom(5)).replace('"name": "', '"name": "[{', 1).encode()
+        assert check_sbom(doc).spec_version == "1.6"
+    finally:
+        sys.setrecursionlimit(old)
