@@ -240,35 +240,32 @@ def _parse_float(text: str) -> float | int:
 # and kill the process instead of raising RecursionError. Above this limit we bound the nesting
 # depth ourselves before parsing.
 _SAFE_RECURSION_LIMIT = 4_000
-_MAX_NESTING = 256
+_MAX_NESTING = 900  # what the decoder itself allows at the default recursion limit
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
 
 
 def _nesting_too_deep(data: bytes) -> bool:
-    """Return True if *data* nests deeper than ``_MAX_NESTING`` or its brackets do not balance.
+    """Return True if *data* may nest deeper than ``_MAX_NESTING``.
 
     Strings are removed first (they may contain brackets); then each pass deletes the innermost
-    ``[]`` / ``{}`` pairs, so the number of passes is the depth. Unbalanced brackets are not
-    JSON, so they are reported too rather than handed to the decoder.
+    ``[]`` / ``{}`` pairs, so the number of passes is the depth. When brackets stop pairing up
+    (not JSON), the openers left over bound how deep the decoder would go before its error.
     """
     brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
-    for _ in range(_MAX_NESTING):
+    for depth in range(_MAX_NESTING + 1):
         if not brackets:
             return False
         shorter = brackets.replace(b"[]", b"").replace(b"{}", b"")
         if len(shorter) == len(brackets):
-            return True
+            return depth + brackets.count(b"[") + brackets.count(b"{") > _MAX_NESTING
         brackets = shorter
-    return bool(brackets)
+    return True
 
 
 def _parse(data: bytes) -> dict[str, Any]:
     if sys.getrecursionlimit() > _SAFE_RECURSION_LIMIT and _nesting_too_deep(data):
-        raise MalformedError(
-            "The SBOM is nested too deeply to be read, or its brackets do not balance.",
-            reason="sbom-not-json",
-        )
+        raise MalformedError("The SBOM is nested too deeply to be read.", reason="sbom-not-json")
     head = data[:512].lstrip(b"\xef\xbb\xbf \t\r\n")
     if head.startswith(b"<"):
         what = "CycloneDX XML" if b"cyclonedx" in data[:4096].lower() else "XML"
