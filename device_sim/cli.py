@@ -408,3 +408,186 @@ def _load_device(pki_dir: Path, device_id: str) -> SimDevice:
 def main() -> None:
     """Console-script entry point."""
     cli()
+
+
+# --- the urgent lane: manufacturers publishing, devices taking patches ---------------------------
+
+_BROKER_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+def _mfr_publish(  # noqa: PLR0913, PLR0917 -- the command's options, passed through
+    broker_dir: Path, slug: str, host: str | None, port: int | None, topic: str, data: bytes
+) -> None:
+    from gateway.ingest.broker_config import BrokerConfig  # noqa: PLC0415
+    from gateway.ingest.mqtt import MqttClient  # noqa: PLC0415
+
+    config = BrokerConfig.load(broker_dir)
+    try:
+        creds = config.client(f"mfr-{slug}")
+    except KeyError as err:
+        fail(str(err.args[0]), hint="the manufacturer slug of the demo PKI, e.g. acme-infusion")
+    with MqttClient(
+        creds, host=host or config.host, port=port or config.port, session_expiry=0
+    ) as client:
+        client.publish(topic, data)
+
+
+def _publish_options(fn: Any) -> Any:  # noqa: ANN401 -- a click decorator stack
+    fn = click.option("--port", type=int, default=None, help="Broker port [default: broker.json].")(
+        fn
+    )
+    fn = click.option("--host", default=None, help="Broker address [default: broker.json].")(fn)
+    fn = click.option(
+        "--manufacturer", "slug", required=True, help="Manufacturer slug (MQTT id mfr-SLUG)."
+    )(fn)
+    return click.option(
+        "--broker-dir",
+        required=True,
+        type=_BROKER_DIR,
+        help="Directory written by 'provgw broker-config'.",
+    )(fn)
+
+
+@cli.command("publish-manifest")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_publish_options
+@json_option
+def publish_manifest(  # noqa: PLR0913 - one parameter per option
+    file: Path, broker_dir: Path, slug: str, host: str | None, port: int | None, *, as_json: bool
+) -> None:
+    """Publish the signed manifest FILE as manufacturer SLUG (provgw/v1/mfr/SLUG/manifest)."""
+    from gateway.ingest.topics import manifest_topic  # noqa: PLC0415
+
+    topic = manifest_topic(slug)
+    try:
+        _mfr_publish(broker_dir, slug, host, port, topic, file.read_bytes())
+    except ProvenanceError as err:
+        fail(str(err), code=1)
+    emit({"topic": topic, "bytes": file.stat().st_size}, as_json=as_json, text=f"published {topic}")
+
+
+@cli.command("publish-recall")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_publish_options
+@json_option
+def publish_recall(  # noqa: PLR0913 - one parameter per option
+    file: Path, broker_dir: Path, slug: str, host: str | None, port: int | None, *, as_json: bool
+) -> None:
+    """Publish the signed recall notice FILE as manufacturer SLUG (provgw/v1/mfr/SLUG/recall)."""
+    from gateway.ingest.topics import recall_topic  # noqa: PLC0415
+
+    topic = recall_topic(slug)
+    try:
+        _mfr_publish(broker_dir, slug, host, port, topic, file.read_bytes())
+    except ProvenanceError as err:
+        fail(str(err), code=1)
+    emit({"topic": topic, "bytes": file.stat().st_size}, as_json=as_json, text=f"published {topic}")
+
+
+def _installed(values: tuple[str, ...]) -> dict[str, Any]:
+    from device_sim.patching import Installed  # noqa: PLC0415
+
+    out: dict[str, Any] = {}
+    for item in values:
+        model, sep, rest = item.rpartition("=")
+        version, colon, seq = rest.partition(":")
+        if not sep or not colon or not seq.isdigit():
+            fail(f"--firmware {item!r} must be MODEL=VERSION:SEQ, e.g. 'Volara LVP 3=4.2.9:2'")
+        out[model] = Installed(version, int(seq))
+    return out
+
+
+@cli.command("patch-devices")
+@click.option("--pki", "pki_dir", required=True, type=_BROKER_DIR, help="Demo PKI directory.")
+@click.option("--broker-dir", required=True, type=_BROKER_DIR, help="'provgw broker-config' dir.")
+@click.option(
+    "--gateway-key",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The gateway's offer-signing PUBLIC key (PEM) the devices trust.",
+)
+@click.option(
+    "--trust", "trust_dir", required=True, type=_BROKER_DIR, help="Manifest trust directory."
+)
+@click.option(
+    "--firmware",
+    multiple=True,
+    metavar="MODEL=VERSION:SEQ",
+    help="What a model's devices run at the start (repeatable).",
+)
+@click.option("--devices", type=click.IntRange(1), default=None, help="First N devices [all].")
+@click.option("--duration", type=float, default=60.0, show_default=True, help="Seconds to run.")
+@click.option("--offline-rate", type=_rate, default=0.0, help="Share of devices never online.")
+@click.option("--slow-ms", type=click.IntRange(0), default=0, help="Simulated install time.")
+@click.option("--fail-rate", type=_rate, default=0.0, help="Share of installs that fail.")
+@click.option("--seed", type=int, default=None, help="Random seed.")
+@json_option
+def patch_devices(  # noqa: PLR0913 - one parameter per option
+    *,
+    pki_dir: Path,
+    broker_dir: Path,
+    gateway_key: Path,
+    trust_dir: Path,
+    firmware: tuple[str, ...],
+    devices: int | None,
+    duration: float,
+    offline_rate: float,
+    slow_ms: int,
+    fail_rate: float,
+    seed: int | None,
+    as_json: bool,
+) -> None:
+    """Run devices that take firmware offers: verify, install (simulated), report.
+
+    Each device checks the gateway's signature on the offer and the manufacturer's manifest
+    itself (signature, its own model, anti-rollback), then publishes a signed firmware_update
+    report. Runs for --duration seconds or until Ctrl-C.
+    """
+    from cryptography.hazmat.primitives.asymmetric.ec import (  # noqa: PLC0415
+        EllipticCurvePublicKey,
+    )
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+        Ed25519PublicKey,
+    )
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key  # noqa: PLC0415
+
+    from device_sim.patching import PatchFleet, PatchOptions  # noqa: PLC0415
+    from gateway.core.identity import kid_for  # noqa: PLC0415
+    from gateway.ingest.broker_config import BrokerConfig  # noqa: PLC0415
+    from gateway.store.manifests import load_manifest_trust  # noqa: PLC0415
+
+    public = load_pem_public_key(gateway_key.read_bytes())
+    if not isinstance(public, Ed25519PublicKey | EllipticCurvePublicKey):
+        fail(f"{gateway_key} is neither an Ed25519 nor a P-256 public key")
+    records = pki_module.load_devices(pki_dir)[:devices]
+    try:
+        fleet = PatchFleet(
+            pki_dir,
+            BrokerConfig.load(broker_dir),
+            records,
+            {kid_for(public): public},
+            load_manifest_trust(trust_dir),
+            _installed(firmware),
+            PatchOptions(offline_rate, slow_ms, fail_rate, seed),
+        )
+        stop = threading.Event()
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        with fleet:
+            stop.wait(duration)
+    except ProvenanceError as err:
+        fail(str(err), code=1)
+    results = Counter(o.result for o in fleet.outcomes)
+    emit(
+        {
+            "devices": len(records),
+            "offline": fleet.offline,
+            "outcomes": dict(results),
+            "offers": [
+                {"device": o.device_id, "result": o.result, "detail": o.detail}
+                for o in fleet.outcomes
+            ],
+        },
+        as_json=as_json,
+        text=f"{len(records)} devices ({len(fleet.offline)} offline): "
+        + (", ".join(f"{n} {r}" for r, n in sorted(results.items())) or "no offers"),
+    )

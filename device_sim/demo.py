@@ -3,12 +3,16 @@
 In a fresh directory it (1) makes a demo PKI, (2) writes the broker configuration, (3) starts
 Mosquitto on a free loopback port, (4) starts ``provgw serve``, (5) runs a small fleet with a
 little fault injection, (6) shows what arrived (stored per type, quarantined per reason, one
-device's history) and (7) verifies one stored message offline with ``provgw message verify``.
-Everything it starts is stopped on exit, on error and on Ctrl-C.
+device's history) and (7) verifies one stored message offline with ``provgw message verify``,
+then shows the transparency log ``provgw serve`` keeps beside ingest: its latest checkpoint, the
+embedded witness's cosignature, and that message's receipt (``provgw log prove``) verified
+offline with nothing but the gateway's and the witness's public keys. Everything it starts is
+stopped on exit, on error and on Ctrl-C.
 """
 
 from __future__ import annotations
 
+import base64
 import getpass
 import json
 import os
@@ -31,7 +35,11 @@ from typing import Any, Self
 
 from device_sim.fleet import FaultRates, FleetOptions, raise_fd_limit, run_fleet
 from device_sim.pki import init_pki
+from gateway.core import note
+from gateway.core.errors import ProvenanceError
 from gateway.ingest.broker_config import BrokerConfig, write_broker_config
+from gateway.ledger.commitments import leaf_for
+from gateway.ledger.receipts import verify_receipt
 
 __all__ = ["DemoError", "DemoOptions", "LocalMosquitto", "free_port", "run_demo"]
 
@@ -212,6 +220,9 @@ def _write_gateway_toml(
         f"path = {json.dumps(str(db))}",
         "[metrics]",
         "port = 0",
+        # The embedded default: the log plus a local witness; keys are made at first start.
+        "[log]",
+        "interval_s = 1.0",
         "",
     ]
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -448,6 +459,8 @@ def run_demo(options: DemoOptions, say: Say) -> dict[str, Any]:  # noqa: PLR0915
                     else str(verdict.get("detail"))
                 )
             )
+            if out["gateway"]["running"] and not stop.is_set():
+                out["log"] = _show_log(provgw, directory, db, history[0]["seq"], sample_id, say=say)
         out["interrupted"] = stop.is_set()
         say("shutting down the gateway and the broker")
     return out
@@ -455,3 +468,91 @@ def run_demo(options: DemoOptions, say: Say) -> dict[str, Any]:  # noqa: PLR0915
 
 def _pairs(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {key}" for key, n in sorted(counts.items()))
+
+
+def _latest_cosigned(db: Path) -> tuple[int, bytes, str] | None:
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        row = conn.execute(
+            "SELECT c.size, c.note, s.cosignatures FROM checkpoints c JOIN checkpoint_status s"
+            " ON s.size = c.size ORDER BY c.size DESC LIMIT 1"
+        ).fetchone()
+        logged = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        conn.close()
+    if row is None or row[0] < logged or not row[2]:
+        return None
+    return int(row[0]), bytes(row[1]), str(row[2])
+
+
+def _show_log(  # noqa: PLR0913 - the demo's paths and the one event it proves
+    provgw: str, directory: Path, db: Path, seq: int, device: str, *, say: Say
+) -> dict[str, Any]:
+    """Show the latest cosigned checkpoint and verify one event's receipt offline (step 7)."""
+    deadline = time.monotonic() + 15
+    latest = _latest_cosigned(db)
+    while latest is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        latest = _latest_cosigned(db)
+    if latest is None:
+        say("      transparency log: no cosigned checkpoint of every event yet")
+        return {"checkpoint": None}
+    size, checkpoint, cosignatures = latest
+    say(f"      transparency log: latest checkpoint ({size} entries), cosigned by the witness:")
+    for line in (checkpoint.decode() + cosignatures).splitlines():
+        say(f"        {line}".rstrip())
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        event_id, salt, digest = conn.execute(
+            "SELECT id, salt, digest FROM events WHERE device_id = ? AND seq = ?", (device, seq)
+        ).fetchone()
+    finally:
+        conn.close()
+    key_file = directory / "gateway-log.key"
+    result = subprocess.run(  # noqa: S603 - our own command
+        [provgw, "log", "prove", str(event_id), "--db", str(db), "--key", str(key_file), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    out: dict[str, Any] = {"checkpoint": checkpoint.decode(), "cosignatures": cosignatures}
+    try:
+        proved = json.loads(result.stdout)
+        bundle = base64.b64decode(proved["receipt"])
+    except (ValueError, KeyError):
+        say(f"      receipt of event {event_id}: not available ({result.stderr.strip()})")
+        out["receipt"] = None
+        return out
+    # Offline: only the two public keys (the gateway's log key and the witness's), the receipt,
+    # and the leaf the record's holder can recompute from its salt and digest.
+    gateway_key = note.Verifier.from_vkey(_vkey_of(key_file))
+    witness_key = note.Verifier.from_vkey(_vkey_of(directory / "witness.key"))
+    try:
+        info = verify_receipt(
+            bundle, leaf_for("event", salt, digest), gateway_key, witnesses=[witness_key]
+        )
+    except ProvenanceError as err:
+        say(f"      receipt of event {event_id}: INVALID ({err})")
+        out["receipt"] = {"valid": False, "detail": str(err)}
+        return out
+    say(
+        f"      receipt of event {event_id} ({len(bundle)} bytes): VALID offline, entry "
+        f"{info.leaf_index} of {info.tree_size}, state {info.state}, cosigned by "
+        f"{', '.join(info.witnesses) or 'nobody'}"
+    )
+    out["receipt"] = {
+        "valid": True,
+        "event_id": event_id,
+        "state": info.state,
+        "leaf_index": info.leaf_index,
+        "tree_size": info.tree_size,
+        "bytes": len(bundle),
+    }
+    return out
+
+
+def _vkey_of(key_file: Path) -> str:
+    # A signer key file "PRIVATE+KEY+name+id+base64" names its public half: Signer.from_skey.
+    return note.Signer.from_skey(key_file.read_text(encoding="ascii").strip()).verifier.vkey

@@ -47,6 +47,7 @@ DOMAINS: Mapping[str, bytes] = MappingProxyType(
         "erasure": b"provgw/v1/erasure\0",
         "manifest": b"provgw/v1/manifest\0",
         "recall": b"provgw/v1/recall\0",
+        "remediation": b"provgw/v1/remediation\0",
     }
 )
 

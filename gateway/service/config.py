@@ -11,19 +11,28 @@ something is missing (the trust directory: ``provgw-sim pki init``; the broker's
 from __future__ import annotations
 
 import os
+import re
 import tomllib
-from dataclasses import dataclass
+import urllib.parse
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.core.errors import MalformedError
+from gateway.core.errors import MalformedError, VerificationError
+from gateway.core.note import COSIGNATURE_V1, Verifier
 from gateway.ingest.broker_config import BrokerConfig, ClientCredentials
 
 __all__ = [
+    "CHAIN_ENVIRONMENT",
+    "DEFAULT_LOG_ORIGIN",
     "INGEST_MODES",
     "BrokerSettings",
+    "ChainSettings",
     "GatewayConfig",
     "IngestSettings",
+    "LogSettings",
+    "RemoteWitness",
+    "WitnessSettings",
     "load_config",
     "worker_client_id",
 ]
@@ -84,6 +93,85 @@ class IngestSettings:
     enrol_grace_ms: int = 2000
 
 
+#: Log origin used when the gateway generates its log key at first start (C2SP tlog-checkpoint:
+#: the log's unique name, published in every checkpoint -- never a site or device name).
+DEFAULT_LOG_ORIGIN = "provgw.local/log"
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """``[log]``: the transparency log process (batcher) run by ``provgw serve``."""
+
+    #: false: no log process (ingest only); events wait in the store until it is switched on.
+    enabled: bool = True
+    #: The gateway's Ed25519 log key (C2SP signed-note signer key); generated at first start.
+    key: Path = Path("gateway-log.key")
+    #: The origin a generated key is named after; an existing key keeps its own name.
+    origin: str = DEFAULT_LOG_ORIGIN
+    #: Seal a checkpoint every *interval_s* seconds, or as soon as *max_pending* events wait.
+    interval_s: float = 2.0
+    max_pending: int = 1000
+
+
+@dataclass(frozen=True)
+class RemoteWitness:
+    """One ``[[witnesses.remote]]`` entry: a C2SP tlog-witness URL and its cosigning key."""
+
+    url: str
+    verifier: Verifier
+
+
+@dataclass(frozen=True)
+class WitnessSettings:
+    """``[witnesses]``: who cosigns the gateway's checkpoints, and how many must."""
+
+    #: Run a local witness inside the log process (the embedded default, DESIGN).
+    embedded: bool = True
+    #: The embedded witness's cosigning key (generated at first start) and its own state file.
+    embedded_key: Path = Path("witness.key")
+    embedded_db: Path = Path("witness.sqlite3")
+    #: Loopback port of the embedded witness (0: any free port).
+    embedded_port: int = 0
+    remote: tuple[RemoteWitness, ...] = ()
+    #: Witnesses that must cosign a checkpoint before it counts as witnessed and is anchored.
+    quorum: int = 1
+    #: Seconds one round of submissions may take (a dead witness costs at most this).
+    timeout_s: float = 5.0
+
+    @property
+    def count(self) -> int:
+        """How many witnesses are configured (the embedded one included)."""
+        return len(self.remote) + int(self.embedded)
+
+
+@dataclass(frozen=True)
+class ChainSettings:
+    """``[chain]``: anchoring witnessed checkpoints on the consortium chain (off by default)."""
+
+    enabled: bool = False
+    #: JSON-RPC URL of a chain node (Besu); environment override ``PROVGW_CHAIN_URL``.
+    rpc_url: str = ""
+    #: The ProvenanceAnchor contract (``provgw chain deploy``); ``PROVGW_CHAIN_CONTRACT``.
+    contract: str = ""
+    #: File holding the gateway's chain account key (hex); ``PROVGW_CHAIN_KEY_FILE``.
+    key_file: Path = Path("chain.key")
+    #: The chain's name in receipts, e.g. a CAIP-2 id such as ``eip155:2033``.
+    name: str = "consortium"
+    #: The contract's deployment block (bounds event searches).
+    from_block: int = 0
+    #: Policy (gateway.service.outbox.AnchorPolicy): anchor once the log grew this much ...
+    min_growth: int = 1000
+    #: ... or this many seconds after the last anchor; older pending heads are superseded.
+    max_interval_s: float = 300.0
+    supersede: bool = True
+    #: Blocks deep before an anchor counts (1 on QBFT: blocks are final when produced).
+    confirmations: int = 1
+    #: Longest wait between retries while the node is down (exponential backoff, jitter).
+    retry_max_s: float = 60.0
+    #: How often a sent transaction is checked.
+    poll_s: float = 1.0
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     """A loaded, checked ``gateway.toml``."""
@@ -98,6 +186,10 @@ class GatewayConfig:
     metrics_port: int
     #: fsync the WAL at every commit (``synchronous=FULL``); see :mod:`gateway.store.db`.
     durable_against_power_loss: bool = False
+    #: The transparency log process, its witnesses and the chain anchor (issue 5).
+    log: LogSettings = field(default_factory=LogSettings)
+    witnesses: WitnessSettings = field(default_factory=WitnessSettings)
+    chain: ChainSettings = field(default_factory=ChainSettings)
 
     def credentials(self, index: int) -> ClientCredentials:
         """TLS client files of routine worker *index*; raises :class:`MalformedError` if absent."""
@@ -217,7 +309,11 @@ def load_config(path: Path) -> GatewayConfig:
         ),
         metrics_host=_get(metrics_t, "metrics", "host", str, "127.0.0.1"),
         metrics_port=_positive("metrics", "port", _get(metrics_t, "metrics", "port", int, 0), 0),
+        log=_log_settings(_table(data, "log"), base),
+        witnesses=_witness_settings(_table(data, "witnesses"), base),
+        chain=_chain_settings(_table(data, "chain"), base),
     )
+    _check_ledger(config)
     _check_files(config)
     return config
 
@@ -246,3 +342,159 @@ def _check_files(config: GatewayConfig) -> None:
                     "`provgw broker-config`.",
                     reason="tls-file-missing",
                 )
+
+
+# -- [log], [witnesses], [chain] (the ledger process, gateway.service.ledger_service) -----------
+
+_CONTRACT_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+#: Environment variables that override [chain] keys (docker-compose.yml passes them).
+CHAIN_ENVIRONMENT = {
+    "PROVGW_CHAIN_URL": "rpc_url",
+    "PROVGW_CHAIN_CONTRACT": "contract",
+    "PROVGW_CHAIN_KEY_FILE": "key_file",
+}
+
+
+def _seconds(table: dict[str, Any], section: str, key: str, default: float) -> float:
+    value = table.get(key, default)
+    # TOML writes 2 and 2.0 differently; both are a number of seconds. bool is refused.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 86400:
+        raise MalformedError(
+            f"{section}.{key} must be a number of seconds between 0 and 86400, not {value!r}.",
+            reason="bad-config",
+        )
+    return float(value)
+
+
+def _http_url(section: str, key: str, url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise MalformedError(
+            f"{section}.{key} must be an http:// or https:// URL, not {url!r}.",
+            reason="bad-config",
+        )
+    return url
+
+
+def _log_settings(table: dict[str, Any], base: Path) -> LogSettings:
+    interval = _seconds(table, "log", "interval_s", 2.0)
+    if interval <= 0:
+        raise MalformedError("log.interval_s must be above 0.", reason="bad-config")
+    return LogSettings(
+        enabled=_get(table, "log", "enabled", bool, default=True),
+        key=_path(base, _get(table, "log", "key", str, "gateway-log.key")),
+        origin=_get(table, "log", "origin", str, DEFAULT_LOG_ORIGIN),
+        interval_s=interval,
+        max_pending=_positive("log", "max_pending", _get(table, "log", "max_pending", int, 1000)),
+    )
+
+
+def _remote_witness(index: int, item: object) -> RemoteWitness:
+    where = f"witnesses.remote[{index}]"
+    if not isinstance(item, dict) or set(item) != {"url", "vkey"}:
+        raise MalformedError(
+            f"{where} must be a table with exactly url and vkey.", reason="bad-config"
+        )
+    url, vkey = item["url"], item["vkey"]
+    if not isinstance(url, str) or not isinstance(vkey, str):
+        raise MalformedError(f"{where}.url and .vkey must be strings.", reason="bad-config")
+    try:
+        verifier = Verifier.from_vkey(vkey.strip())
+    except VerificationError as exc:
+        raise MalformedError(f"{where}.vkey is not a note key: {exc}", reason="bad-config") from exc
+    if verifier.sig_type != COSIGNATURE_V1:
+        raise MalformedError(
+            f"{where}.vkey is not a witness cosigning key (type 0x04); `provgw witness serve` "
+            "prints the right one.",
+            reason="bad-config",
+        )
+    return RemoteWitness(_http_url(where, "url", url), verifier)
+
+
+def _witness_settings(table: dict[str, Any], base: Path) -> WitnessSettings:
+    remote_items = table.get("remote", [])
+    if not isinstance(remote_items, list):
+        raise MalformedError(
+            "witnesses.remote must be a list of {url, vkey} tables.", reason="bad-config"
+        )
+    remote = tuple(_remote_witness(i, item) for i, item in enumerate(remote_items))
+    if len({w.verifier.name for w in remote}) != len(remote):
+        raise MalformedError("Two remote witnesses share a key name.", reason="bad-config")
+    embedded = _get(table, "witnesses", "embedded", bool, default=True)
+    count = len(remote) + int(embedded)
+    quorum = _get(table, "witnesses", "quorum", int, min(1, count))
+    if not 0 <= quorum <= count:
+        raise MalformedError(
+            f"witnesses.quorum is {quorum}, but {count} witnesses are configured.",
+            reason="bad-config",
+        )
+    timeout = _seconds(table, "witnesses", "timeout_s", 5.0)
+    if timeout <= 0:
+        raise MalformedError("witnesses.timeout_s must be above 0.", reason="bad-config")
+    return WitnessSettings(
+        embedded=embedded,
+        embedded_key=_path(base, _get(table, "witnesses", "embedded_key", str, "witness.key")),
+        embedded_db=_path(base, _get(table, "witnesses", "embedded_db", str, "witness.sqlite3")),
+        embedded_port=_positive(
+            "witnesses",
+            "embedded_port",
+            _get(table, "witnesses", "embedded_port", int, 0),
+            0,
+            65535,
+        ),
+        remote=remote,
+        quorum=quorum,
+        timeout_s=timeout,
+    )
+
+
+def _chain_settings(table: dict[str, Any], base: Path) -> ChainSettings:
+    table = dict(table)
+    for variable, key in CHAIN_ENVIRONMENT.items():
+        if os.environ.get(variable):
+            table[key] = os.environ[variable]
+    enabled = _get(table, "chain", "enabled", bool, default=False)
+    rpc_url = _get(table, "chain", "rpc_url", str, "")
+    contract = _get(table, "chain", "contract", str, "")
+    if enabled:
+        _http_url("chain", "rpc_url", rpc_url)
+        if not _CONTRACT_ADDRESS.fullmatch(contract):
+            raise MalformedError(
+                f"chain.contract must be the anchor contract's address (0x and 40 hex digits), "
+                f"not {contract!r}; deploy it with `provgw chain deploy --rpc URL --key FILE`.",
+                reason="bad-config",
+            )
+    retry_max = _seconds(table, "chain", "retry_max_s", 60.0)
+    poll = _seconds(table, "chain", "poll_s", 1.0)
+    if retry_max <= 0 or poll <= 0:
+        raise MalformedError(
+            "chain.retry_max_s and chain.poll_s must be above 0.", reason="bad-config"
+        )
+    return ChainSettings(
+        enabled=enabled,
+        rpc_url=rpc_url,
+        contract=contract,
+        key_file=_path(base, _get(table, "chain", "key_file", str, "chain.key")),
+        name=_get(table, "chain", "name", str, "consortium"),
+        from_block=_positive(
+            "chain", "from_block", _get(table, "chain", "from_block", int, 0), 0, 2**62
+        ),
+        min_growth=_positive("chain", "min_growth", _get(table, "chain", "min_growth", int, 1000)),
+        max_interval_s=_seconds(table, "chain", "max_interval_s", 300.0),
+        supersede=_get(table, "chain", "supersede", bool, default=True),
+        confirmations=_positive(
+            "chain", "confirmations", _get(table, "chain", "confirmations", int, 1), 1, 1000
+        ),
+        retry_max_s=retry_max,
+        poll_s=poll,
+    )
+
+
+def _check_ledger(config: GatewayConfig) -> None:
+    chain = config.chain
+    if chain.enabled and not chain.key_file.is_file():
+        raise MalformedError(
+            f"The chain key file {chain.key_file} (chain.key_file in {config.path}) is missing; "
+            "put the hex private key of the gateway's chain account there.",
+            reason="chain-key-missing",
+        )

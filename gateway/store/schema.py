@@ -277,3 +277,41 @@ def _recalls(conn: sqlite3.Connection) -> None:
         """
     )
     conn.execute("CREATE INDEX sbom_components_purl ON sbom_components (vendor, purl)")
+
+
+@migration("0007_urgent_lane")
+def _urgent_lane(conn: sqlite3.Connection) -> None:
+    # The urgent lane's records (gateway.service.urgent, gateway.service.remediation): one row per
+    # recall accepted, offer sent, device report applied, timeout, and full SBOM verdict, with the
+    # SHA-256 of the bytes it stands for and the salt of its transparency-log commitment (kept
+    # here, beside the record: destroying it crypto-shreds the record). `leaf` is NULL until the
+    # recorder thread has appended the row to the log, off the urgent path.
+    conn.execute(
+        """
+        CREATE TABLE urgent_records (
+            id        INTEGER PRIMARY KEY,
+            kind      TEXT    NOT NULL CHECK (kind IN ('recall', 'remediation', 'sbom-verdict')),
+            recall_id TEXT,
+            device_id TEXT,
+            manifest  BLOB    CHECK (manifest IS NULL OR length(manifest) = 32),
+            state     TEXT    NOT NULL,
+            detail    TEXT,
+            at_ms     INTEGER NOT NULL,
+            digest    BLOB    NOT NULL CHECK (length(digest) = 32),
+            salt      BLOB    NOT NULL CHECK (length(salt) = 32),
+            leaf      INTEGER
+        ) STRICT
+        """
+    )
+    conn.execute("CREATE INDEX urgent_records_unlogged ON urgent_records (id) WHERE leaf IS NULL")
+    conn.execute("CREATE INDEX urgent_records_recall ON urgent_records (recall_id, device_id)")
+    # How far the remediation tracker has read the events table for firmware_update reports
+    # (its own cursor: the inventory keeps another).
+    conn.execute(
+        """
+        CREATE TABLE remediation_cursor (
+            id         INTEGER PRIMARY KEY CHECK (id = 1),
+            last_event INTEGER NOT NULL
+        ) STRICT
+        """
+    )

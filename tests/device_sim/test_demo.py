@@ -49,6 +49,9 @@ def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
     assert out["verify"]["valid"] is True
     assert out["verify"]["device"] == out["sample"]["device"]
     assert [h["seq"] for h in out["sample"]["history"]][:1] == [1]
+    # The log beside ingest: a cosigned checkpoint, and the sample's receipt verified offline.
+    assert "\u2014 provgw.local/log/witness " in out["log"]["cosignatures"]
+    assert out["log"]["receipt"]["state"] == "witnessed"
     # Shut down on exit: the gateway's process is gone and the broker's port is closed.
     assert not _alive(out["gateway"]["pid"])
     broker = ("127.0.0.1", out["broker"]["port"])

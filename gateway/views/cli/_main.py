@@ -20,9 +20,11 @@ def cli() -> None:
 def _register() -> None:
     # Imported here so that `provgw --help` lists every group; each module adds one group.
     import gateway.views.cli._broker as broker_cli  # noqa: PLC0415
+    import gateway.views.cli._chain as chain_cli  # noqa: PLC0415
     import gateway.views.cli._log as log_cli  # noqa: PLC0415
     import gateway.views.cli._manifest as manifest_cli  # noqa: PLC0415
     import gateway.views.cli._recall as recall_cli  # noqa: PLC0415
+    import gateway.views.cli._recall_status as recall_status_cli  # noqa: PLC0415
     import gateway.views.cli._sbom as sbom_cli  # noqa: PLC0415
     import gateway.views.cli._serve as serve_cli  # noqa: PLC0415
     import gateway.views.cli._witness as witness_cli  # noqa: PLC0415
@@ -37,7 +39,9 @@ def _register() -> None:
     cli.add_command(log_cli.erase_command)
     cli.add_command(manifest_cli.group)
     cli.add_command(witness_cli.group)
+    cli.add_command(chain_cli.group)
     cli.add_command(recall_cli.group)
+    recall_cli.group.add_command(recall_status_cli.command)
     cli.add_command(recall_cli.inventory_group)
 
 

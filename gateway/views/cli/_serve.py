@@ -36,12 +36,37 @@ def _line(data: dict[str, Any], *, as_json: bool) -> None:
             f"provgw serving: {data['workers']} workers (pids {data['worker_pids']}), broker "
             f"{data['broker']}, database {data['database']}, metrics {data['metrics'] or 'off'}"
         )
+        ledger = data.get("ledger")
+        if ledger:
+            click.echo(_ledger_line(ledger))
     else:
         click.echo(
             f"provgw stopped after {data['uptime_s']:.1f} s: {data['events_stored']} events "
             f"stored, quarantined {data['quarantined'] or 'nothing'}"
         )
+        log = data.get("log")
+        if log:
+            click.echo(
+                f"transparency log: {log['entries']} entries, {log['checkpoints']} checkpoints "
+                f"({log['witnessed']} witnessed, {log['anchored']} anchored)"
+            )
     sys.stdout.flush()
+
+
+def _ledger_line(ledger: dict[str, Any]) -> str:
+    made = ledger["keys_generated"]
+    return (
+        f"transparency log {ledger['origin']}: checkpoint every {ledger['interval_s']:g} s or "
+        f"{ledger['max_pending']} events, {ledger['witnesses']} witnesses (quorum "
+        f"{ledger['quorum']}), chain {ledger['chain'] or 'off'}\n"
+        f"  log key (vkey) {ledger['log_vkey']}\n"
+        + (
+            f"  embedded witness key (vkey) {ledger['embedded_witness_vkey']}\n"
+            if ledger["embedded_witness_vkey"]
+            else ""
+        )
+        + (f"  generated at first start: {', '.join(made)}" if made else "  keys loaded")
+    )
 
 
 @click.command("serve")
@@ -60,6 +85,11 @@ def command(config_path: Path, *, as_json: bool) -> None:
     subscription, plus a Prometheus endpoint if metrics.port is set. Stops cleanly on SIGTERM or
     Ctrl-C: each worker commits and acknowledges its batch first. With --json, prints one JSON
     status line on start and one on stop.
+
+    Beside the workers, a ledger process ([log]) logs every stored event in the transparency log,
+    seals checkpoints, has them cosigned by the witnesses ([witnesses]; by default a local one)
+    and anchors them on the consortium chain ([chain], off by default). The gateway log key and
+    the local witness key are generated at first start; the start line says so.
 
     Exit code 0: stopped cleanly; 1: a service it needs is unavailable (broker, database);
     2: the configuration or its files are wrong.

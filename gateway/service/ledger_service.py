@@ -1,0 +1,565 @@
+"""The ledger process of ``provgw serve``: batcher, witnesses and chain outbox, beside ingest.
+
+Why a process of its own (spawned and restarted by :class:`gateway.service.workers.Supervisor`,
+like an ingest worker): the log must never block or slow ingest (DESIGN, "urgent patches are
+never blocked by the ledger"). The ingest workers only write the ``events`` table; this process
+*tails* it (:meth:`~gateway.ledger.log.TransparencyLog.append_pending`) through its own SQLite
+connections, so a slow witness, a stalled chain or a crash here costs ingest nothing, and a
+``kill -9`` loses nothing (the next run logs what is pending).
+
+Inside the process, three asyncio tasks, each owned by ``async with`` and named:
+
+- ``batcher`` (:class:`~gateway.service.batcher.Batcher`): appends pending events and seals a
+  C2SP checkpoint every ``log.interval_s`` or ``log.max_pending`` events;
+- ``witness``: submits the newest sealed checkpoint to every configured witness (C2SP
+  tlog-witness) and keeps their cosignatures on the checkpoint. It only ever works on the newest
+  head (a head commits to every earlier one, RFC 9162 §2.1.4), so a dead witness delays nothing
+  but itself; a round short of the quorum is retried with backoff until a newer head arrives;
+- ``outbox`` (:class:`~gateway.service.outbox.Outbox`, when ``[chain] enabled``): anchors heads
+  that reached the witness quorum (DESIGN: "the cosigned checkpoint ... goes to a small anchor
+  contract"), so a receipt's state only rises: logged, then witnessed, then anchored. Each
+  confirmed anchor is recorded on its checkpoint (``checkpoint_status``).
+
+The embedded default (``[witnesses] embedded = true``) runs a local witness in a thread of this
+process, over real HTTP on a loopback port, with its own key and its own state file: the log plus
+a local witness, no external infrastructure (DESIGN).
+
+Each task has its own :class:`~gateway.store.db.Database` connection: :meth:`TransparencyLog.seal`
+refuses to run while its connection is inside a transaction, which another task's write on a
+shared connection would trip.
+
+Keys: :func:`prepare_ledger` runs once in the supervisor before anything is spawned, and writes
+the gateway log key (and the embedded witness key) at first start; the status line says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import faulthandler
+import logging
+import multiprocessing.synchronize
+import os
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from gateway.core import note
+from gateway.core.errors import MalformedError, ProvenanceError, VerificationError
+from gateway.ledger.anchor import Confirmation, Web3AnchorBackend
+from gateway.ledger.keys import GatewayKey, load_gateway_key, write_gateway_key
+from gateway.ledger.log import TransparencyLog
+from gateway.ledger.witness import Witness
+from gateway.ledger.witness_client import WitnessClient, WitnessPool
+from gateway.service.batcher import Batcher, CheckpointHook
+from gateway.service.config import GatewayConfig, load_config
+from gateway.service.outbox import AnchorPolicy, Backoff, Outbox
+from gateway.service.witness_server import WitnessServer
+from gateway.store.db import Database
+from gateway.store.witness import WitnessStore
+
+__all__ = [
+    "LedgerKeys",
+    "LedgerService",
+    "WitnessRounds",
+    "ledger_summary",
+    "load_ledger_keys",
+    "prepare_ledger",
+    "run_ledger",
+]
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+#: Retry delays of a witness round short of the quorum: 0.5 s doubling to 30 s.
+_WITNESS_RETRY_BASE_S = 0.5
+_WITNESS_RETRY_MAX_S = 30.0
+#: At shutdown, the final seal and its witness round get at most this long.
+_FINAL_ROUND_S = 5.0
+_SIG_PREFIX = "\u2014 "  # a signed-note signature line starts with an em dash and a space
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- keys -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LedgerKeys:
+    """The gateway's log key, the embedded witness's key (if any), and which were just made."""
+
+    gateway: GatewayKey
+    witness: note.Signer | None
+    #: Key files written by this start (first start); empty afterwards.
+    generated: tuple[Path, ...] = ()
+
+    def status(self, config: GatewayConfig) -> dict[str, Any]:
+        """Return what the ``provgw serve`` status line reports about the ledger."""
+        chain = config.chain
+        return {
+            "origin": self.gateway.origin,
+            "log_vkey": self.gateway.verifier.vkey,
+            "log_key": str(config.log.key),
+            "keys_generated": [str(p) for p in self.generated],
+            "embedded_witness_vkey": self.witness.verifier.vkey if self.witness else None,
+            "witnesses": config.witnesses.count,
+            "quorum": config.witnesses.quorum,
+            "interval_s": config.log.interval_s,
+            "max_pending": config.log.max_pending,
+            "chain": chain.rpc_url if chain.enabled else None,
+        }
+
+
+def _write_secret(path: Path, text: str) -> None:
+    # O_EXCL and 0600: a key file is never overwritten (every signature made with the old key
+    # would stop verifying) and never readable by others.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(text + "\n")
+
+
+def _read_witness_key(path: Path) -> note.Signer:
+    try:
+        signer = note.Signer.from_skey(path.read_text(encoding="ascii").strip())
+    except (OSError, UnicodeDecodeError, VerificationError) as exc:
+        raise MalformedError(
+            f"Cannot read the embedded witness key {path} (witnesses.embedded_key): {exc}",
+            reason="bad-key",
+        ) from exc
+    if signer.verifier.sig_type != note.COSIGNATURE_V1:
+        raise MalformedError(
+            f"{path} (witnesses.embedded_key) is not a witness cosigning key (type 0x04); "
+            "make one with `provgw witness keygen`.",
+            reason="bad-key",
+        )
+    return signer
+
+
+def _read_gateway_key(path: Path) -> GatewayKey:
+    try:
+        return load_gateway_key(path)
+    except (OSError, UnicodeDecodeError, ValueError, VerificationError) as exc:
+        raise MalformedError(
+            f"Cannot read the gateway log key {path} (log.key): {exc}", reason="bad-key"
+        ) from exc
+
+
+def load_ledger_keys(config: GatewayConfig) -> LedgerKeys:
+    """Read the keys :func:`prepare_ledger` made; raise :class:`MalformedError` if unusable."""
+    cfg = config.witnesses
+    witness = _read_witness_key(cfg.embedded_key) if cfg.embedded else None
+    return LedgerKeys(_read_gateway_key(config.log.key), witness)
+
+
+def prepare_ledger(config: GatewayConfig) -> LedgerKeys:
+    """Load the ledger keys, generating any that is missing (first start); run once, up front.
+
+    The log key is named after ``log.origin`` (C2SP tlog-checkpoint: the origin is the key's
+    name); the embedded witness key after ``<origin>/witness``. Neither may name a site.
+    """
+    generated = []
+    key_path = config.log.key
+    if not key_path.exists():
+        try:
+            key = GatewayKey.generate(config.log.origin)
+        except VerificationError as exc:
+            raise MalformedError(
+                f"log.origin {config.log.origin!r} cannot name a key: {exc}", reason="bad-config"
+            ) from exc
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        write_gateway_key(key_path, key)
+        generated.append(key_path)
+    gateway = _read_gateway_key(key_path)
+    witness = None
+    if config.witnesses.embedded:
+        witness_path = config.witnesses.embedded_key
+        if not witness_path.exists():
+            signer = note.Signer.generate(f"{gateway.origin}/witness", note.COSIGNATURE_V1)
+            witness_path.parent.mkdir(parents=True, exist_ok=True)
+            _write_secret(witness_path, signer.skey())
+            generated.append(witness_path)
+        witness = _read_witness_key(witness_path)
+    return LedgerKeys(gateway, witness, tuple(generated))
+
+
+def ledger_summary(db: Database) -> dict[str, Any]:
+    """Entries, checkpoints, and how many checkpoints are witnessed and anchored (status lines)."""
+    leaves = db.query("SELECT count(*) FROM log_leaves")[0][0]
+    row = db.query(
+        "SELECT count(*), coalesce(max(size), 0), count(nullif(cosignatures, '')),"
+        " count(anchored_tx) FROM checkpoint_status"
+    )[0]
+    return {
+        "entries": int(leaves),
+        "checkpoints": int(row[0]),
+        "size": int(row[1]),
+        "witnessed": int(row[2]),
+        "anchored": int(row[3]),
+    }
+
+
+# -- the witness task ------------------------------------------------------------------------------
+
+
+async def _in_thread(fn: Callable[[], _T]) -> _T:
+    """Run blocking *fn* in a thread; if cancelled, let it finish first (it cannot be stopped).
+
+    So no SQLite transaction of a cancelled task is still in flight once the task is gone.
+    """
+    work = asyncio.ensure_future(asyncio.to_thread(fn))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await work
+        raise
+
+
+def _cosigner(line: str) -> str:
+    # "— <name> <base64>\n" (C2SP signed-note): the name is everything between prefix and key.
+    return line.removeprefix(_SIG_PREFIX).rsplit(" ", 1)[0]
+
+
+class WitnessRounds:
+    """The task ``witness``: cosign the newest sealed checkpoint by a quorum of witnesses.
+
+    :meth:`offer` is the batcher hook (it only records the head and wakes the task, so sealing
+    never waits for a witness). *on_witnessed* runs once per head that reached the quorum.
+    """
+
+    def __init__(  # noqa: PLR0913 -- each collaborator is a keyword-only, documented knob
+        self,
+        log: TransparencyLog,
+        pool: WitnessPool,
+        *,
+        names: frozenset[str],
+        quorum: int,
+        on_witnessed: Callable[[note.SignedCheckpoint], Awaitable[None]] | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._log = log
+        self._pool = pool
+        self._names = names
+        self._quorum = quorum
+        self._on_witnessed = on_witnessed
+        self._clock = clock
+        self._latest: note.SignedCheckpoint | None = None
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._down: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        #: Size of the newest checkpoint that reached the quorum (0: none yet).
+        self.witnessed_size = 0
+        #: Rounds that fell short of the quorum.
+        self.short_rounds = 0
+
+    async def offer(self, checkpoint: note.SignedCheckpoint) -> None:
+        """Batcher hook: *checkpoint* is the newest head; cosign it (replacing an older one)."""
+        self._latest = checkpoint
+        self._idle.clear()
+        self._wake.set()
+
+    async def idle(self) -> None:
+        """Wait until the newest offered head reached the quorum (bound it with a timeout)."""
+        await self._idle.wait()
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            delay = None if failures == 0 else self._retry_delay(failures)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            self._wake.clear()
+            head = self._latest
+            if head is None:
+                failures = 0
+                continue
+            try:
+                done = await self._round(head)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 -- logged; the next head or the retry tries again
+                _log.exception("witness round for size %d failed", head.checkpoint.size)
+                done = False
+            if done:
+                failures = 0
+                if self._latest is head:
+                    self._latest = None
+                    self._idle.set()
+            else:
+                failures += 1
+                self.short_rounds += 1
+
+    @staticmethod
+    def _retry_delay(failures: int) -> float:
+        return min(_WITNESS_RETRY_MAX_S, _WITNESS_RETRY_BASE_S * float(2 ** min(failures - 1, 16)))
+
+    async def _round(self, head: note.SignedCheckpoint) -> bool:
+        """Submit *head* to every witness; keep the cosignatures; True when the quorum is met."""
+        size = head.checkpoint.size
+        log = self._log
+        stored = await _in_thread(lambda: log.checkpoint(size))
+        if stored is None:  # pragma: no cover -- the batcher offers only stored heads
+            return True
+        if self._names:
+            result = await _in_thread(
+                lambda: self._pool.submit(stored.note, lambda old: log.consistency_proof(old, size))
+            )
+            self._report(size, result.failures)
+            got = result.cosignatures
+            lines = [line for name in sorted(got) for line in got[name]]
+            if lines:
+                await _in_thread(lambda: log.add_cosignatures(size, lines, self._clock()))
+        status = await _in_thread(lambda: log.status(size))
+        cosigners = {_cosigner(line) for line in status.cosignatures} & self._names
+        if len(cosigners) < self._quorum:
+            _log.info(
+                "checkpoint %d cosigned by %d of the %d witnesses required",
+                size,
+                len(cosigners),
+                self._quorum,
+            )
+            return False
+        self.witnessed_size = max(self.witnessed_size, size)
+        if self._on_witnessed is not None:
+            await self._on_witnessed(head)
+        return True
+
+    def _report(self, size: int, failures: Mapping[str, ProvenanceError]) -> None:
+        # One line per change (down, back), not one per round: a witness down for hours would
+        # otherwise write a line every retry.
+        for name, error in failures.items():
+            if name not in self._down:
+                _log.warning("witness %s did not cosign checkpoint %d: %s", name, size, error)
+        back = self._down - set(failures)
+        for name in sorted(back):
+            _log.info("witness %s cosigns again (checkpoint %d)", name, size)
+        self._down = set(failures)
+
+    async def recover(self) -> None:
+        """After a (re)start: offer the newest checkpoint again if it never reached the quorum.
+
+        The previous run may have died between sealing and cosigning, or between cosigning and
+        queueing the anchor (both idempotent: a witness re-cosigns the head it holds, the outbox
+        keeps one row per head).
+        """
+        log = self._log
+        latest = await _in_thread(log.latest_checkpoint)
+        if latest is None:
+            return
+        signed = note.open_checkpoint(latest.note, log.verifier)
+        await self.offer(signed)
+
+    async def __aenter__(self) -> Self:
+        if self._task is not None:
+            raise RuntimeError("the witness task is already running")
+        self._task = asyncio.create_task(self._run(), name="witness")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+# -- the service ---------------------------------------------------------------------------------
+
+
+def _chain_key(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MalformedError(
+            f"Cannot read the chain key file {path} (chain.key_file): {exc}", reason="bad-key"
+        ) from exc
+    return text if text.startswith("0x") else "0x" + text
+
+
+class LedgerService:
+    """The ledger tasks of one gateway: build them from *config*, run until told to stop."""
+
+    def __init__(self, config: GatewayConfig, keys: LedgerKeys) -> None:
+        self.config = config
+        self.keys = keys
+        #: Set while running (for tests and status).
+        self.batcher: Batcher | None = None
+        self.witness: WitnessRounds | None = None
+        self.outbox: Outbox | None = None
+        #: The embedded witness's URL while running.
+        self.embedded_url: str | None = None
+        self._stopping = asyncio.Event()
+
+    def request_stop(self) -> None:
+        """Make :meth:`run` seal, cosign and return (from the event loop's thread)."""
+        self._stopping.set()
+
+    def _open_db(self, stack: ExitStack) -> Database:
+        return stack.enter_context(
+            Database(
+                self.config.database,
+                durable_against_power_loss=self.config.durable_against_power_loss,
+            )
+        )
+
+    def _witness_clients(self, stack: ExitStack) -> list[WitnessClient]:
+        cfg = self.config.witnesses
+        clients = [WitnessClient(w.url, w.verifier, timeout=cfg.timeout_s) for w in cfg.remote]
+        if cfg.embedded:
+            assert self.keys.witness is not None  # prepare_ledger made it
+            store = stack.enter_context(
+                WitnessStore(
+                    cfg.embedded_db,
+                    durable_against_power_loss=self.config.durable_against_power_loss,
+                )
+            )
+            witness = Witness(self.keys.witness, [self.keys.gateway.verifier], store)
+            server = WitnessServer(witness, host="127.0.0.1", port=cfg.embedded_port)
+            stack.callback(server.close)
+            server.start()
+            self.embedded_url = server.url
+            clients.append(WitnessClient(server.url, witness.verifier, timeout=cfg.timeout_s))
+        return clients
+
+    def _outbox(self, db: Database) -> Outbox:
+        chain = self.config.chain
+        backend = Web3AnchorBackend.from_url(
+            chain.rpc_url,
+            chain.contract,
+            _chain_key(chain.key_file),
+            from_block=chain.from_block,
+            timeout_s=5.0,
+        )
+        anchors = TransparencyLog(db, self.keys.gateway.signer)
+
+        def anchored(checkpoint: note.Checkpoint, confirmation: Confirmation) -> None:
+            # The outbox confirms each row once; the receipt of every entry under this head
+            # now rises to "anchored".
+            try:
+                anchors.record_anchor(
+                    checkpoint.size,
+                    chain=chain.name,
+                    tx=confirmation.tx_hash,
+                    block=confirmation.block_number,
+                    now=_utc_now(),
+                )
+            except ProvenanceError:
+                _log.exception("cannot record the anchor of checkpoint %d", checkpoint.size)
+            else:
+                _log.info(
+                    "checkpoint %d anchored in block %d (tx %s)",
+                    checkpoint.size,
+                    confirmation.block_number,
+                    confirmation.tx_hash.hex(),
+                )
+
+        return Outbox(
+            db,
+            backend,
+            policy=AnchorPolicy(
+                min_growth=chain.min_growth,
+                max_interval_s=chain.max_interval_s,
+                supersede=chain.supersede,
+            ),
+            backoff=Backoff(base_s=min(1.0, chain.retry_max_s), max_s=chain.retry_max_s),
+            confirmations=chain.confirmations,
+            poll_s=chain.poll_s,
+            on_anchored=anchored,
+        )
+
+    async def run(
+        self, should_stop: Callable[[], bool], on_ready: Callable[[], None], poll_s: float = 0.2
+    ) -> None:
+        """Run the tasks until *should_stop()*; call *on_ready()* once they are all started.
+
+        On stop, the pending events are sealed and the final head gets one witness round
+        (bounded), so a clean stop leaves the log sealed and cosigned.
+        """
+        cfg = self.config
+        signer = self.keys.gateway.signer
+        with ExitStack() as resources:
+            log = TransparencyLog(self._open_db(resources), signer)
+            witness_log = TransparencyLog(self._open_db(resources), signer)
+            clients = self._witness_clients(resources)
+            pool = resources.enter_context(WitnessPool(clients, deadline=cfg.witnesses.timeout_s))
+            outbox = self._outbox(self._open_db(resources)) if cfg.chain.enabled else None
+            async with AsyncExitStack() as tasks:
+                anchor_hook: CheckpointHook | None = None
+                if outbox is not None:
+                    self.outbox = await tasks.enter_async_context(outbox)
+
+                    async def anchor_hook(checkpoint: note.SignedCheckpoint) -> None:
+                        await _in_thread(lambda: outbox.enqueue(checkpoint))
+
+                rounds = WitnessRounds(
+                    witness_log,
+                    pool,
+                    names=frozenset(c.name for c in clients),
+                    quorum=cfg.witnesses.quorum,
+                    on_witnessed=anchor_hook,
+                )
+                self.witness = await tasks.enter_async_context(rounds)
+                batcher = Batcher(
+                    log,
+                    interval_s=cfg.log.interval_s,
+                    max_pending=cfg.log.max_pending,
+                    on_checkpoint=[rounds.offer],
+                    # A hook only queues work for its own task; this bounds a stuck SQLite write.
+                    hook_timeout_s=max(10.0, cfg.witnesses.timeout_s),
+                )
+                self.batcher = await tasks.enter_async_context(batcher)
+                await rounds.recover()
+                on_ready()
+                while not should_stop():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), poll_s)
+                await self._final_round(batcher, rounds)
+
+    async def _final_round(self, batcher: Batcher, rounds: WitnessRounds) -> None:
+        try:
+            await asyncio.wait_for(batcher.flush(), _FINAL_ROUND_S)
+        except (TimeoutError, ProvenanceError):
+            _log.warning("the final seal did not finish; the next start seals what is pending")
+            return
+        try:
+            async with asyncio.timeout(_FINAL_ROUND_S):
+                await rounds.idle()
+        except TimeoutError:
+            _log.warning("the final checkpoint is not yet cosigned; the next start retries")
+
+
+def run_ledger(
+    config_path: str,
+    parent_pid: int,
+    stop: multiprocessing.synchronize.Event,
+    ready: multiprocessing.synchronize.Event,
+) -> None:
+    """Entry point of the ledger process (spawned by the :class:`Supervisor`)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s ledger %(levelname)s %(message)s")
+    # `kill -USR1 PID` prints every thread's stack: how to see where a stuck ledger waits.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # Ctrl-C reaches the whole process group: the supervisor decides, the ledger waits for it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    config = load_config(Path(config_path))
+    keys = load_ledger_keys(config)
+
+    def should_stop() -> bool:
+        # A supervisor killed with -9 leaves no one to set *stop*: watch the parent too.
+        return stop.is_set() or os.getppid() != parent_pid
+
+    asyncio.run(LedgerService(config, keys).run(should_stop, ready.set))

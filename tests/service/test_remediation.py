@@ -1,0 +1,180 @@
+"""Remediation tracking from stored device reports and offer timeouts (real SQLite file)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.core.cbor import dumps
+from gateway.core.recall import Recall
+from gateway.ledger.keys import GatewayKey
+from gateway.ledger.log import TransparencyLog, verify_log
+from gateway.service.remediation import (
+    RemediationTracker,
+    Retry,
+    RetryPolicy,
+    log_pending_records,
+)
+from gateway.store.inventory import Inventory
+from gateway.store.recalls import RecallStore, load_recall_trust
+
+RECALLS = Path(__file__).resolve().parents[2] / "firmware_manifests" / "recalls"
+RECALL = Recall.from_bytes(
+    (RECALLS / "Z-0412-2026.recall.cbor").read_bytes(), trust=load_recall_trust(RECALLS / "trust")
+)
+REMEDY = RECALL.fields.remedy.manifest
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+DEVICES = ("pump-1", "pump-2")
+
+
+def _ms(when):
+    return int(when.timestamp() * 1000)
+
+
+@pytest.fixture
+def tracker(db):
+    Inventory(db).import_rows(
+        [
+            {
+                "id": device,
+                "manufacturer_slug": "acme-infusion",
+                "model": "Volara LVP 3",
+                "gtin": "00850034100319",
+                "serial": f"VL3-260000{i}",
+                "site": "riverside-general",
+                "firmware_version": "4.2.9",
+            }
+            for i, device in enumerate(DEVICES, 1)
+        ],
+        now=T0,
+    )
+    recalls = RecallStore(db)
+    recalls.accept(RECALL, now=T0)
+    assert {i.device_id for i in recalls.record_impact(RECALL, now=T0).affected} == set(DEVICES)
+    return RemediationTracker(db, policy=RetryPolicy(timeout_s=10, max_attempts=2, backoff=3))
+
+
+_seq = iter(range(1, 10_000))
+
+
+def _report(db, device, result, *, trigger="recall", ref="Z-0412-2026", manifest=REMEDY):  # noqa: PLR0913 -- a report's fields
+    body = {
+        "from_version": "4.2.9",
+        "to_version": "4.2.10",
+        "manifest_digest": manifest,
+        "image_digest": b"\x01" * 32,
+        "result": result,
+        "trigger": trigger,
+        "cycle": "out_of_cycle",
+    }
+    if ref is not None:
+        body["trigger_ref"] = ref
+    seq = next(_seq)
+    payload = dumps(
+        {"v": 1, "type": "firmware_update", "device": device, "seq": seq, "time": 1, "body": body}
+    )
+    raw = b"signed:" + payload
+    with db.atomic() as conn:
+        conn.execute(
+            "INSERT INTO events (device_id, seq, type, event_time_ms, received_ms, site, topic,"
+            " raw, digest, payload, salt) VALUES (?, ?, 'firmware_update', 1, ?, 's', 't', ?, ?,"
+            " ?, ?)",
+            (device, seq, _ms(T0) + seq, raw, hashlib.sha256(raw).digest(), payload, b"\0" * 32),
+        )
+
+
+def _state(db, device):
+    return {r.device_id: r for r in RecallStore(db).remediation("Z-0412-2026")}[device]
+
+
+def test_installed_report_naming_the_recall_marks_the_device_installed(db, tracker):
+    tracker.mark_offered("Z-0412-2026", "pump-1", b"offer", manifest=REMEDY, at_ms=_ms(T0))
+    _report(db, "pump-1", "installed")
+    assert tracker.apply_reports() == 1
+    assert _state(db, "pump-1").state == "installed"
+    assert _state(db, "pump-2").state == "pending"
+
+
+def test_installed_is_final_a_late_failure_report_is_not_recorded_over_it(db, tracker):
+    _offer_all(tracker)
+    _report(db, "pump-1", "installed")
+    tracker.apply_reports()
+    _report(db, "pump-1", "failed")
+    assert tracker.apply_reports() == 0
+    assert _state(db, "pump-1").state == "installed"
+
+
+def _offer_all(tracker):
+    for device in DEVICES:
+        tracker.mark_offered("Z-0412-2026", device, b"offer", manifest=REMEDY, at_ms=_ms(T0))
+
+
+def test_failed_and_rejected_reports_show_as_failed_with_the_devices_reason(db, tracker):
+    _offer_all(tracker)
+    _report(db, "pump-1", "failed")
+    _report(db, "pump-2", "rejected")
+    assert tracker.apply_reports() == 2
+    assert _state(db, "pump-1").state == "failed"
+    assert _state(db, "pump-2").state == "failed"
+    assert _state(db, "pump-2").detail.startswith("device reported rejected")
+
+
+def test_report_installing_the_remedy_manifest_counts_whatever_its_trigger(db, tracker):
+    _report(db, "pump-1", "installed", trigger="routine", ref=None)
+    _report(db, "pump-2", "installed", trigger="routine", ref=None, manifest=b"\x02" * 32)
+    tracker.apply_reports()
+    assert _state(db, "pump-1").state == "installed"
+    assert _state(db, "pump-2").state == "pending"  # another firmware fixes nothing here
+
+
+def test_reports_are_read_once_from_the_trackers_own_cursor(db, tracker):
+    _offer_all(tracker)
+    _report(db, "pump-1", "failed")
+    assert tracker.apply_reports() == 1
+    assert tracker.apply_reports() == 0
+    assert RemediationTracker(db).apply_reports() == 0  # the cursor is in the database
+
+
+def test_offer_without_report_is_retried_with_backoff_then_unreachable(db, tracker):
+    tracker.mark_offered("Z-0412-2026", "pump-1", b"offer 1", manifest=REMEDY, at_ms=_ms(T0))
+    assert tracker.due(T0 + timedelta(seconds=9)) == []
+    t1 = T0 + timedelta(seconds=10)
+    assert tracker.due(t1) == [Retry("Z-0412-2026", "pump-1", 2)]
+    tracker.mark_offered("Z-0412-2026", "pump-1", b"offer 2", manifest=REMEDY, at_ms=_ms(t1))
+    # Attempt 2 waits 10 s x 3: still offered after 29 s, unreachable at 30 s.
+    assert tracker.due(t1 + timedelta(seconds=29)) == []
+    assert _state(db, "pump-1").state == "offered"
+    assert tracker.due(t1 + timedelta(seconds=30)) == []
+    row = _state(db, "pump-1")
+    assert (row.state, row.attempts) == ("unreachable", 2)
+    # A device that shows up later and installs is still recorded as installed.
+    _report(db, "pump-1", "installed")
+    tracker.apply_reports()
+    assert _state(db, "pump-1").state == "installed"
+
+
+def test_status_lists_counts_and_devices_and_none_for_an_unknown_recall(db, tracker):
+    tracker.mark_offered("Z-0412-2026", "pump-2", b"offer", manifest=REMEDY, at_ms=_ms(T0))
+    _report(db, "pump-2", "failed")
+    tracker.apply_reports()
+    status = tracker.status("Z-0412-2026")
+    assert status.counts == {"pending": 1, "failed": 1}
+    assert status.to_json()["recall"]["remedy"]["manifest"] == REMEDY.hex()
+    assert tracker.status("Z-9999-2026") is None
+
+
+def test_remediation_records_reach_the_transparency_log_and_the_log_verifies(db, tracker):
+    tracker.mark_offered("Z-0412-2026", "pump-1", b"offer", manifest=REMEDY, at_ms=_ms(T0))
+    _report(db, "pump-1", "installed")
+    tracker.apply_reports()
+    key = GatewayKey.generate("remediation-test.example/log")
+    log = TransparencyLog(db, key.signer)
+    assert log_pending_records(db, log) == 2
+    assert log_pending_records(db, log) == 0
+    kinds = db.query("SELECT kind, count(*) FROM log_leaves GROUP BY kind")
+    assert kinds == [("remediation", 2)]
+    log.seal(T0)
+    assert verify_log(db, key.verifier).other_records == 2
