@@ -20,15 +20,23 @@ packet id in its low 16 bits and the connection number above. :meth:`MqttClient.
 PUBACK only for a tag of the current connection that is still outstanding; a late ack for an
 earlier connection is dropped (the broker redelivers that message anyway), and can never
 acknowledge another message that happens to reuse the packet id.
+
+Per-message cost (measured with py-spy on this machine; the receive path is the ceiling of the
+whole gateway, ``docs/BENCHMARKS.md``): paho formats a debug line for every packet whenever an
+``on_log`` callback is set, properties included, so :class:`MqttClient` sets one only while it
+connects; MQTT 5 properties are converted only when a message carries any; and
+:meth:`MqttClient.ack_many` sends a batch's PUBACKs as ONE write (one TLS record, one wake-up of
+paho's loop) instead of one per message.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Self
 
@@ -54,14 +62,26 @@ MessageHandler = Callable[[str, bytes, int, int, dict[str, Any]], None]
 
 _TAG_BITS = 16  # MQTT packet identifiers are 16-bit (§2.2.1)
 
+#: A PUBACK with reason Success and no properties: type 4, remaining length 2, packet id
+#: (MQTT 5 §3.4.2.1 allows omitting the reason code and properties then; paho sends this form).
+_PUBACK = struct.Struct("!BBH")
+_PUBACK_TYPE = 0x40
+
 
 # paho's Properties is untyped; these two typed seams keep mypy strict everywhere else.
 _new_properties: Callable[[int], Properties] = Properties
 
+#: Instance attributes of a paho Properties object that carries no property: paho stores each
+#: property received as one more attribute, so more than these means there is something to convert.
+_EMPTY_PROPERTY_ATTRS = len(vars(_new_properties(PacketTypes.PUBLISH)))
+
 
 def _properties_dict(props: Any) -> dict[str, Any]:  # noqa: ANN401 - paho's untyped Properties
     """MQTT 5 properties as a plain dict (``{"UserProperty": [(k, v)], ...}``)."""
-    return dict(props.json()) if props is not None else {}
+    # props.json() walks all 27 property names (~3 us); device events usually carry none.
+    if props is None or len(vars(props)) <= _EMPTY_PROPERTY_ATTRS:
+        return {}
+    return dict(props.json())
 
 
 def _reason_text(rc: object) -> str:
@@ -124,7 +144,6 @@ class MqttClient:
         self._client.on_message = self._handle_message
         self._client.on_publish = self._handle_publish
         self._client.on_subscribe = self._handle_subscribe
-        self._client.on_log = self._handle_log
         self._last_error: str | None = None
         self._tls_ready = False
 
@@ -140,11 +159,15 @@ class MqttClient:
         props.SessionExpiryInterval = self.session_expiry
         props.ReceiveMaximum = self.receive_maximum
         self._reset_failure()
+        # Only while connecting: with on_log set, paho formats a debug line for every packet
+        # (module docstring). What it reports here (e.g. a TLS alert) explains a refusal.
+        self._client.on_log = self._handle_log
         try:
             self._client.connect(
                 self.host, self.port, self.keepalive, clean_start=False, properties=props
             )
         except (OSError, ssl.SSLError) as exc:
+            self._client.on_log = None
             raise UnavailableError(f"Cannot reach {where}: {exc}.", reason="broker-down") from exc
         self._client.loop_start()
         deadline = time.monotonic() + timeout
@@ -155,6 +178,7 @@ class MqttClient:
                     break
                 self._changed.wait(left)
             connected, failure, detail = self._connected, self._failure, self._last_error
+        self._client.on_log = None
         if not connected:
             self._stop()
             # A TLS alert (e.g. "certificate revoked") shows only in paho's log: pass it on.
@@ -281,6 +305,27 @@ class MqttClient:
             self._outstanding.discard(mid)
             rc = self._client.ack(mid & 0xFFFF, qos)
         return bool(rc == paho.MQTT_ERR_SUCCESS)
+
+    def ack_many(self, deliveries: Iterable[tuple[int, int]]) -> int:
+        """Acknowledge many ``(tag, qos)`` deliveries at once; return how many PUBACKs were sent.
+
+        Same rules as :meth:`ack` for each delivery, but the PUBACKs go out as one write: paho
+        would otherwise make a TLS record and a wake-up of its network loop per PUBACK.
+        """
+        with self._lock:
+            mids = []
+            for tag, qos in deliveries:
+                if qos == 0 or tag >> _TAG_BITS != self._epoch or tag not in self._outstanding:
+                    continue
+                self._outstanding.discard(tag)
+                mids.append(tag & 0xFFFF)
+            if not mids:
+                return 0
+            # Consecutive PUBACK packets are exactly what one ack() each would write (§3.4);
+            # paho's queue takes them as one packet (no callback runs for a PUBACK it sends).
+            packet = b"".join(_PUBACK.pack(_PUBACK_TYPE, 2, mid) for mid in mids)
+            rc = self._client._packet_queue(_PUBACK_TYPE, packet, 0, 1)  # noqa: SLF001 - see above
+        return len(mids) if rc == paho.MQTT_ERR_SUCCESS else 0
 
     # --- sending --------------------------------------------------------------------------
 

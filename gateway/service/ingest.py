@@ -1,9 +1,10 @@
-"""The ingest pipeline: MQTT deliveries -> verified events in SQLite -> acknowledgement.
+"""The ingest pipeline: a batch of MQTT deliveries -> verified events in SQLite -> acknowledgement.
 
-One :class:`IngestWorker` per worker process (see :mod:`gateway.service.workers`). Its paho thread
-puts each delivery on a queue; its main thread takes batches off the queue (``batch_max``
-messages or ``batch_ms`` after the first, whichever comes first) and hands each batch to
-:meth:`IngestPipeline.process`:
+Transport-agnostic: it runs in each verifier process of ``provgw serve`` (see
+:mod:`gateway.service.workers` for the process layout) and gets batches of raw deliveries; the
+MQTT side (:mod:`gateway.service.receiver`) batches them (``batch_max`` messages or ``batch_ms``
+after the first, whichever comes first) and sends the PUBACKs :meth:`IngestPipeline.process`
+asks for. The steps:
 
 1. Parse the topic (``provgw/v1/{site}/dev/{device}/evt/{type}``): anything else is quarantined
    (``bad-topic``), never dropped.
@@ -16,39 +17,35 @@ messages or ``batch_ms`` after the first, whichever comes first) and hands each 
    transaction (:meth:`~gateway.store.events.EventStore.insert_batch`): duplicates by
    (device, seq) with identical bytes are absorbed; other bytes under a taken seq are quarantined
    as ``replay``.
-5. Only after COMMIT, send PUBACK for every message of the batch, refused ones included (they are
+5. Only after COMMIT, acknowledge every message of the batch, refused ones included (they are
    durably quarantined). MQTT 5 §4.3.2: until PUBACK the broker owns the message, and resends it
    after a reconnect; so a crash anywhere before step 5 loses nothing, and the store absorbs the
    resent copy.
 
-Memory is bounded by the MQTT 5 Receive Maximum the worker announces (§3.1.2.11.3): the broker
-sends at most that many unacknowledged messages, and a message stays unacknowledged until its
-batch commits. The queue between the paho thread and the batcher therefore never holds more than
-Receive Maximum messages; it is also given that size as a bound, so if it ever filled it would
-block the paho thread (TCP back-pressure to the broker), never grow. Under a flood the backlog
-waits in the broker (Mosquitto ``max_queued_messages``, raised by ``provgw broker-config``).
-
 Device keys: the core's in-memory :class:`~gateway.core.identity.DeviceRegistry` is a cache in
 front of the persistent :class:`~gateway.store.devices.DeviceStore` (:class:`StoreBackedRegistry`):
-a kid it does not know is looked up in the store (another worker may have enrolled the device), and
-enrolments and rotations are written in the batch's own transaction.
+a kid it does not know is looked up in the store (another process may have enrolled the device),
+and enrolments and rotations are written in the batch's own transaction.
 
-A kid-only message whose device is being enrolled by *another* worker right now (the device's
-first message, with its certificate chain, went to the other member of the shared subscription)
-fails with ``unknown-kid`` until that worker commits. Such a message is kept, unacknowledged, and
-verified again with later batches for ``enrol_grace_ms`` before it is quarantined.
+A kid-only message whose device is being enrolled by *another* process right now (``shared``
+mode: the device's first message, with its certificate chain, went to the other member of the
+shared subscription) fails with ``unknown-kid`` until that process commits. Such a message is
+kept, unacknowledged, and verified again with later batches for ``enrol_grace_ms`` before it is
+quarantined. (In the default ``partitioned`` mode one device's messages all reach one verifier,
+in order, so this does not arise.)
+
+Metrics: :meth:`IngestPipeline.process` returns a :class:`BatchOutcome` and hands it to an
+:class:`OutcomeRecorder` once per batch; nothing is counted per message on the hot path.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Protocol
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -68,21 +65,19 @@ from gateway.core.identity import (
     verify_device_chain,
 )
 from gateway.core.messages import MessagePolicy, verify_device_message
-from gateway.ingest.mqtt import MqttClient
-from gateway.ingest.topics import EVENT_FILTER, EventTopic, parse_topic
-from gateway.service.config import GatewayConfig
+from gateway.ingest.topics import EventTopic, parse_topic
 from gateway.service.metrics import IngestMetrics
 from gateway.store.db import Database
 from gateway.store.devices import DeviceRow, DeviceStore
 from gateway.store.events import EventRecord, EventStore, QuarantineRecord
-from gateway.store.trust_files import load_trust_dir
 
 __all__ = [
     "BatchOutcome",
     "Delivery",
     "IngestPipeline",
-    "IngestWorker",
+    "OutcomeRecorder",
     "StoreBackedRegistry",
+    "commit_with_retry",
 ]
 
 _log = logging.getLogger(__name__)
@@ -118,6 +113,17 @@ class BatchOutcome:
     #: Messages kept unacknowledged for another try (``unknown-kid`` within the grace period).
     deferred: list[Delivery] = field(default_factory=list)
     commit_seconds: float = 0.0
+    #: Messages decided in this batch (stored, absorbed or quarantined): the acknowledged ones.
+    size: int = 0
+    #: Per verified message: seconds from the event's own time to the commit (consumer lag).
+    lag_seconds: list[float] = field(default_factory=list)
+
+
+class OutcomeRecorder(Protocol):
+    """Where :class:`IngestPipeline` reports each committed batch (e.g. :class:`IngestMetrics`)."""
+
+    def record(self, outcome: BatchOutcome) -> None:
+        """Take note of one committed batch."""
 
 
 # --- the registry glue -------------------------------------------------------------------------
@@ -285,7 +291,7 @@ class IngestPipeline:
         trust: TrustStore,
         *,
         ack: Callable[[int, int], object],
-        metrics: IngestMetrics | None = None,
+        metrics: OutcomeRecorder | None = None,
         enrol_grace_s: float = 2.0,
         policy: MessagePolicy | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -294,7 +300,7 @@ class IngestPipeline:
         self._events = EventStore(db)
         self._trust = trust
         self._ack = ack
-        self.metrics = metrics or IngestMetrics()
+        self.metrics: OutcomeRecorder = IngestMetrics() if metrics is None else metrics
         self._grace = enrol_grace_s
         self._policy = policy or MessagePolicy()
         self._clock = clock
@@ -357,7 +363,9 @@ class IngestPipeline:
             outcome.rejected[q.reason] = outcome.rejected.get(q.reason, 0) + 1
         if result.conflicts:
             outcome.rejected["replay"] = outcome.rejected.get("replay", 0) + len(result.conflicts)
-        self._record(outcome, records, commit_done, len(done))
+        outcome.size = len(done)
+        outcome.lag_seconds = [max(0.0, commit_done - r.event_time_ms / 1000) for r in records]
+        self.metrics.record(outcome)
         return outcome
 
     def _verify(self, delivery: Delivery, now: datetime) -> EventRecord:
@@ -398,21 +406,6 @@ class IngestPipeline:
             payload=cbor.dumps(event.to_cbor_map()),
         )
 
-    def _record(
-        self, outcome: BatchOutcome, verified: list[EventRecord], commit_done: float, size: int
-    ) -> None:
-        m = self.metrics
-        m.accepted.inc(outcome.stored)
-        m.duplicates.inc(outcome.duplicates)
-        for reason, n in outcome.rejected.items():
-            m.rejected.labels(reason=reason).inc(n)
-        m.commit_seconds.observe(outcome.commit_seconds)
-        m.batch_size.observe(size)
-        # Every verified message, stored or absorbed as a redelivery: lag is how far behind the
-        # device's clock the gateway's durable state is, whatever the copy.
-        for record in verified:
-            m.lag_seconds.observe(max(0.0, commit_done - record.event_time_ms / 1000))
-
 
 def _topic_device(topic: str) -> str | None:
     try:
@@ -422,183 +415,28 @@ def _topic_device(topic: str) -> str | None:
     return parsed.device if isinstance(parsed, EventTopic) else None
 
 
-# --- one worker: MQTT client + batcher ---------------------------------------------------------
+def commit_with_retry(
+    pipeline: IngestPipeline,
+    batch: Sequence[Delivery],
+    should_stop: Callable[[], bool],
+    who: str,
+) -> BatchOutcome | None:
+    """Process *batch*, retrying while the database is unavailable; None if told to stop first.
 
-
-class IngestWorker:
-    """One worker: its own MQTT session on the shared subscription, its own database connection.
-
-    :meth:`run` blocks until *should_stop()* is true, then finishes the batch at hand, sends its
-    acknowledgements, and disconnects (the session stays on the broker).
+    Nothing of a batch that failed to commit was stored or acknowledged, and the broker does not
+    resend before a reconnect, so the caller's process keeps the batch and tries again (backoff
+    0.1 s doubling to 5 s). A device-key write that lost a race with another process is retried
+    at once: the store now knows, and verifying again gives every message its proper verdict.
     """
-
-    def __init__(self, config: GatewayConfig, index: int, metrics: IngestMetrics) -> None:
-        self.config = config
-        self.index = index
-        self.metrics = metrics
-        settings = config.broker
-        # Bounded (module docstring): at most Receive Maximum deliveries of the current
-        # connection, plus as many left over from the one before a reconnect (redelivered
-        # anyway, their acks are dropped). A put never blocks unless the broker oversteps the
-        # limit, and then it pushes back (TCP) instead of growing.
-        self._queue: queue.Queue[Delivery] = queue.Queue(maxsize=2 * settings.receive_maximum)
-        self._client = MqttClient(
-            config.credentials(index),
-            host=settings.host,
-            port=settings.port,
-            on_message=self._on_message,
-            session_expiry=settings.session_expiry_s,
-            receive_maximum=settings.receive_maximum,
-        )
-        self._db: Database | None = None
-        self._pending: list[Delivery] = []
-
-    def owns(self, topic: str) -> bool:
-        """Whether this worker stores *topic*'s messages (always, in ``shared`` mode).
-
-        ``partitioned`` mode: the device id's CRC-32 modulo the worker count picks the owner, so
-        one device's events are verified in order by one worker (no enrolment or rotation race
-        between workers). A topic without a device id is worker 0's, which quarantines it.
-        """
-        workers = self.config.ingest.workers
-        if self.config.ingest.mode == "shared" or workers == 1:
-            return True
-        device = _topic_device(topic)
-        owner = 0 if device is None else zlib.crc32(device.encode()) % workers
-        return owner == self.index
-
-    def _on_message(
-        self, topic: str, payload: bytes, tag: int, qos: int, properties: dict[str, Any]
-    ) -> None:
-        del properties
-        if not self.owns(topic):
-            # This session's copy only: the owner has its own copy in its own session and
-            # acknowledges that one after its commit.
-            self._client.ack(tag, qos)
-            return
-        self.metrics.in_flight.inc()
-        self._queue.put(Delivery(topic, payload, tag, qos, _now_ms()))
-
-    def _ack(self, tag: int, qos: int) -> None:
-        self._client.ack(tag, qos)
-        self.metrics.in_flight.dec()
-
-    def connect(self, should_stop: Callable[[], bool]) -> None:
-        """Connect and subscribe, retrying with backoff (1 s doubling to 30 s) until it works.
-
-        A broker that is restarting must not take the worker down; the supervisor's preflight
-        check already reported a broker that was never reachable.
-        """
-        delay = 1.0
-        while True:
-            self._forget_queued()
-            try:
-                self._client.connect()
-                # The broker may send a session's backlog before the SUBACK: allow for it.
-                shared = self.config.ingest.mode == "shared"
-                self._client.subscribe(
-                    EVENT_FILTER,
-                    timeout=30.0,
-                    qos=1,
-                    share_group=self.config.broker.share_group if shared else None,
-                )
-            except UnavailableError as err:
-                if should_stop():
-                    raise
-                _log.warning("worker %d: %s; retrying in %.0f s", self.index, err, delay)
-                self._client.disconnect()
-                until = time.monotonic() + delay
-                while time.monotonic() < until and not should_stop():
-                    time.sleep(0.05)
-                if should_stop():
-                    raise
-                delay = min(30.0, delay * 2)
-            else:
-                return
-
-    def _forget_queued(self) -> None:
-        # Deliveries of a dropped connection: never acknowledged, so the broker sends them again;
-        # keeping them would only let a failing reconnect loop fill the queue.
+    delay = 0.1
+    while True:
         try:
-            while True:
-                self._queue.get_nowait()
-                self.metrics.in_flight.dec()
-        except queue.Empty:
-            pass
-        self._pending.clear()
-
-    def run(
-        self, should_stop: Callable[[], bool], on_ready: Callable[[], object] = lambda: None
-    ) -> None:
-        """Ingest until *should_stop()*; call *on_ready()* once subscribed (module docstring)."""
-        cfg = self.config
-        trust = load_trust_dir(cfg.trust_dir)
-        self._db = Database(cfg.database, durable_against_power_loss=cfg.durable_against_power_loss)
-        pipeline = IngestPipeline(
-            self._db,
-            trust,
-            ack=self._ack,
-            metrics=self.metrics,
-            enrol_grace_s=cfg.ingest.enrol_grace_ms / 1000,
-        )
-        try:
-            self.connect(should_stop)
-            on_ready()
-            while not should_stop():
-                batch = self._collect()
-                if batch:
-                    self._commit(pipeline, batch, should_stop)
-            # Drain what already arrived: acknowledged now rather than redelivered after restart.
-            batch = self._collect(wait=False)
-            if batch:
-                self._commit(pipeline, batch, lambda: True)
-        finally:
-            self._client.disconnect()
-            self._db.close()
-
-    def _collect(self, *, wait: bool = True) -> list[Delivery]:
-        """Up to ``batch_max`` deliveries: the first waits up to 50 ms, the rest ``batch_ms``."""
-        ingest = self.config.ingest
-        batch, self._pending = self._pending, []
-        try:
-            if not batch:
-                batch.append(self._queue.get(timeout=0.05) if wait else self._queue.get_nowait())
-            deadline = time.monotonic() + ingest.batch_ms / 1000
-            while len(batch) < ingest.batch_max:
-                left = deadline - time.monotonic()
-                if left <= 0 or not wait:
-                    batch.append(self._queue.get_nowait())
-                else:
-                    batch.append(self._queue.get(timeout=left))
-        except queue.Empty:
-            pass
-        return batch
-
-    def _commit(
-        self, pipeline: IngestPipeline, batch: list[Delivery], should_stop: Callable[[], bool]
-    ) -> None:
-        delay = 0.1
-        while True:
-            try:
-                outcome = pipeline.process(batch)
-            except UnavailableError as err:
-                # Nothing stored, nothing acknowledged; the broker will not resend before a
-                # reconnect, so this worker keeps the batch and tries again.
-                _log.error("worker %d: batch not stored: %s; retrying", self.index, err)
-                if should_stop():
-                    return
-                time.sleep(delay)
-                delay = min(5.0, delay * 2)
-                continue
-            except VerificationError as err:
-                # A device-key write lost a race with another worker; the store now knows, and
-                # verifying again gives every message its proper verdict.
-                _log.warning("worker %d: %s; verifying the batch again", self.index, err)
-                continue
-            self._pending = outcome.deferred
-            return
-
-    @property
-    def client(self) -> MqttClient:
-        """The worker's MQTT client (tests use it to check the session)."""
-        return self._client
+            return pipeline.process(batch)
+        except UnavailableError as err:
+            _log.error("%s: batch not stored: %s; retrying", who, err)
+            if should_stop():
+                return None
+            time.sleep(delay)
+            delay = min(5.0, delay * 2)
+        except VerificationError as err:
+            _log.warning("%s: %s; verifying the batch again", who, err)

@@ -1,42 +1,40 @@
-"""Process supervision for ``provgw serve``: N ingest worker processes, one MQTT session each.
+"""Process supervision for ``provgw serve``: the ingest processes (and the metrics endpoint).
 
-Why worker processes, each running the whole pipeline (receive, verify, commit, ack), rather
-than one receiver and a verifier pool: in one Python process the paho network loop, COSE
-verification and SQLite share one GIL, and on this 2-core machine the paho loop costs about as
-much per message as verifying it (DESIGN.md: paho QoS 1 MQTT 5 ~4.3-6.2k msg/s; Ed25519 COSE
-verify ~7.3k/s). Each worker commits its own batches (SQLite WAL: writers take turns under
-``BEGIN IMMEDIATE`` and ``busy_timeout``; a 500-row batch holds the lock for a few ms).
+Layout (``ingest.mode``), **measured on Mosquitto 2.0.11** (``tests/service/test_crash_restart.py``,
+``docs/BENCHMARKS.md``):
 
-How the workers split the stream (``ingest.mode``), **measured on Mosquitto 2.0.11**
-(``tests/service/test_crash_restart.py``):
+- ``partitioned`` (the default): ONE ingest process, the receiver
+  (:class:`~gateway.service.receiver.IngestReceiver`), holds one persistent, non-shared MQTT
+  session -- restored intact by a broker restart, queued while the gateway is away -- and deals
+  each message to one of ``ingest.workers`` verifier processes by the hash of its device id; each
+  verifier verifies and commits its batches (SQLite WAL: writers take turns under
+  ``BEGIN IMMEDIATE`` and ``busy_timeout``), and the receiver acknowledges what they committed.
+  Why not N processes each running the whole pipeline: in one Python process the paho network
+  loop, COSE verification and SQLite share one GIL, and a non-shared session per worker makes
+  every worker receive (and the broker send) every message -- N x the receive work. Receiving once
+  and verifying in a pool costs the receive work once.
+- ``shared`` (MQTT 5 shared subscription, §4.8.2): ``ingest.workers`` processes each run the
+  whole pipeline (:class:`~gateway.service.receiver.IngestWorker`) as members of one shared
+  subscription. The broker deals messages round-robin to the members, *offline persistent
+  members included*, and queues them there until that member returns (also across a broker
+  restart). But after a broker restart the restored shared subscription routes **nothing** until
+  it is subscribed again, and a message a device publishes in that window is acknowledged to the
+  device and dropped. (``MqttClient`` re-subscribes at every reconnect, which shortens the window
+  but cannot close it: devices may reconnect first.)
 
-- ``shared`` (MQTT 5 shared subscription, §4.8.2): the broker deals messages round-robin to the
-  members, *offline persistent members included*, and queues them there until that member
-  returns (also across a broker restart). But after a broker restart the restored shared
-  subscription routes **nothing** until it is subscribed again, and a message a device publishes
-  in that window is acknowledged to the device and dropped. (``MqttClient`` now re-subscribes at
-  every reconnect, which shortens the window but cannot close it: devices may reconnect first.)
-- ``partitioned`` (the default): every worker subscribes to every device event on its own
-  persistent, non-shared session -- restored intact by a broker restart, queued while the worker
-  is away -- and stores only the devices whose id hashes to it, acknowledging its copy of the
-  others' messages at once. No window; and one device's events are verified in order by one
-  worker, so no enrolment or key-rotation race between workers. The price: each worker's paho
-  loop parses every message (N x the receive work), and the broker sends N copies.
+Each ingest process has a stable client id (``gateway-routine``, ``gateway-routine-2``, ...),
+hence its own session: the supervisor restarts one that dies under the same index (the receiver
+exits when one of its verifiers dies, so a restart always comes with a reconnect and the
+redelivery of whatever was not acknowledged). Change ``ingest.workers`` or ``ingest.mode`` only
+with the broker's queues drained: a session that is no longer used keeps what was queued for it.
 
-Each worker has a stable client id (``gateway-routine``, ``gateway-routine-2``, ...), hence its own
-session: the supervisor restarts a worker that dies under the same index. Change
-``ingest.workers`` only with the broker's queues drained: in ``partitioned`` mode the new owner
-of a device may be a session that did not exist when the message was queued, in ``shared``
-mode messages queued for a dropped id wait until its session expires.
-
-Workers watch their parent: if ``provgw serve`` is killed (even ``kill -9``) they stop within a
-batch window rather than linger and contend with a restarted gateway for their sessions.
+Ingest processes watch their parent: if ``provgw serve`` is killed (even ``kill -9``) they stop
+within a batch window rather than linger and contend with a restarted gateway for their sessions.
 """
 
 from __future__ import annotations
 
 import contextlib
-import faulthandler
 import logging
 import multiprocessing
 import multiprocessing.synchronize
@@ -53,48 +51,31 @@ from typing import Any
 from gateway.core.errors import UnavailableError
 from gateway.ingest.mqtt import MqttClient
 from gateway.service.config import GatewayConfig, load_config
-from gateway.service.ingest import IngestWorker
+from gateway.service.ledger_service import ledger_summary, prepare_ledger, run_ledger
 from gateway.service.metrics import (
-    IngestMetrics,
     MetricsServer,
     mark_worker_dead,
     prepare_multiprocess_dir,
 )
+from gateway.service.receiver import run_worker
 from gateway.store.db import Database
 from gateway.store.events import EventStore
 from gateway.store.trust_files import load_trust_dir
 
-__all__ = ["Supervisor", "preflight", "run_worker", "serve"]
+__all__ = ["Supervisor", "ingest_processes", "preflight", "run_worker", "serve"]
 
 _log = logging.getLogger(__name__)
 
 _STOP_TIMEOUT_S = 15.0
 _MAX_RESTART_DELAY_S = 30.0
 _READY_TIMEOUT_S = 30.0
+#: Slot index of the ledger process (gateway.service.ledger_service); workers count from 0.
+_LEDGER = -1
 
 
-def run_worker(
-    config_path: str,
-    index: int,
-    parent_pid: int,
-    stop: multiprocessing.synchronize.Event,
-    ready: multiprocessing.synchronize.Event,
-) -> None:
-    """Entry point of worker process *index* (spawned by :class:`Supervisor`)."""
-    logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s worker-{index} %(levelname)s %(message)s"
-    )
-    # `kill -USR1 PID` prints every thread's stack: how to see where a stuck worker waits.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
-    # Ctrl-C reaches the whole process group: the supervisor decides, the worker waits for it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    config = load_config(Path(config_path))
-
-    def should_stop() -> bool:
-        return stop.is_set() or os.getppid() != parent_pid
-
-    IngestWorker(config, index, IngestMetrics()).run(should_stop, ready.set)
+def ingest_processes(config: GatewayConfig) -> int:
+    """How many ingest processes the supervisor runs: one receiver, or one per shared member."""
+    return config.ingest.workers if config.ingest.mode == "shared" else 1
 
 
 def preflight(config: GatewayConfig) -> dict[str, Any]:
@@ -149,13 +130,29 @@ class Supervisor:
         self.config = config
         self._ctx = multiprocessing.get_context("spawn")
         self._stop = self._ctx.Event()
-        self._slots = [_Slot(i, self._ctx.Event()) for i in range(config.ingest.workers)]
+        self._slots = [_Slot(i, self._ctx.Event()) for i in range(ingest_processes(config))]
+        if config.log.enabled:
+            # The ledger process runs beside the workers under the same watch and restart rules;
+            # it only reads what they stored, so it can never hold up ingest.
+            self._slots.append(_Slot(_LEDGER, self._ctx.Event()))
         self.metrics: MetricsServer | None = None
 
     @property
     def pids(self) -> list[int]:
         """Process ids of the running workers."""
-        return [s.process.pid for s in self._slots if s.process and s.process.pid is not None]
+        return [
+            s.process.pid
+            for s in self._slots
+            if s.index != _LEDGER and s.process and s.process.pid is not None
+        ]
+
+    @property
+    def ledger_pid(self) -> int | None:
+        """Process id of the ledger process, if it runs."""
+        for s in self._slots:
+            if s.index == _LEDGER and s.process is not None:
+                return s.process.pid
+        return None
 
     def start(self) -> None:
         """Start the metrics endpoint (if configured) and every worker."""
@@ -185,12 +182,20 @@ class Supervisor:
         return sum(slot.ready.is_set() for slot in self._slots)
 
     def _spawn(self, slot: _Slot) -> None:
-        process = self._ctx.Process(
-            target=run_worker,
-            args=(str(self.config.path), slot.index, os.getpid(), self._stop, slot.ready),
-            name=f"provgw-worker-{slot.index}",
-            daemon=False,
-        )
+        if slot.index == _LEDGER:
+            process = self._ctx.Process(
+                target=run_ledger,
+                args=(str(self.config.path), os.getpid(), self._stop, slot.ready),
+                name="provgw-ledger",
+                daemon=False,
+            )
+        else:
+            process = self._ctx.Process(
+                target=run_worker,
+                args=(str(self.config.path), slot.index, os.getpid(), self._stop, slot.ready),
+                name=f"provgw-worker-{slot.index}",
+                daemon=False,
+            )
         process.start()
         slot.process = process
         slot.started = time.monotonic()
@@ -249,6 +254,8 @@ def serve(config_path: Path, on_status: Callable[[dict[str, Any]], None]) -> dic
     """
     config = load_config(config_path)
     checked = preflight(config)
+    # Keys are made here, once, before any process could race to make them (first start).
+    ledger = prepare_ledger(config).status(config) if config.log.enabled else None
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -269,6 +276,8 @@ def serve(config_path: Path, on_status: Callable[[dict[str, Any]], None]) -> dic
                 "workers": config.ingest.workers,
                 "workers_subscribed": ready,
                 "worker_pids": supervisor.pids,
+                "ledger_pid": supervisor.ledger_pid,
+                "ledger": ledger,
                 "broker": f"{config.broker.host}:{config.broker.port}",
                 "database": str(config.database),
                 "metrics": (
@@ -292,4 +301,5 @@ def serve(config_path: Path, on_status: Callable[[dict[str, Any]], None]) -> dic
             "uptime_s": round(time.monotonic() - started, 3),
             "events_stored": events.count(),
             "quarantined": events.quarantine_counts(),
+            "log": ledger_summary(db) if config.log.enabled else None,
         }

@@ -1,0 +1,121 @@
+"""A verifier process of ``provgw serve`` (``partitioned`` mode): raw batches in, acks out.
+
+:class:`~gateway.service.receiver.IngestReceiver` starts ``ingest.workers`` of these and deals each
+one the devices whose id hashes to it. A verifier runs :class:`~gateway.service.ingest.
+IngestPipeline` on every batch it is sent -- verify, commit in one transaction -- and only then
+sends back the ``(tag, qos)`` of every message the commit decided, for the receiver to PUBACK
+(ack after commit, MQTT 5 §4.3.2), with the batch's :class:`~gateway.service.ingest.BatchOutcome`
+for the metrics.
+
+Two one-way pipes (:func:`multiprocessing.Pipe`), so neither side can block the other's reads:
+
+- receiver -> verifier: a list of :data:`RawDelivery` tuples, or ``None``: finish and exit;
+- verifier -> receiver: ``(acks, stats)`` after each commit, *stats* being
+  :data:`~gateway.service.metrics.BatchStats` (plain values: the receiver need not import the
+  pipeline to unpickle them).
+
+Imports stay lean on purpose: no paho, no prometheus_client in a verifier, and the core, the
+store and the pipeline are imported only inside :func:`run_verifier`, so that the receiver, which
+imports this module to name the target of its processes, does not load them.
+
+A verifier exits when the receiver says so, when its pipe closes, or when its parent is gone
+(checked every 0.2 s), so a ``kill -9`` of the gateway leaves no verifier behind. It ignores
+SIGINT and SIGTERM: the receiver decides when it stops, after its last commit is acknowledged.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+    from gateway.service.ingest import BatchOutcome
+
+__all__ = ["RawDelivery", "run_verifier"]
+
+_log = logging.getLogger(__name__)
+
+#: ``(topic, payload, tag, qos, received_ms, received_mono)``: a delivery as the receiver pickles
+#: it (a tuple pickles several times faster than a dataclass).
+RawDelivery = tuple[str, bytes, int, int, int, float]
+
+_IDLE_POLL_S = 0.2
+
+
+class _Discard:
+    """The pipeline's metrics sink here: the receiver records the outcomes it is sent."""
+
+    def record(self, outcome: BatchOutcome) -> None:
+        del outcome
+
+
+def run_verifier(
+    config_path: str, index: int, batches: Connection, results: Connection, parent_pid: int
+) -> None:
+    """Entry point of verifier process *index* (module docstring)."""
+    # Here, not at the top: see the module docstring.
+    from gateway.service.config import load_config  # noqa: PLC0415
+    from gateway.service.ingest import (  # noqa: PLC0415
+        Delivery,
+        IngestPipeline,
+        commit_with_retry,
+    )
+    from gateway.service.metrics import batch_stats  # noqa: PLC0415
+    from gateway.store.db import Database  # noqa: PLC0415
+    from gateway.store.trust_files import load_trust_dir  # noqa: PLC0415
+
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s verifier-{index} %(levelname)s %(message)s"
+    )
+    # `kill -USR1 PID` prints every thread's stack: how to see where a stuck verifier waits.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    config = load_config(Path(config_path))
+    acks: list[tuple[int, int]] = []
+    who = f"verifier {index}"
+
+    def parent_gone() -> bool:
+        return os.getppid() != parent_pid
+
+    with Database(
+        config.database, durable_against_power_loss=config.durable_against_power_loss
+    ) as db:
+        pipeline = IngestPipeline(
+            db,
+            load_trust_dir(config.trust_dir),
+            ack=lambda tag, qos: acks.append((tag, qos)),
+            metrics=_Discard(),
+            enrol_grace_s=config.ingest.enrol_grace_ms / 1000,
+        )
+        # Kept unacknowledged for another try (IngestPipeline: unknown-kid in its grace period).
+        pending: list[Delivery] = []
+        retry_s = config.ingest.batch_ms / 1000
+        while not parent_gone():
+            try:
+                if not batches.poll(retry_s if pending else _IDLE_POLL_S):
+                    if not pending:
+                        continue
+                    raw: list[RawDelivery] | None = []
+                else:
+                    raw = batches.recv()
+            except (EOFError, OSError):
+                return  # the receiver is gone: what was not acknowledged will be redelivered
+            if raw is None:
+                return  # asked to stop; deferred messages are redelivered after the restart
+            batch = pending + [Delivery(*item) for item in raw]
+            acks.clear()
+            outcome = commit_with_retry(pipeline, batch, parent_gone, who)
+            if outcome is None:
+                return
+            pending = outcome.deferred
+            try:
+                results.send((list(acks), batch_stats(outcome)))
+            except OSError:
+                return
