@@ -63,6 +63,7 @@ from urllib.parse import urlsplit
 
 from packageurl import PackageURL
 
+from gateway.core._json import too_deep_to_parse
 from gateway.core.cbor import dumps, strict_loads
 from gateway.core.cose import ALG_EDDSA, ALG_ES256, CosePolicy, PrivateKey, decode_sign1, sign1
 from gateway.core.errors import (
@@ -739,6 +740,44 @@ def add_signature(envelope: bytes, key: PrivateKey) -> bytes:
     return dumps({"recall": [*kept, signed]})
 
 
+# Keys of a recall spec (fields_from_spec): the top level, a rule, the remedy.
+_SPEC_KEYS = frozenset(
+    {
+        "id",
+        "revision",
+        "vendor",
+        "class",
+        "status",
+        "reason",
+        "root_cause",
+        "initiated",
+        "posted",
+        "terminated",
+        "issued",
+        "cves",
+        "affected",
+        "remedy",
+    }
+)
+_SPEC_RULE_KEYS = frozenset({"kind", "model", "gtin", "from", "to", "purl", "vers"})
+_SPEC_REMEDY_KEYS = frozenset({"manifest", "action"})
+
+
+def _spec_object(where: str, value: object, known: frozenset[str]) -> Mapping[str, Any]:
+    # A spec is written by hand: a misspelt key ("terminatd", "purl_") would otherwise be
+    # dropped without a word and sign a notice that says less than its author meant.
+    if not isinstance(value, Mapping):
+        raise SchemaError(f"The recall spec's {where} must be a JSON object.", reason="recall-spec")
+    unknown = sorted(str(k) for k in value if k not in known)
+    if unknown:
+        raise SchemaError(
+            f"The recall spec's {where} has unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"known keys: {', '.join(sorted(known))}.",
+            reason="recall-spec",
+        )
+    return value
+
+
 def fields_from_spec(spec: Mapping[str, Any]) -> RecallFields:
     """Build the recall map from a JSON spec (what ``provgw recall build`` reads).
 
@@ -748,17 +787,24 @@ def fields_from_spec(spec: Mapping[str, Any]) -> RecallFields:
     ``initiated``, optional ``posted``, ``terminated``, ``issued`` (POSIX seconds), ``cves``,
     ``affected`` (rules with ``kind``, ``model`` or ``gtin``, ``from``/``to``, ``purl``,
     ``vers``), ``remedy`` (``manifest`` digest hex and/or ``action``). Raises
-    :class:`SchemaError` naming what is wrong.
+    :class:`SchemaError` naming what is wrong, including any key not listed here.
     """
+    _spec_object("top level", spec, _SPEC_KEYS)
     try:
         vendor = vendor_id(str(spec["vendor"]))
         rules = []
-        for raw in spec["affected"]:
+        if not isinstance(spec["affected"], list):
+            raise SchemaError(
+                "The recall spec's affected must be a list of rule objects.",
+                reason="recall-spec",
+            )
+        for index, raw in enumerate(spec["affected"]):
+            _spec_object(f"affected[{index}]", raw, _SPEC_RULE_KEYS)
             rule = {k: v for k, v in raw.items() if k != "model"}
             if "model" in raw:
                 rule["class"] = class_id(vendor, str(raw["model"])).bytes
             rules.append(rule)
-        remedy = dict(spec["remedy"])
+        remedy = dict(_spec_object("remedy", spec["remedy"], _SPEC_REMEDY_KEYS))
         if "manifest" in remedy:
             remedy["manifest"] = bytes.fromhex(str(remedy["manifest"]))
         item = {
@@ -806,6 +852,8 @@ def components_of_sbom(data: bytes) -> tuple[Component, ...]:
     :class:`MalformedError` for a document that is not JSON; components with a bad purl are
     skipped (the SBOM quality check reports them).
     """
+    if too_deep_to_parse(data):  # as for CSAF: the recursion limit may have been raised
+        raise MalformedError("The SBOM is nested too deeply to be read.", reason="sbom-not-json")
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -1114,6 +1162,10 @@ def unsafe_recall_from_csaf(
     """
     if len(data) > MAX_CSAF_BYTES:
         raise OversizeError(f"The CSAF document is over {MAX_CSAF_BYTES:,} bytes.")
+    # Untrusted JSON: bound its nesting before the decoder recurses into it, in case a library
+    # raised the recursion limit (gateway.core._json: the C stack would overflow, not raise).
+    if too_deep_to_parse(data):
+        raise MalformedError("The CSAF document is nested too deeply to be read.", reason="csaf")
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -46,6 +45,7 @@ from typing import Any
 
 from packageurl import PackageURL
 
+from gateway.core._json import too_deep_to_parse
 from gateway.core._jsonschema import Check, compile_schema, format_path, is_date_time
 from gateway.core.errors import MalformedError, OversizeError, SbomError
 
@@ -234,37 +234,9 @@ def _parse_float(text: str) -> float | int:
     return int(value) if value.is_integer() else value
 
 
-# CPython's JSON decoder guards its recursion with the interpreter's recursion limit, which is
-# safe at the default (1,000) but not after a library raises it: py-evm and py_ecc (pulled in by
-# the chain backend) set it to 100,000 on import, and 100,000 nested "[" then overflow the C stack
-# and kill the process instead of raising RecursionError. Above this limit we bound the nesting
-# depth ourselves before parsing.
-_SAFE_RECURSION_LIMIT = 4_000
-_MAX_NESTING = 900  # what the decoder itself allows at the default recursion limit
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_NOT_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
-
-
-def _nesting_too_deep(data: bytes) -> bool:
-    """Return True if *data* may nest deeper than ``_MAX_NESTING``.
-
-    Strings are removed first (they may contain brackets); then each pass deletes the innermost
-    ``[]`` / ``{}`` pairs, so the number of passes is the depth. When brackets stop pairing up
-    (not JSON), the openers left over bound how deep the decoder would go before its error.
-    """
-    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
-    for depth in range(_MAX_NESTING + 1):
-        if not brackets:
-            return False
-        shorter = brackets.replace(b"[]", b"").replace(b"{}", b"")
-        if len(shorter) == len(brackets):
-            return depth + brackets.count(b"[") + brackets.count(b"{") > _MAX_NESTING
-        brackets = shorter
-    return True
-
-
 def _parse(data: bytes) -> dict[str, Any]:
-    if sys.getrecursionlimit() > _SAFE_RECURSION_LIMIT and _nesting_too_deep(data):
+    # Bound the nesting first: a library may have raised the recursion limit (core._json).
+    if too_deep_to_parse(data):
         raise MalformedError("The SBOM is nested too deeply to be read.", reason="sbom-not-json")
     head = data[:512].lstrip(b"\xef\xbb\xbf \t\r\n")
     if head.startswith(b"<"):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,54 @@ def test_threshold_below_two_cannot_be_configured():
 def test_malformed_rules_are_refused(rule, message):
     with pytest.raises(SchemaError, match=message):
         _fields(affected=[rule])
+
+
+# --- specs (provgw recall build) -----------------------------------------------------------------
+
+
+def test_committed_specs_build_their_recalls():
+    for path in sorted((ROOT / "recalls").glob("*.spec.json")):
+        fields = fields_from_spec(json.loads(path.read_text(encoding="utf-8")))
+        assert fields.recall_id == path.name.removesuffix(".spec.json")
+
+
+@pytest.mark.parametrize("key", ["terminatd", "root-cause", "affected_rules"])
+def test_spec_with_an_unknown_top_level_key_is_refused_naming_it(key):
+    with pytest.raises(SchemaError, match=rf"top level has unknown key.*'{key}'") as caught:
+        fields_from_spec({**mbedtls_spec(), key: "2026-03-01"})
+    assert caught.value.reason == "recall-spec"
+
+
+def test_spec_rule_with_an_unknown_key_is_refused_naming_the_rule_and_key():
+    rules = [
+        {"kind": "firmware", "model": "Volara LVP 3", "vers": "vers:semver/<4.2.10"},
+        {"kind": "lot", "model": "Volara LVP 3", "from": "B1", "to": "B9", "lot_to": "B12"},
+    ]
+    with pytest.raises(SchemaError, match=r"affected\[1\] has unknown key.*'lot_to'"):
+        _fields(affected=rules)
+
+
+def test_spec_remedy_with_an_unknown_key_is_refused_naming_it():
+    with pytest.raises(SchemaError, match=r"remedy has unknown key.*'url'"):
+        _fields(remedy={"action": "Replace the battery.", "url": "https://example.com"})
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"affected": {"kind": "model", "model": "Volara LVP 3"}}, "affected must be a list"),
+        ({"affected": ["model"]}, r"affected\[0\] must be a JSON object"),
+        ({"remedy": "replace it"}, "remedy must be a JSON object"),
+    ],
+)
+def test_spec_with_mistyped_nested_objects_is_refused(changes, message):
+    with pytest.raises(SchemaError, match=message):
+        _fields(**changes)
+
+
+def test_spec_that_is_not_an_object_is_refused():
+    with pytest.raises(SchemaError, match="top level must be a JSON object"):
+        fields_from_spec(["id", "Z-1"])
 
 
 # --- matching, every rule kind -------------------------------------------------------------------
@@ -422,3 +471,20 @@ def test_hostile_csaf_shapes_raise_typed_errors_only():
     doc["vulnerabilities"] = [{"product_status": {"known_affected": "CSAFPID-0001"}}, 7]
     with pytest.raises(SchemaError):
         unsafe_recall_from_csaf(json.dumps(doc).encode())
+
+
+def test_deeply_nested_csaf_is_refused_even_after_a_library_raised_the_recursion_limit():
+    # py-evm / py_ecc raise the limit to 100,000 on import; json's C decoder would then overflow
+    # the C stack on this input and kill the process instead of raising.
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(100_000)
+    try:
+        with pytest.raises(MalformedError, match="nested too deeply") as caught:
+            unsafe_recall_from_csaf(b'{"document": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+        assert caught.value.reason == "csaf"
+        with pytest.raises(MalformedError, match="nested too deeply"):
+            components_of_sbom(b'{"components": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+        # A real advisory is far from the bound and still imports.
+        assert unsafe_recall_from_csaf(CSAF.read_bytes()).fields.recall_id == "ACME-SA-2026-001"
+    finally:
+        sys.setrecursionlimit(old)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from gateway.core.errors import (
     RollbackError,
 )
 from gateway.core.recall import Recall, fields_from_spec, match_device, unsafe_recall_from_csaf
+from gateway.store import recalls
 from gateway.store.db import Database
 from gateway.store.inventory import Inventory
 from gateway.store.manifests import ManifestStore, load_manifest_trust
@@ -77,6 +79,11 @@ def fleet(db):
     return db
 
 
+def _said(match):
+    # The store names the model in a model rule's detail; the reference has no model name.
+    return (match.rule, match.kind, None if match.kind == "model" else match.detail)
+
+
 def _naive(db, recall):
     store = RecallStore(db)
     store.index_sboms()
@@ -85,18 +92,25 @@ def _naive(db, recall):
     for row in Inventory(db).all():
         verdict = match_device(recall.fields, row.facts(), components)
         if verdict.affected:
-            out[row.device_id] = [(m.rule, m.kind) for m in verdict.matches]
+            out[row.device_id] = [_said(m) for m in verdict.matches]
         elif verdict.undetermined:
-            unknown[row.device_id] = [(m.rule, m.kind) for m in verdict.undetermined]
+            unknown[row.device_id] = [_said(m) for m in verdict.undetermined]
     return out, unknown
 
 
 def _fast(db, recall):
     report = RecallStore(db).impact(recall)
+    for devices in (report.affected, report.undetermined):
+        assert [d.device_id for d in devices] == sorted(d.device_id for d in devices)
     return (
-        {i.device_id: [(m.rule, m.kind) for m in i.matches] for i in report.affected},
-        {u.device_id: [(m.rule, m.kind) for m in u.reasons] for u in report.undetermined},
+        {i.device_id: [_said(m) for m in i.matches] for i in report.affected},
+        {u.device_id: [_said(m) for m in u.reasons] for u in report.undetermined},
     )
+
+
+# Which way the impact query reads the inventory: through the rules' index ranges, or in one
+# pass over the table (chosen by size; both must give the reference's answer).
+READS = pytest.mark.parametrize("share", [math.inf, 0.0], ids=["index-ranges", "table-pass"])
 
 
 def test_mbedtls_recall_hits_firmware_and_sbom_component_of_old_releases(fleet):
@@ -166,25 +180,74 @@ DEVICES = st.lists(
 )
 
 
+def _fleet_rows(devices):
+    rows = []
+    for volara, number, version, lot in devices:
+        if volara:
+            rows.append(_row(VOLARA_GTIN, "Volara LVP 3", f"VL3-{number}", version, lot))
+        else:
+            v = {"4.2.8": "2.0.0", "4.2.9": "2.1.0"}.get(version or "", version)
+            rows.append(_row(SYRIFLOW_GTIN, "SyriFlow S2 syringe pump", f"SF2-{number}", v, lot))
+    return rows
+
+
+@READS
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(devices=DEVICES, rules=st.lists(RULES, min_size=1, max_size=4))
-def test_indexed_impact_equals_the_per_device_reference(tmp_path_factory, devices, rules):
+def test_indexed_impact_equals_the_per_device_reference(
+    tmp_path_factory, monkeypatch, share, devices, rules
+):
+    monkeypatch.setattr(recalls, "_SCAN_SHARE", share)
     with Database(tmp_path_factory.mktemp("fleet") / "gw.sqlite3") as db:
         _keep_sample_manifests(db)
-        rows = []
-        for volara, number, version, lot in devices:
-            if volara:
-                rows.append(_row(VOLARA_GTIN, "Volara LVP 3", f"VL3-{number}", version, lot))
-            else:
-                v = {"4.2.8": "2.0.0", "4.2.9": "2.1.0"}.get(version or "", version)
-                rows.append(
-                    _row(SYRIFLOW_GTIN, "SyriFlow S2 syringe pump", f"SF2-{number}", v, lot)
-                )
-        Inventory(db).import_rows(rows, now=NOW)
+        Inventory(db).import_rows(_fleet_rows(devices), now=NOW)
         recall = _recall({**mbedtls_spec(), "affected": rules})
         assert _fast(db, recall) == _naive(db, recall)
+
+
+@READS
+@pytest.mark.parametrize("count", [40, 256])
+def test_recalls_with_many_rules_equal_the_per_device_reference(
+    tmp_path, monkeypatch, share, count
+):
+    # Over 31 model/serial/lot rules: more outcomes than one integer holds. 256 (the most a
+    # notice may have): more index ranges than one compound SELECT may hold, so the query reads
+    # the table in one pass whatever the share.
+    monkeypatch.setattr(recalls, "_SCAN_SHARE", share)
+    lots = ["B2025-100", "B2025-115", "C2025-115", "B2025-119", None]
+    devices = [(n % 2 == 0, 2600000 + n, ["4.2.8", "4.2.10", None][n % 3], lots[n % 5])
+               for n in range(60)]  # fmt: skip
+    rules = [
+        {"kind": "firmware", "model": "Volara LVP 3", "vers": "vers:semver/<4.2.9"},
+        {"kind": "component", "model": "Volara LVP 3", "purl": "pkg:github/mbed-tls/mbedtls",
+         "vers": "vers:semver/<3.5.2"},
+    ]  # fmt: skip
+    rules += [
+        {"kind": "serial", "gtin": VOLARA_GTIN, "from": f"VL3-{n}", "to": f"VL3-{n}"}
+        for n in range(2600000, 2600060, 4)
+    ]
+    lot_rules = [
+        {
+            "kind": "lot",
+            "model": "SyriFlow S2 syringe pump",
+            "from": f"B2025-{n}",
+            "to": "B2025-119",
+        }
+        for n in range(100, 120)
+    ]
+    rules += (lot_rules * 13)[: count - len(rules)]
+    assert len(rules) == count
+    with Database(tmp_path / "gw.sqlite3") as db:
+        _keep_sample_manifests(db)
+        Inventory(db).import_rows(_fleet_rows(devices), now=NOW)
+        recall = _recall({**mbedtls_spec(), "affected": rules})
+        affected, undetermined = _fast(db, recall)
+        assert (affected, undetermined) == _naive(db, recall)
+        assert affected
+        assert undetermined
+        assert len(affected) + len(undetermined) < len(devices)
 
 
 # --- accepting recalls: revisions ----------------------------------------------------------------
