@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,9 +16,8 @@ from gateway.ledger.keys import GatewayKey, load_gateway_key, load_verifier, wri
 from gateway.ledger.log import TransparencyLog, erase_event, verify_log
 from gateway.ledger.receipts import issue_receipt, verify_receipt
 from gateway.ledger.tree import MerkleTree
-from gateway.store.db import Database
 from gateway.store.events import EventStore
-from gateway.views.cli._output import emit, fail, json_option
+from gateway.views.cli._output import emit, fail, json_option, open_existing_db, refusals
 
 DEFAULT_ORIGIN = "provgw.local/log"
 
@@ -43,25 +40,6 @@ key_option = click.option(
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The gateway's log key file (written by `provgw log keygen`).",
 )
-
-
-@contextmanager
-def _refusals(as_json: bool) -> Iterator[None]:  # noqa: FBT001 -- mirrors the --json flag
-    """Report a gateway error as a refusal (exit 1), in JSON when asked."""
-    try:
-        yield
-    except ProvenanceError as err:
-        if as_json:
-            emit({"ok": False, "reason": err.reason, "error": str(err)}, as_json=True, text="")
-        else:
-            click.echo(f"error: {err}", err=True)
-        sys.exit(1)
-
-
-def _open_db(path: Path) -> Database:
-    if not path.exists():
-        fail(f"there is no gateway database at {path}", hint="pass the gateway's --db file")
-    return Database(path)
 
 
 def _load_key(path: Path) -> GatewayKey:
@@ -118,7 +96,7 @@ def checkpoint(db_path: Path, key_path: Path, *, as_json: bool) -> None:
     to sign (exit 1) when it is not. Exit 0 also when nothing was new (the latest note is shown).
     """
     key = _load_key(key_path)
-    with _refusals(as_json), _open_db(db_path) as db:
+    with refusals(as_json=as_json), open_existing_db(db_path) as db:
         log = TransparencyLog(db, key.signer)
         appended = log.append_pending()
         signed = log.seal(datetime.now(UTC))
@@ -155,7 +133,7 @@ def prove(event_id: int, db_path: Path, key_path: Path, out: Path | None, *, as_
     checkpoint yet, or has been erased (then it can no longer be linked to the log).
     """
     key = _load_key(key_path)
-    with _refusals(as_json), _open_db(db_path) as db:
+    with refusals(as_json=as_json), open_existing_db(db_path) as db:
         log = TransparencyLog(db, key.signer)
         event = EventStore(db).by_id(event_id)
         if event is None or event.salt is None:
@@ -202,7 +180,7 @@ def prove(event_id: int, db_path: Path, key_path: Path, out: Path | None, *, as_
 @json_option
 def consistency(old: int, new: int, db_path: Path, *, as_json: bool) -> None:
     """Print the RFC 9162 proof that the log at NEW entries extends the log at OLD, verified."""
-    with _refusals(as_json), _open_db(db_path) as db:
+    with refusals(as_json=as_json), open_existing_db(db_path) as db:
         # Read-only: no key needed. Sizes beyond the log are refused by the tree.
         tree = MerkleTree(db)
         proof = tree.consistency_proof(old, new)
@@ -262,7 +240,7 @@ def verify(db_path: Path, key_ref: str, *, quiet: bool, as_json: bool) -> None:
         verifier = load_verifier(key_ref)
     except (ProvenanceError, ValueError, UnicodeDecodeError) as err:
         fail(f"cannot read the gateway public key {key_ref!r}: {err}")
-    with _refusals(as_json), _open_db(db_path) as db:
+    with refusals(as_json=as_json), open_existing_db(db_path) as db:
         report = verify_log(db, verifier, _progress(quiet or as_json))
         emit(
             {
@@ -300,7 +278,7 @@ def erase_command(event_id: int, reason: str, db_path: Path, *, as_json: bool) -
     linked to it. The erasure is itself a log entry committing to the event id, a digest of the
     reason and the time — not to the content. Exit 1: unknown or already erased event.
     """
-    with _refusals(as_json), _open_db(db_path) as db:
+    with refusals(as_json=as_json), open_existing_db(db_path) as db:
         erasure = erase_event(db, event_id, reason, datetime.now(UTC))
         emit(
             {

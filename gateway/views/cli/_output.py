@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+
+from gateway.core.errors import ProvenanceError
+from gateway.store.db import Database
 
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object instead of text (for scripts)."
@@ -27,3 +33,23 @@ def fail(message: str, *, hint: str | None = None, code: int = 2) -> NoReturn:
     if hint:
         click.echo(f"hint: {hint}", err=True)
     sys.exit(code)
+
+
+@contextmanager
+def refusals(*, as_json: bool) -> Iterator[None]:
+    """Report a gateway error as a refusal (exit 1), in JSON when asked."""
+    try:
+        yield
+    except ProvenanceError as err:
+        if as_json:
+            emit({"ok": False, "reason": err.reason, "error": str(err)}, as_json=True, text="")
+        else:
+            click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+
+
+def open_existing_db(path: Path) -> Database:
+    """Open the gateway's database, refusing to create an empty one by mistake."""
+    if not path.exists():
+        fail(f"there is no gateway database at {path}", hint="pass the gateway's --db file")
+    return Database(path)

@@ -7,10 +7,7 @@ queries in :mod:`gateway.store.recalls` and :mod:`gateway.store.inventory`.
 from __future__ import annotations
 
 import json
-import sys
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.core.cose import PrivateKey
-from gateway.core.errors import ProvenanceError, VerificationError
+from gateway.core.errors import VerificationError
 from gateway.core.manifest import class_id
 from gateway.core.recall import (
     Recall,
@@ -32,7 +29,7 @@ from gateway.core.recall import (
 from gateway.store.db import Database
 from gateway.store.inventory import Inventory
 from gateway.store.recalls import ImpactReport, RecallStore, load_recall_trust
-from gateway.views.cli._output import emit, fail, json_option
+from gateway.views.cli._output import emit, fail, json_option, refusals
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -55,19 +52,6 @@ def group() -> None:
 @click.group("inventory")
 def inventory_group() -> None:
     """Keep the device inventory that recalls are matched against."""
-
-
-@contextmanager
-def _refusals(*, as_json: bool) -> Iterator[None]:
-    """Report a gateway error as a refusal (exit 1), in JSON when asked."""
-    try:
-        yield
-    except ProvenanceError as err:
-        if as_json:
-            emit({"ok": False, "reason": err.reason, "error": str(err)}, as_json=True, text="")
-        else:
-            click.echo(f"error: {err}", err=True)
-        sys.exit(1)
 
 
 def _load_key(path: Path) -> PrivateKey:
@@ -103,7 +87,7 @@ def build(spec: Path, key_paths: tuple[Path, ...], output: Path, *, as_json: boo
     Gateways need signatures by 2 different keys of the manufacturer; a second signer can add
     theirs later with `provgw recall sign`.
     """
-    with _refusals(as_json=as_json):
+    with refusals(as_json=as_json):
         try:
             data = json.loads(spec.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
@@ -127,7 +111,7 @@ def build(spec: Path, key_paths: tuple[Path, ...], output: Path, *, as_json: boo
 @json_option
 def sign(file: Path, key_path: Path, output: Path | None, *, as_json: bool) -> None:
     """Add a co-signature to the signed recall FILE (the second of 2-of-N signers)."""
-    with _refusals(as_json=as_json):
+    with refusals(as_json=as_json):
         signed = add_signature(file.read_bytes(), _load_key(key_path))
     target = output or file
     target.write_bytes(signed)
@@ -194,7 +178,7 @@ def import_(  # noqa: PLR0913 -- one parameter per command-line option
     on the inventory is computed and a remediation row is kept per affected device.
     """
     now = datetime.now(UTC)
-    with _refusals(as_json=as_json), _open(db_path) as db:
+    with refusals(as_json=as_json), _open(db_path) as db:
         recall = _read_recall(
             file.read_bytes(), db, trust_dir, trust_unsigned=trust_unsigned, vendor=vendor
         )
@@ -262,7 +246,7 @@ def impact(recall_id: str, db_path: Path, *, as_json: bool) -> None:
     Devices the gateway cannot decide (firmware version, lot or SBOM unknown) are listed as
     undetermined. Exit code 0 also when no device is affected.
     """
-    with _refusals(as_json=as_json), _open(db_path) as db:
+    with refusals(as_json=as_json), _open(db_path) as db:
         store = RecallStore(db)
         recall = store.get(recall_id)
         if recall is None:
@@ -288,7 +272,7 @@ def impact(recall_id: str, db_path: Path, *, as_json: bool) -> None:
 @json_option
 def list_(db_path: Path, *, as_json: bool) -> None:
     """List the recalls the gateway holds, with affected devices and remediation states."""
-    with _refusals(as_json=as_json), _open(db_path) as db:
+    with refusals(as_json=as_json), _open(db_path) as db:
         summaries = RecallStore(db).summaries()
     lines = [f"{len(summaries)} recall(s)"]
     for s in summaries:
@@ -326,7 +310,7 @@ def inventory_import(
         if not sep or not model or not version:
             fail(f"--firmware {item!r} must be MODEL=VERSION, e.g. 'Volara LVP 3=4.2.9'")
         versions[model] = version
-    with _refusals(as_json=as_json), _open(db_path) as db:
+    with refusals(as_json=as_json), _open(db_path) as db:
         inventory = Inventory(db)
         try:
             result = inventory.import_devices_json(devices, default_versions=versions)
