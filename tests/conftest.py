@@ -421,3 +421,61 @@ def serve_gateway(tmp_path) -> Iterator[Callable[..., ServeProcess]]:
     finally:
         for serve in started:
             serve.kill9()
+
+
+# -- a real local chain node ----------------------------------------------------------------------
+
+GANACHE = Path(__file__).resolve().parents[1] / "contracts" / "node_modules" / ".bin" / "ganache"
+
+
+class Ganache:
+    """A ganache node on a random loopback port, restartable on the same chain database."""
+
+    def __init__(self, db_path: Path, key: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db_path = db_path
+        self.key = key  # 0x-prefixed hex of the funded account's private key
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        from web3 import Web3  # noqa: PLC0415 - only the chain tests pay for importing web3
+
+        assert GANACHE.exists(), "ganache is missing: run `make node-deps`"
+        args = [
+            str(GANACHE),
+            "--server.host=127.0.0.1",
+            f"--server.port={self.port}",
+            "--chain.hardfork=london",  # the fork of our Besu genesis (no PUSH0)
+            "--chain.chainId=1337",
+            f"--database.dbPath={self.db_path}",
+            f"--wallet.accounts={self.key},0x3635C9ADC5DEA00000",
+            "--logging.quiet",
+        ]
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        probe = Web3(Web3.HTTPProvider(self.url, exception_retry_configuration=None))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if probe.is_connected():
+                return
+            time.sleep(0.1)
+        self.kill()
+        pytest.fail("ganache did not start within 60 s")
+
+    def kill(self) -> None:
+        """SIGKILL the node's process group: a crash, or an unplugged validator."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture
+def ganache(tmp_path) -> Iterator[Ganache]:
+    """A started ganache node with one funded account (``.key``); killed after the test."""
+    node = Ganache(tmp_path / "chain", "0x" + os.urandom(32).hex())
+    node.start()
+    yield node
+    node.kill()

@@ -8,11 +8,7 @@ validator restarting from its data directory does.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import socket
-import subprocess
 import time
 from collections import Counter
 
@@ -22,7 +18,6 @@ from web3 import Web3
 
 from gateway.core.note import Checkpoint, Signer, open_checkpoint
 from gateway.ledger.anchor import (
-    ARTIFACT_DIR,
     Web3AnchorBackend,
     contract_artifacts,
     deploy_anchor_contract,
@@ -30,68 +25,13 @@ from gateway.ledger.anchor import (
 )
 from gateway.service.outbox import AnchorPolicy, Backoff, Outbox
 
-GANACHE = ARTIFACT_DIR / "node_modules" / ".bin" / "ganache"
 ORIGIN = "gw.example/log"
 SIGNER = Signer.generate(ORIGIN)
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Ganache:
-    """A ganache node on a random loopback port, restartable on the same chain database."""
-
-    def __init__(self, db_path, key):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.db_path = db_path
-        self.key = key
-        self.proc = None
-
-    def start(self):
-        assert GANACHE.exists(), "ganache is missing: run `make node-deps`"
-        args = [
-            str(GANACHE),
-            "--server.host=127.0.0.1",
-            f"--server.port={self.port}",
-            "--chain.hardfork=london",  # the fork of our Besu genesis (no PUSH0)
-            "--chain.chainId=1337",
-            f"--database.dbPath={self.db_path}",
-            f"--wallet.accounts={self.key},0x3635C9ADC5DEA00000",
-            "--logging.quiet",
-        ]
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        probe = Web3(Web3.HTTPProvider(self.url, exception_retry_configuration=None))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if probe.is_connected():
-                return
-            time.sleep(0.1)
-        self.stop()
-        pytest.fail("ganache did not start within 60 s")
-
-    def kill(self):
-        """Kill the node (SIGKILL to its process group, as a crash or an unplugged host)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-    stop = kill
-
-
 @pytest.fixture
-def node(tmp_path):
-    key = "0x" + os.urandom(32).hex()
-    ganache = Ganache(tmp_path / "chain", key)
-    ganache.start()
-    yield ganache, Account.from_key(key)
-    ganache.kill()
+def node(ganache):
+    return ganache, Account.from_key(ganache.key)
 
 
 def signed(size):

@@ -33,7 +33,7 @@ from device_sim.events import SimDevice, make_event
 from device_sim.pki import load_devices
 from gateway.core import note
 from gateway.ingest.topics import event_topic
-from gateway.ledger.anchor import ARTIFACT_DIR, contract_artifacts, log_id
+from gateway.ledger.anchor import contract_artifacts, log_id
 from gateway.ledger.commitments import leaf_for
 from gateway.ledger.keys import load_gateway_key
 from gateway.ledger.log import TransparencyLog
@@ -49,7 +49,6 @@ PROVGW = Path(sys.executable).with_name("provgw")
 FAST_LOG = "[log]\ninterval_s = 0.3\n"
 #: Measured figures go to the log: `pytest --log-cli-level=INFO` shows them.
 _log = logging.getLogger(__name__)
-GANACHE = ARTIFACT_DIR / "node_modules" / ".bin" / "ganache"
 
 
 class Fleet:
@@ -338,57 +337,11 @@ def test_an_unreachable_witness_stops_neither_ingest_nor_sealing_and_cosigning_r
 # -- the chain ------------------------------------------------------------------------------------
 
 
-class Ganache:
-    """A ganache node on a random loopback port, restartable on the same chain database."""
-
-    def __init__(self, db_path, key: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.db_path = db_path
-        self.key = key
-        self.proc = None
-
-    def start(self) -> None:
-        assert GANACHE.exists(), "ganache is missing: run `make node-deps`"
-        args = [
-            str(GANACHE),
-            "--server.host=127.0.0.1",
-            f"--server.port={self.port}",
-            "--chain.hardfork=london",
-            "--chain.chainId=1337",
-            f"--database.dbPath={self.db_path}",
-            f"--wallet.accounts={self.key},0x3635C9ADC5DEA00000",
-            "--logging.quiet",
-        ]
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        probe = Web3(Web3.HTTPProvider(self.url, exception_retry_configuration=None))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if probe.is_connected():
-                return
-            time.sleep(0.1)
-        self.kill()
-        pytest.fail("ganache did not start within 60 s")
-
-    def kill(self) -> None:
-        """SIGKILL the node's process group: a crash, or an unplugged validator."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-
 @pytest.fixture
-def chain(tmp_path):
-    key = "0x" + os.urandom(32).hex()
+def chain(ganache, tmp_path):
     key_file = tmp_path / "chain.key"
-    key_file.write_text(key.removeprefix("0x") + "\n", encoding="ascii")
-    node = Ganache(tmp_path / "chain", key)
-    node.start()
-    yield node, key_file
-    node.kill()
+    key_file.write_text(ganache.key.removeprefix("0x") + "\n", encoding="ascii")
+    return ganache, key_file
 
 
 def anchored_events(url, address, origin, from_block):
