@@ -1,12 +1,7 @@
-"""Processes of ``bench_urgent``: the urgent lane, the naive one-queue baseline, the flood.
+"""Processes of ``bench_urgent``: the naive one-queue baseline and the flood publisher.
 
-``python -m bench._urgent_procs lane --db F --broker DIR --port P --key K``
-    The gateway's urgent lane (:class:`gateway.service.urgent.UrgentLane`, client id
-    ``gateway-urgent``).
-``python -m bench._urgent_procs ledger --db F --broker DIR --port P``
-    The ledger side, failing: the log batcher sealing every 100 ms, two witnesses that cannot be
-    reached (one refuses connections, one never answers), a chain outbox whose node is down, and
-    the urgent lane's record logger.
+(The urgent lane itself runs inside ``provgw serve``, as deployed: ``bench_urgent.start_serve``.)
+
 ``python -m bench._urgent_procs naive --db F --broker DIR --port P --key K``
     The naive baseline: ONE client, ONE queue for routine events and manufacturer messages, one
     worker taking batches in arrival order (500 messages or 20 ms): events are verified and
@@ -22,24 +17,19 @@ Each prints ``ready`` once subscribed/connected and stops on SIGTERM.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import http.server
 import queue
 import signal
-import socket
 import sys
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from gateway.core.cose import PrivateKey
 from gateway.core.errors import VerificationError
 from gateway.core.manifest import Manifest, ManifestTrust
-from gateway.core.note import COSIGNATURE_V1, Signer
 from gateway.core.offer import Offer, make_offer, sever_sbom
 from gateway.core.semver import Version
 from gateway.ingest.broker_config import BrokerConfig
@@ -51,109 +41,15 @@ from gateway.ingest.topics import (
 )
 from gateway.store.db import Database
 from gateway.store.manifests import load_manifest_trust
-from gateway.store.recalls import load_recall_trust
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST_TRUST = REPO / "firmware_manifests" / "trust"
-RECALL_TRUST = REPO / "firmware_manifests" / "recalls" / "trust"
 
 
 def _key(path: Path) -> PrivateKey:
     key = load_pem_private_key(path.read_bytes(), password=None)
     assert not isinstance(key, str)
     return key  # type: ignore[return-value]
-
-
-def _dead_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class _Hang(http.server.BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        time.sleep(30)
-
-
-def _ledger_down(db_path: Path, stop: threading.Event) -> list[Any]:
-    """Batcher + RecordLogger + witnesses that never answer + an outbox whose chain is down."""
-    from gateway.ledger.anchor import Web3AnchorBackend  # noqa: PLC0415
-    from gateway.ledger.keys import GatewayKey  # noqa: PLC0415
-    from gateway.ledger.log import TransparencyLog  # noqa: PLC0415
-    from gateway.ledger.witness_client import WitnessClient, WitnessPool  # noqa: PLC0415
-    from gateway.service.batcher import Batcher  # noqa: PLC0415
-    from gateway.service.outbox import Outbox  # noqa: PLC0415
-    from gateway.service.remediation import RecordLogger  # noqa: PLC0415
-
-    hang = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hang)
-    threading.Thread(target=hang.serve_forever, daemon=True).start()
-    urls = [f"http://127.0.0.1:{_dead_port()}", f"http://127.0.0.1:{hang.server_port}"]
-    pool = WitnessPool(
-        [
-            WitnessClient(u, Signer.generate(f"w{i}.example", COSIGNATURE_V1).verifier, timeout=5)
-            for i, u in enumerate(urls)
-        ],
-        deadline=10,
-    )
-    key = GatewayKey.generate("bench-urgent.example/log")
-    db = Database(db_path)
-    log = TransparencyLog(db, key.signer)
-    chain = Web3AnchorBackend.from_url(
-        f"http://127.0.0.1:{_dead_port()}", "0x" + "11" * 20, "0x" + "22" * 32, timeout_s=2
-    )
-    outbox = Outbox(db, chain, poll_s=0.1)
-
-    async def side() -> None:
-        async def witnesses(signed: Any) -> None:  # noqa: ANN401
-            size = signed.checkpoint.size
-            stored = log.checkpoint(size)
-            assert stored is not None
-            await asyncio.to_thread(
-                pool.submit, stored.note, lambda o: log.consistency_proof(o, size)
-            )
-
-        async def anchor(signed: Any) -> None:  # noqa: ANN401
-            outbox.enqueue(signed)
-
-        async with Batcher(log, interval_s=0.1, on_checkpoint=[witnesses, anchor]), outbox:
-            await asyncio.to_thread(stop.wait)
-
-    thread = threading.Thread(target=asyncio.run, args=(side(),), daemon=True)
-    thread.start()
-    recorder = RecordLogger(db, log, interval_s=0.1)
-    recorder.start()
-    return [recorder, hang]
-
-
-def run_lane(args: argparse.Namespace) -> None:
-    from gateway.service.urgent import URGENT_CLIENT_ID, UrgentLane  # noqa: PLC0415
-
-    broker = BrokerConfig.load(args.broker)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    lane = UrgentLane(
-        args.db,
-        broker.client(URGENT_CLIENT_ID),
-        host=broker.host,
-        port=args.port,
-        manifest_trust=load_manifest_trust(MANIFEST_TRUST),
-        recall_trust=load_recall_trust(RECALL_TRUST),
-        offer_key=_key(args.key),
-        session_expiry=0,
-    )
-    with lane:
-        print("ready", flush=True)
-        stop.wait()
-
-
-def run_ledger(args: argparse.Namespace) -> None:
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    recorder, hang = _ledger_down(args.db, stop)
-    print("ready", flush=True)
-    stop.wait()
-    recorder.stop()
-    hang.shutdown()
 
 
 def run_naive(args: argparse.Namespace) -> None:
@@ -269,7 +165,7 @@ def run_flood(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["lane", "ledger", "naive", "flood"])
+    parser.add_argument("mode", choices=["naive", "flood"])
     parser.add_argument("--db", type=Path)
     parser.add_argument("--broker", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)
@@ -279,7 +175,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--count", type=int, default=10_000)
     args = parser.parse_args()
-    modes = {"lane": run_lane, "ledger": run_ledger, "naive": run_naive, "flood": run_flood}
+    modes = {"naive": run_naive, "flood": run_flood}
     modes[args.mode](args)
 
 

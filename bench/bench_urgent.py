@@ -6,26 +6,33 @@ manifest (priority -1, next sequence number) published by ``mfr-acme-infusion``;
 from that publish to the offer arriving at the LAST of the two devices, all timestamps taken in
 this process on one monotonic clock. Scenarios, each on a fresh gateway database:
 
-* (a) idle: ``provgw serve`` (routine ingest, 2 workers) and the urgent lane, no other traffic;
+* (a) idle: ``provgw serve`` (routine ingest, 2 verifiers; the ledger process off) with its
+  urgent lane process exactly as serve runs it (``[urgent]``), no other traffic;
 * (b) a routine flood at the gateway's maximum ingest rate, measured first in the same run
   (pre-signed events from 100 devices, published as fast as the gateway commits them);
-* (c) the same flood with the ledger side running (its own process) and failing: the log
-  batcher sealing every 100 ms, both witnesses unreachable (one refuses, one never answers), the
-  chain node down (the outbox retries);
+* (c) the same flood with serve's ledger process on and failing: the log sealing every 200 ms,
+  its only witness unreachable, the chain node down (the outbox retries);
 * baseline: the same flood into a naive consumer that puts urgent manifests in the routine queue
   (one client, one FIFO queue, one worker: events verified and stored, a manifest offered when
   its batch comes up).
 
 Everything, broker, flood publisher and devices included, shares this machine's two cores. The
-lane's process runs at nice -10 (a deployment setting its separation allows; the naive baseline
-has no such lever, since its urgent work sits in the same queue as the flood).
+lane's process runs at nice -10 (``urgent.nice``, a deployment setting its separation allows; the
+naive baseline has no such lever, since its urgent work sits in the same queue as the flood).
+
+Where the time goes: the lane logs, per urgent message, its queue wait, checks, target selection
+and publishing (``gateway.service.urgent``); the rest of publish -> arrival is the two broker hops
+(manufacturer -> lane, lane -> device). Each scenario prints the p50/p99 of each part.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -57,6 +64,7 @@ from gateway.core.manifest import (
     unsafe_read_manifest,
     vendor_id,
 )
+from gateway.core.note import COSIGNATURE_V1, Signer
 from gateway.core.sbom import sbom_digest
 from gateway.ingest.broker_config import write_broker_config
 from gateway.ingest.mqtt import MqttClient
@@ -71,6 +79,7 @@ SBOM = (
 MODEL = "Volara LVP 3"
 RECEIVERS = 2
 LANE_NICE = -10
+_PROVGW = str(Path(sys.executable).with_name("provgw"))
 FLOOD_DEVICES = 100
 
 
@@ -147,23 +156,12 @@ class Receivers:
             client.disconnect()
 
 
-def _raise_priority() -> None:
-    # A deployment choice the separate lane makes possible (systemd Nice=-10): the urgent lane's
-    # process gets the CPU first when routine ingest saturates it. Needs CAP_SYS_NICE; without
-    # it the lane runs at normal priority (printed below).
-    try:
-        os.nice(LANE_NICE)
-    except PermissionError:
-        print("  (urgent lane at normal priority: no CAP_SYS_NICE)", file=sys.stderr)
-
-
-def _proc(*args: str, stdin: bool = False, priority: bool = False) -> subprocess.Popen[str]:
+def _proc(*args: str, stdin: bool = False) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench._urgent_procs", *args],
         stdin=subprocess.PIPE if stdin else None,
         stdout=subprocess.PIPE,
         text=True,
-        preexec_fn=_raise_priority if priority else None,  # noqa: PLW1509 -- only os.nice
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -181,6 +179,91 @@ def _stop(proc: subprocess.Popen[str] | None) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _dead_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_serve(
+    folder: Path, broker: LocalMosquitto, pki: Path, key: Path, *, ledger_down: bool
+) -> tuple[subprocess.Popen[str], Path]:
+    """``provgw serve`` with its urgent lane as deployed (nice -10); return it and its log."""
+    lines = [
+        "[broker]",
+        f'host = "{broker.host}"',
+        f"port = {broker.port}",
+        f'config_dir = "{broker.config.directory}"',
+        "[ingest]",
+        f"workers = {os.cpu_count() or 1}",
+        "[trust]",
+        f'dir = "{pki / "trust"}"',
+        "[store]",
+        f'path = "{folder / "gateway.sqlite3"}"',
+        "[metrics]",
+        "port = 0",
+        "[urgent]",
+        f'offer_key = "{key}"',
+        f'manifest_trust = "{REPO / "firmware_manifests" / "trust"}"',
+        f'recall_trust = "{REPO / "firmware_manifests" / "recalls" / "trust"}"',
+        f"nice = {LANE_NICE}",
+        "[log]",
+        f"enabled = {'true' if ledger_down else 'false'}",
+        "interval_s = 0.2",
+    ]
+    if ledger_down:
+        # The real ledger process, failing: its only witness and the chain node unreachable.
+        vkey = Signer.generate("witness.example/dead", COSIGNATURE_V1).verifier.vkey
+        (folder / "chain.key").write_text("11" * 32, encoding="ascii")
+        lines += [
+            "[witnesses]",
+            "embedded = false",
+            "timeout_s = 5",
+            f'remote = [{{ url = "http://127.0.0.1:{_dead_port()}", vkey = "{vkey}" }}]',
+            "[chain]",
+            "enabled = true",
+            f'rpc_url = "http://127.0.0.1:{_dead_port()}"',
+            f'contract = "0x{"22" * 20}"',
+            f'key_file = "{folder / "chain.key"}"',
+            "retry_max_s = 2",
+        ]
+    config = folder / "gateway.toml"
+    config.write_text("\n".join([*lines, ""]), encoding="utf-8")
+    log = folder / "serve.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [_PROVGW, "serve", "--config", str(config), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    assert proc.stdout is not None
+    status = json.loads(proc.stdout.readline() or "{}")
+    if status.get("status") != "running" or not (status.get("urgent") or {}).get("subscribed"):
+        _stop(proc)
+        msg = f"provgw serve did not start its urgent lane: {status} {log.read_text()[-2000:]}"
+        raise RuntimeError(msg)
+    if status["urgent"]["nice"] != LANE_NICE:
+        print("  (urgent lane at normal priority: no CAP_SYS_NICE)", file=sys.stderr)
+    return proc, log
+
+
+_TIMING = re.compile(
+    r"urgent offers: manifest \S+ \d+ offers in ([\d.]+) ms \(queued ([\d.]+), checks "
+    r"([\d.]+), targets ([\d.]+), publish ([\d.]+)\)"
+)
+PHASES = ("lane total", "queued", "checks", "targets", "publish")
+
+
+def lane_phases(log: Path) -> dict[str, list[float]]:
+    """The lane's own timing lines from serve's log: ms per phase, per urgent manifest."""
+    out: dict[str, list[float]] = {p: [] for p in PHASES}
+    for match in _TIMING.finditer(log.read_text(encoding="utf-8", errors="replace")):
+        for name, value in zip(PHASES, match.groups(), strict=True):
+            out[name].append(float(value))
+    return out
 
 
 def _inventory(db_path: Path, pki: Path) -> None:
@@ -294,13 +377,14 @@ def scenario(  # noqa: PLR0913, PLR0917 -- one scenario's parts
     where.mkdir()
     db = where / "gateway.sqlite3"
     _inventory(db, pki)
-    gateway = None
+    gateway = lane = None
+    log = None
     if mode == "lane":
-        gateway, _ = start_gateway(where, broker, pki, os.cpu_count() or 1)
-    args = ["--db", str(db), "--broker", str(broker.config.directory), "--port", str(broker.port)]
-    args += ["--key", str(key), "--trust", str(pki / "trust")]
-    ledger = _proc("ledger", *args[:6]) if ledger_down else None
-    lane = _proc(mode, *args, priority=mode == "lane")
+        gateway, log = start_serve(where, broker, pki, key, ledger_down=ledger_down)
+    else:
+        args = ["--db", str(db), "--broker", str(broker.config.directory)]
+        args += ["--port", str(broker.port), "--key", str(key), "--trust", str(pki / "trust")]
+        lane = _proc(mode, *args)
     try:
         seconds = plan.patches * plan.interval_s + 2
         if flood is not None:
@@ -311,15 +395,28 @@ def scenario(  # noqa: PLR0913, PLR0917 -- one scenario's parts
             flood.wait()
     finally:
         _stop(lane)
-        _stop(ledger)
         _stop(gateway)
     done = [x for x in latencies if x != float("inf")]
     print(
-        f"  {name}: p50 {pct(done, 0.5):.1f} ms, p99 {pct(done, 0.99):.1f} ms, "
-        f"{len(latencies) - len(done)} not delivered",
+        f"  {name}: p50 {pct(done, 0.5):.1f} ms, p99 {pct(done, 0.99):.1f} ms, max "
+        f"{max(done):.1f} ms, {len(latencies) - len(done)} not delivered",
         file=sys.stderr,
         flush=True,
     )
+    if log is not None:
+        phases = lane_phases(log)
+        if phases["lane total"]:
+            lane_ms = phases["lane total"]
+            hops = [t - lane for t, lane in zip(done, lane_ms, strict=False)]
+            print(
+                "    where the time goes (p50 / p99 / max ms): "
+                + ", ".join(
+                    f"{k} {pct(v, 0.5):.1f} / {pct(v, 0.99):.1f} / {max(v):.1f}"
+                    for k, v in (*phases.items(), ("broker hops", hops))
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
     return latencies
 
 

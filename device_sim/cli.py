@@ -368,7 +368,9 @@ def demo(  # noqa: PLR0913 - one parameter per option
     Steps: (1) demo PKI, (2) broker configuration, (3) Mosquitto on a free loopback port,
     (4) provgw serve, (5) the fleet with a little fault injection, (6) what was stored and
     quarantined, and one device's history, (7) one stored message verified offline with
-    provgw message verify. Everything started is stopped on exit and on Ctrl-C.
+    provgw message verify, (8) an urgent recall: the signed recall and its remedy published,
+    the affected pumps patched (one fails, one is offline) and their remediation shown.
+    Everything started is stopped on exit and on Ctrl-C.
     Exit code 0: the demo ran and the sample message verified; 1: a step failed.
     """
     options = DemoOptions(directory, devices=devices, rate=rate, duration=duration, seed=seed)

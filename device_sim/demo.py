@@ -6,8 +6,12 @@ little fault injection, (6) shows what arrived (stored per type, quarantined per
 device's history) and (7) verifies one stored message offline with ``provgw message verify``,
 then shows the transparency log ``provgw serve`` keeps beside ingest: its latest checkpoint, the
 embedded witness's cosignature, and that message's receipt (``provgw log prove``) verified
-offline with nothing but the gateway's and the witness's public keys. Everything it starts is
-stopped on exit, on error and on Ctrl-C.
+offline with nothing but the gateway's and the witness's public keys. Finally (8) an urgent
+recall: biomed imports the inventory (the Volara pumps run 4.2.9), the manufacturer publishes the
+2-of-3 signed recall Z-0412-2026 and then its remedy, firmware 4.2.10; the pumps receive signed
+offers from the gateway's urgent lane, check them, install (one fails, one is offline) and report,
+and ``provgw recall status`` shows each pump's remediation. Everything it starts is stopped on
+exit, on error and on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from types import FrameType
 from typing import Any, Self
 
 from device_sim.fleet import FaultRates, FleetOptions, raise_fd_limit, run_fleet
-from device_sim.pki import init_pki
+from device_sim.pki import DeviceRecord, init_pki
 from gateway.core import note
 from gateway.core.errors import ProvenanceError
 from gateway.ingest.broker_config import BrokerConfig, write_broker_config
@@ -203,6 +207,19 @@ def _has_serve(provgw: str) -> bool:
     return result.returncode == 0
 
 
+#: The sample recall and its remedy (firmware_manifests/, in the repository beside device_sim).
+_SAMPLES = Path(__file__).resolve().parents[1] / "firmware_manifests"
+_RECALL = _SAMPLES / "recalls" / "Z-0412-2026.recall.cbor"
+_REMEDY = _SAMPLES / "samples" / "acme-infusion" / "volara-lvp-3" / "4.2.10" / "manifest.cbor"
+_RECALL_ID = "Z-0412-2026"
+_RECALLED_MODEL = "Volara LVP 3"
+_RECALL_MFR = "acme-infusion"
+#: The demo's offer retries: fast, so an offline pump is reported unreachable within seconds.
+_RETRY_S = 1.0
+_ATTEMPTS = 2
+_STEPS = 8
+
+
 def _write_gateway_toml(
     path: Path, broker: LocalMosquitto, pki: Path, db: Path, workers: int
 ) -> None:
@@ -223,6 +240,14 @@ def _write_gateway_toml(
         # The embedded default: the log plus a local witness; keys are made at first start.
         "[log]",
         "interval_s = 1.0",
+        # The urgent lane trusts the sample manufacturer keys; offers are signed with the log key.
+        "[urgent]",
+        f"manifest_trust = {json.dumps(str(_SAMPLES / 'trust'))}",
+        f"recall_trust = {json.dumps(str(_SAMPLES / 'recalls' / 'trust'))}",
+        f"retry_timeout_s = {_RETRY_S}",
+        f"retry_max_attempts = {_ATTEMPTS}",
+        "retry_backoff = 1.0",
+        "tick_s = 0.2",
         "",
     ]
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -332,8 +357,8 @@ def _interruptible(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, previous)
 
 
-def run_demo(options: DemoOptions, say: Say) -> dict[str, Any]:  # noqa: PLR0915 - seven steps in order
-    """Run the seven demo steps; return what happened (the ``--json`` object).
+def run_demo(options: DemoOptions, say: Say) -> dict[str, Any]:  # noqa: PLR0915 - eight steps in order
+    """Run the eight demo steps; return what happened (the ``--json`` object).
 
     Raises :class:`DemoError` with what to do when a step cannot run.
     """
@@ -344,18 +369,18 @@ def run_demo(options: DemoOptions, say: Say) -> dict[str, Any]:  # noqa: PLR0915
         _fresh(directory)
         pki, broker_dir, db = directory / "pki", directory / "broker", directory / "gateway.sqlite3"
 
-        say(f"[1/7] demo PKI (TEST KEYS ONLY) in {pki}")
+        say(f"[1/8] demo PKI (TEST KEYS ONLY) in {pki}")
         records = init_pki(pki, devices_per_model=max(1, -(-options.devices // 9)))
         out["pki"] = {"dir": str(pki), "devices": len(records)}
 
         workers = min(os.cpu_count() or 1, 4)
-        say(f"[2/7] broker configuration in {broker_dir} ({workers} gateway workers)")
+        say(f"[2/8] broker configuration in {broker_dir} ({workers} gateway workers)")
         port = free_port()
         config = write_broker_config(
             pki, broker_dir, now=datetime.now(UTC), port=port, routine_workers=workers
         )
 
-        say(f"[3/7] Mosquitto on 127.0.0.1:{port} (log: {directory / 'mosquitto.log'})")
+        say(f"[3/8] Mosquitto on 127.0.0.1:{port} (log: {directory / 'mosquitto.log'})")
         broker = LocalMosquitto(config, directory, port=port)
         broker.start()
         cleanup.callback(broker.stop)
@@ -365,7 +390,7 @@ def run_demo(options: DemoOptions, say: Say) -> dict[str, Any]:  # noqa: PLR0915
         gateway_config = directory / "gateway.toml"
         _write_gateway_toml(gateway_config, broker, pki, db, workers)
         if _has_serve(provgw):
-            say(f"[4/7] provgw serve --config {gateway_config} (log: {directory / 'gateway.log'})")
+            say(f"[4/8] provgw serve --config {gateway_config} (log: {directory / 'gateway.log'})")
             gateway = _Gateway(provgw, gateway_config, directory / "gateway.log")
             status = gateway.start()
             cleanup.callback(gateway.stop)
@@ -375,14 +400,14 @@ def run_demo(options: DemoOptions, say: Say) -> dict[str, Any]:  # noqa: PLR0915
                 "workers": status.get("workers"),
             }
         else:
-            say("[4/7] `provgw serve` is missing in this version: the fleet runs without a gateway")
+            say("[4/8] `provgw serve` is missing in this version: the fleet runs without a gateway")
             out["gateway"] = {"running": False}
         if stop.is_set():
             out["interrupted"] = True
             return out
 
         say(
-            f"[5/7] {options.devices} devices publish {options.rate:g} events/s for "
+            f"[5/8] {options.devices} devices publish {options.rate:g} events/s for "
             f"{options.duration:g} s, with a little fault injection"
         )
         report = run_fleet(
@@ -409,7 +434,7 @@ def run_demo(options: DemoOptions, say: Say) -> dict[str, Any]:  # noqa: PLR0915
             f"{report.refused} refused by its ACL (impersonation attempts)"
         )
 
-        say("[6/7] what arrived at the gateway")
+        say("[6/8] what arrived at the gateway")
         expected = report.acked
         deadline = time.monotonic() + 15
         stored, quarantined = _counts(db)
@@ -434,12 +459,12 @@ def run_demo(options: DemoOptions, say: Say) -> dict[str, Any]:  # noqa: PLR0915
             say(f"        ... {len(history) - 8} more")
 
         if not history:
-            say("[7/7] nothing stored, so nothing to verify offline")
+            say("[7/8] nothing stored, so nothing to verify offline")
             out["verify"] = None
         else:
             sample = directory / "sample-message.cose"
             sample.write_bytes(history[0]["raw"])  # seq 1: it carries the certificate chain
-            say(f"[7/7] provgw message verify {sample} --trust {pki / 'trust'}")
+            say(f"[7/8] provgw message verify {sample} --trust {pki / 'trust'}")
             result = subprocess.run(  # noqa: S603 - our own command
                 [provgw, "message", "verify", str(sample), "--trust", str(pki / "trust"), "--json"],
                 capture_output=True,
@@ -461,6 +486,9 @@ def run_demo(options: DemoOptions, say: Say) -> dict[str, Any]:  # noqa: PLR0915
             )
             if out["gateway"]["running"] and not stop.is_set():
                 out["log"] = _show_log(provgw, directory, db, history[0]["seq"], sample_id, say=say)
+        running = out["gateway"]["running"] and not stop.is_set()
+        setup = _UrgentSetup(provgw, directory, db, pki, broker, records, status if running else {})
+        out["urgent"] = _urgent_recall(setup, say=say)
         out["interrupted"] = stop.is_set()
         say("shutting down the gateway and the broker")
     return out
@@ -556,3 +584,155 @@ def _show_log(  # noqa: PLR0913 - the demo's paths and the one event it proves
 def _vkey_of(key_file: Path) -> str:
     # A signer key file "PRIVATE+KEY+name+id+base64" names its public half: Signer.from_skey.
     return note.Signer.from_skey(key_file.read_text(encoding="ascii").strip()).verifier.vkey
+
+
+# --- step 8: an urgent recall, remediated -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _UrgentSetup:
+    provgw: str
+    directory: Path
+    db: Path
+    pki: Path
+    broker: LocalMosquitto
+    records: list[DeviceRecord]
+    status: dict[str, Any]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, check=False, timeout=60)  # noqa: S603 - our own commands
+
+
+def _recall_status(setup: _UrgentSetup) -> dict[str, Any] | None:
+    result = _run(setup.provgw, "recall", "status", _RECALL_ID, "--db", str(setup.db), "--json")
+    try:
+        return dict(json.loads(result.stdout)) if result.returncode == 0 else None
+    except ValueError:
+        return None
+
+
+def _publish(setup: _UrgentSetup, kind: str, file: Path) -> None:
+    from gateway.ingest.mqtt import MqttClient  # noqa: PLC0415 - step 8 only
+    from gateway.ingest.topics import manifest_topic, recall_topic  # noqa: PLC0415
+
+    topic = recall_topic(_RECALL_MFR) if kind == "recall" else manifest_topic(_RECALL_MFR)
+    creds = setup.broker.config.client(f"mfr-{_RECALL_MFR}")
+    with MqttClient(creds, host=setup.broker.host, port=setup.broker.port, session_expiry=0) as c:
+        c.publish(topic, file.read_bytes())
+
+
+def _wait_status(
+    setup: _UrgentSetup, done: Callable[[dict[str, Any]], bool], timeout: float
+) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout
+    status = _recall_status(setup)
+    while (status is None or not done(status)) and time.monotonic() < deadline:
+        time.sleep(0.3)
+        status = _recall_status(setup)
+    return status
+
+
+def _urgent_recall(setup: _UrgentSetup, *, say: Say) -> dict[str, Any] | None:
+    """Step 8: inventory, signed recall, remedy, patching pumps, remediation table."""
+    from cryptography.hazmat.primitives.asymmetric.ec import (  # noqa: PLC0415
+        EllipticCurvePublicKey,
+    )
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+        Ed25519PublicKey,
+    )
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key  # noqa: PLC0415
+
+    from device_sim.patching import Installed, PatchFleet, PatchOptions  # noqa: PLC0415
+    from gateway.core.identity import kid_for  # noqa: PLC0415
+    from gateway.core.manifest import PublicKey  # noqa: PLC0415
+    from gateway.store.manifests import load_manifest_trust  # noqa: PLC0415
+
+    urgent = setup.status.get("urgent")
+    pumps = [r for r in setup.records if r.model == _RECALLED_MODEL]
+    if not urgent or not _RECALL.is_file() or not _REMEDY.is_file() or len(pumps) < 3:
+        say(f"[8/{_STEPS}] urgent recall: skipped (no gateway or no sample recall here)")
+        return None
+    say(
+        f"[8/{_STEPS}] urgent recall {_RECALL_ID}: the urgent lane is pid {urgent['pid']} "
+        f"(client gateway-urgent, nice {urgent['nice']})"
+    )
+    versions = f"{_RECALLED_MODEL}=4.2.9"
+    say(f"      provgw inventory import devices.json --firmware '{versions}'")
+    imported = _run(
+        setup.provgw, "inventory", "import", str(setup.pki / "devices.json"),
+        "--db", str(setup.db), "--firmware", versions,
+    )  # fmt: skip
+    if imported.returncode != 0:
+        say(f"      inventory not imported: {imported.stderr.strip()}")
+        return None
+    public = load_pem_public_key(Path(urgent["offer_public_key"]).read_bytes())
+    if not isinstance(public, Ed25519PublicKey | EllipticCurvePublicKey):
+        say("      the gateway's offer key is neither Ed25519 nor P-256")
+        return None
+    keys: dict[bytes, PublicKey] = {kid_for(public): public}
+    trust = load_manifest_trust(_SAMPLES / "trust")
+    failing, offline = pumps[-2], pumps[-1]
+    online = [r for r in pumps if r is not offline and r is not failing]
+
+    def fleet(records: list[DeviceRecord], fail_rate: float = 0.0) -> PatchFleet:
+        return PatchFleet(
+            setup.pki,
+            setup.broker.config,
+            records,
+            keys,
+            trust,
+            {_RECALLED_MODEL: Installed("4.2.9", 2)},
+            PatchOptions(fail_rate=fail_rate),
+            host=setup.broker.host,
+            port=setup.broker.port,
+        )
+
+    with fleet(online) as good, fleet([failing], fail_rate=1.0) as bad:
+        say(
+            f"      {len(pumps)} {_RECALLED_MODEL} pumps online to take patches except "
+            f"{offline.id} (offline); {failing.id} will fail its install"
+        )
+        say(f"      manufacturer publishes recall {_RECALL_ID} (2 of 3 signatures)")
+        _publish(setup, "recall", _RECALL)
+        held = _wait_status(setup, lambda s: sum(s["counts"].values()) > 0, 10)
+        if held is None:
+            say("      the gateway did not take the recall (see gateway.log)")
+            return None
+        say(
+            f"      gateway: recall held, {sum(held['counts'].values())} pumps affected, "
+            f"{_pairs(held['counts'])} (the remedy, firmware 4.2.10, is not here yet)"
+        )
+        say("      manufacturer publishes the remedy: firmware 4.2.10 (urgent, signed manifest)")
+        sent = time.monotonic()
+        _publish(setup, "manifest", _REMEDY)
+        good.wait_for(lambda o: len(o) >= len(online), 10)
+        arrived = [o.arrived - sent for o in good.outcomes + bad.outcomes]
+        settle = _RETRY_S * (_ATTEMPTS + 1) + 5
+
+        def settled(s: dict[str, Any]) -> bool:
+            return not {"pending", "offered"} & set(s["counts"])
+
+        final = _wait_status(setup, settled, settle)
+    if final is None:
+        return None
+    say(
+        f"      offers reached the online pumps {1000 * max(arrived or [0]):.0f} ms after the "
+        f"remedy was published"
+    )
+    say(f"      provgw recall status {_RECALL_ID}:")
+    say(f"        {'device':32} {'state':12} attempts  detail")
+    for d in final["devices"]:
+        line = f"{d['device_id']:32} {d['state']:12} {d['attempts']:>8}  {d['detail'] or ''}"
+        say(f"        {line}".rstrip())
+    say(f"      {_pairs(final['counts'])}")
+    return {
+        "recall": _RECALL_ID,
+        "lane_pid": urgent["pid"],
+        "counts": final["counts"],
+        "devices": [
+            {k: d[k] for k in ("device_id", "state", "attempts", "detail")}
+            for d in final["devices"]
+        ],
+        "offer_ms": [round(1000 * a, 1) for a in arrived],
+    }

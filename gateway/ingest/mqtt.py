@@ -36,7 +36,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -362,6 +362,51 @@ class MqttClient:
                 f"The MQTT broker refused a message on {topic!r}: {_reason_text(code)}.",
                 reason="broker-refused",
             )
+
+    def publish_many(
+        self, messages: Sequence[tuple[str, bytes]], qos: int = 1, timeout: float = 5.0
+    ) -> list[UnavailableError | None]:
+        """Publish every message first, then wait for their PUBACKs: one round trip, not N.
+
+        Returns, per message in order, None when the broker acknowledged it or the
+        :class:`UnavailableError` :meth:`publish` would have raised. (Serial publishes waited a
+        round trip each: under a routine flood that was the urgent lane's p99, bench_urgent.)
+        """
+        infos = [self._client.publish(topic, payload, qos=qos) for topic, payload in messages]
+        deadline = time.monotonic() + timeout
+        out: list[UnavailableError | None] = []
+        for (topic, _), info in zip(messages, infos, strict=True):
+            if qos == 0 and info.rc == paho.MQTT_ERR_SUCCESS:
+                out.append(None)
+                continue
+            try:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+                published = info.is_published()
+            except (RuntimeError, ValueError) as exc:
+                out.append(
+                    UnavailableError(f"Cannot publish to {topic!r}: {exc}.", reason="broker-down")
+                )
+                continue
+            with self._lock:
+                code = self._puback.pop(info.mid, None)
+            if not published or code is None:
+                out.append(
+                    UnavailableError(
+                        f"The MQTT broker did not acknowledge a message on {topic!r} within "
+                        f"{timeout:g} s.",
+                        reason="broker-timeout",
+                    )
+                )
+            elif code.is_failure:
+                out.append(
+                    UnavailableError(
+                        f"The MQTT broker refused a message on {topic!r}: {_reason_text(code)}.",
+                        reason="broker-refused",
+                    )
+                )
+            else:
+                out.append(None)
+        return out
 
     # --- paho callbacks (network thread) ----------------------------------------------------
 

@@ -32,6 +32,7 @@ __all__ = [
     "IngestSettings",
     "LogSettings",
     "RemoteWitness",
+    "UrgentSettings",
     "WitnessSettings",
     "load_config",
     "worker_client_id",
@@ -39,12 +40,14 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-#: Ways workers can split the event stream (IngestSettings.mode).
+#: How ingest is laid out (IngestSettings.mode; gateway.service.receiver).
 INGEST_MODES = ("partitioned", "shared")
 
 #: Client id (= certificate CN) of routine worker 0; worker *i* > 0 is ``gateway-routine-{i+1}``,
 #: as ``provgw broker-config --routine-workers N`` issues them.
 _ROUTINE_CLIENT = "gateway-routine"
+#: Client id of the urgent lane (gateway.service.urgent.URGENT_CLIENT_ID).
+_URGENT_CLIENT = "gateway-urgent"
 
 
 def worker_client_id(index: int) -> str:
@@ -66,8 +69,9 @@ class BrokerSettings:
     config_dir: Path
     #: How long the broker keeps a worker's session and queue while it is away (§3.1.2.11.2).
     session_expiry_s: int = 7 * 24 * 3600
-    #: Unacknowledged messages the broker may send one worker (MQTT 5 Receive Maximum): the
-    #: bound on what a worker holds in memory. At least one full batch, so batches can fill.
+    #: Unacknowledged messages the broker may send per verifier (MQTT 5 Receive Maximum; the
+    #: receiver announces this times ``ingest.workers``): the bound on what ingest holds in
+    #: memory. At least one full batch, so batches can fill.
     receive_maximum: int = 1000
     #: MQTT 5 shared-subscription group the workers share (§4.8.2), used in ``shared`` mode.
     share_group: str = "provgw"
@@ -75,21 +79,24 @@ class BrokerSettings:
 
 @dataclass(frozen=True)
 class IngestSettings:
-    """Batching and worker processes."""
+    """Batching and the ingest processes."""
 
-    #: Worker processes; each verifies and commits its own batches.
+    #: Verifier processes (``partitioned``) or shared-subscription members (``shared``); each
+    #: verifies and commits its own batches.
     workers: int
-    #: How workers split the stream (see :mod:`gateway.service.workers`): ``partitioned`` (each
-    #: worker subscribes to every event on its own session and keeps the devices whose id hashes
-    #: to it; restart-safe on Mosquitto 2.0.11) or ``shared`` (one MQTT 5 shared subscription).
+    #: Ingest layout (see :mod:`gateway.service.receiver`): ``partitioned`` (ONE receiver process
+    #: holds the one persistent MQTT session and deals each message to a verifier process by the
+    #: hash of its device id; restart-safe on Mosquitto 2.0.11) or ``shared`` (every worker runs
+    #: the whole pipeline as a member of one MQTT 5 shared subscription).
     mode: str = "partitioned"
     #: A batch is committed when it holds this many messages ...
     batch_max: int = 500
     #: ... or this many milliseconds after its first message arrived, whichever comes first.
     batch_ms: int = 20
-    #: A kid-only message from a device another worker is enrolling right now (its first message,
-    #: with the certificate chain, went to the other worker) is retried this long before it is
-    #: quarantined as ``unknown-kid``.
+    #: ``shared`` mode: a kid-only message from a device another worker is enrolling right now
+    #: (its first message, with the certificate chain, went to the other worker) is retried this
+    #: long before it is quarantined as ``unknown-kid``. (``partitioned`` keeps a device's
+    #: messages in one verifier, in order.)
     enrol_grace_ms: int = 2000
 
 
@@ -173,6 +180,36 @@ class ChainSettings:
 
 
 @dataclass(frozen=True)
+class UrgentSettings:
+    """``[urgent]``: the urgent patch lane process (:mod:`gateway.service.urgent`)."""
+
+    #: false: manufacturer manifests and recalls are not received at all.
+    enabled: bool = True
+    #: The offer-signing key (PEM, Ed25519 or P-256; an Ed25519 one is generated at first start
+    #: if missing). None: the gateway's log key (``log.key``), as for checkpoints and receipts.
+    offer_key: Path | None = None
+    #: The offer key's public half (PEM), written at every start: what devices are provisioned
+    #: with (``provgw-sim patch-devices --gateway-key``).
+    offer_public_key: Path = Path("offer-key.pub.pem")
+    #: Manufacturer firmware keys (``firmware_manifests/trust`` layout) and recall keys. None:
+    #: no manufacturer is trusted yet, and every manifest and recall is refused (quarantined).
+    manifest_trust: Path | None = None
+    recall_trust: Path | None = None
+    #: Offer retries (gateway.service.remediation.RetryPolicy): attempt n times out after
+    #: ``retry_timeout_s * retry_backoff ** (n - 1)`` s; after ``retry_max_attempts``: unreachable.
+    retry_timeout_s: float = 60.0
+    retry_max_attempts: int = 3
+    retry_backoff: float = 2.0
+    #: How often device reports are applied and timed-out offers re-sent.
+    tick_s: float = 0.25
+    #: Niceness of the lane's process (-20..19; negative needs root or CAP_SYS_NICE, else the
+    #: lane runs at normal priority and the start line says so).
+    nice: int = -10
+    #: Unacknowledged manufacturer messages the broker may send the lane (MQTT 5 Receive Maximum).
+    receive_maximum: int = 64
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """A loaded, checked ``gateway.toml``."""
 
@@ -190,6 +227,20 @@ class GatewayConfig:
     log: LogSettings = field(default_factory=LogSettings)
     witnesses: WitnessSettings = field(default_factory=WitnessSettings)
     chain: ChainSettings = field(default_factory=ChainSettings)
+    #: The urgent patch lane process (issue 6).
+    urgent: UrgentSettings = field(default_factory=UrgentSettings)
+
+    def urgent_credentials(self) -> ClientCredentials:
+        """TLS client files of the urgent lane (``gateway-urgent``); :class:`MalformedError`."""
+        try:
+            return BrokerConfig.load(self.broker.config_dir).client(_URGENT_CLIENT)
+        except KeyError:
+            raise MalformedError(
+                f"The broker configuration in {self.broker.config_dir} has no client certificate "
+                f"for the urgent lane ({_URGENT_CLIENT!r}). Re-run `provgw broker-config` and "
+                "restart the broker, or set [urgent] enabled = false.",
+                reason="config-missing-client",
+            ) from None
 
     def credentials(self, index: int) -> ClientCredentials:
         """TLS client files of routine worker *index*; raises :class:`MalformedError` if absent."""
@@ -312,6 +363,7 @@ def load_config(path: Path) -> GatewayConfig:
         log=_log_settings(_table(data, "log"), base),
         witnesses=_witness_settings(_table(data, "witnesses"), base),
         chain=_chain_settings(_table(data, "chain"), base),
+        urgent=_urgent_settings(_table(data, "urgent"), base),
     )
     _check_ledger(config)
     _check_files(config)
@@ -333,8 +385,19 @@ def _check_files(config: GatewayConfig) -> None:
             f"{config.broker.config_dir} --routine-workers {config.ingest.workers}`.",
             reason="broker-config-missing",
         )
-    for index in range(config.ingest.workers):
-        creds = config.credentials(index)
+    clients = [config.credentials(index) for index in range(config.ingest.workers)]
+    if config.urgent.enabled:
+        clients.append(config.urgent_credentials())
+        for key in ("manifest_trust", "recall_trust"):
+            where = getattr(config.urgent, key)
+            if where is not None and not where.is_dir():
+                raise MalformedError(
+                    f"The directory {where} (urgent.{key} in {config.path}) does not exist. "
+                    "Point it at the manufacturers' firmware or recall keys (for the demo: "
+                    "firmware_manifests/trust and firmware_manifests/recalls/trust).",
+                    reason="trust-dir-missing",
+                )
+    for creds in clients:
         for file in (creds.cafile, creds.certfile, creds.keyfile):
             if not file.is_file():
                 raise MalformedError(
@@ -498,3 +561,53 @@ def _check_ledger(config: GatewayConfig) -> None:
             "put the hex private key of the gateway's chain account there.",
             reason="chain-key-missing",
         )
+
+
+# -- [urgent] (the urgent lane process, gateway.service.urgent) -----------------------------------
+
+
+def _optional_path(table: dict[str, Any], key: str, base: Path) -> Path | None:
+    value = _get(table, "urgent", key, str, "")
+    return _path(base, value) if value else None
+
+
+def _urgent_settings(table: dict[str, Any], base: Path) -> UrgentSettings:
+    timeout = _seconds(table, "urgent", "retry_timeout_s", 60.0)
+    tick = _seconds(table, "urgent", "tick_s", 0.25)
+    backoff = table.get("retry_backoff", 2.0)
+    if timeout <= 0 or tick <= 0:
+        raise MalformedError(
+            "urgent.retry_timeout_s and urgent.tick_s must be above 0.", reason="bad-config"
+        )
+    if isinstance(backoff, bool) or not isinstance(backoff, int | float) or not 1 <= backoff <= 10:
+        raise MalformedError(
+            f"urgent.retry_backoff must be a number from 1 to 10, not {backoff!r}.",
+            reason="bad-config",
+        )
+    return UrgentSettings(
+        enabled=_get(table, "urgent", "enabled", bool, default=True),
+        offer_key=_optional_path(table, "offer_key", base),
+        offer_public_key=_path(
+            base, _get(table, "urgent", "offer_public_key", str, "offer-key.pub.pem")
+        ),
+        manifest_trust=_optional_path(table, "manifest_trust", base),
+        recall_trust=_optional_path(table, "recall_trust", base),
+        retry_timeout_s=timeout,
+        retry_max_attempts=_positive(
+            "urgent",
+            "retry_max_attempts",
+            _get(table, "urgent", "retry_max_attempts", int, 3),
+            1,
+            100,
+        ),
+        retry_backoff=float(backoff),
+        tick_s=tick,
+        nice=_positive("urgent", "nice", _get(table, "urgent", "nice", int, -10), -20, 19),
+        receive_maximum=_positive(
+            "urgent",
+            "receive_maximum",
+            _get(table, "urgent", "receive_maximum", int, 64),
+            1,
+            65535,
+        ),
+    )

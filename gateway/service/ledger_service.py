@@ -47,21 +47,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from gateway.core import note
 from gateway.core.errors import MalformedError, ProvenanceError, VerificationError
-from gateway.ledger.anchor import Confirmation, Web3AnchorBackend
 from gateway.ledger.keys import GatewayKey, load_gateway_key, write_gateway_key
 from gateway.ledger.log import TransparencyLog
 from gateway.ledger.witness import Witness
 from gateway.ledger.witness_client import WitnessClient, WitnessPool
 from gateway.service.batcher import Batcher, CheckpointHook
 from gateway.service.config import GatewayConfig, load_config
-from gateway.service.outbox import AnchorPolicy, Backoff, Outbox
 from gateway.service.witness_server import WitnessServer
 from gateway.store.db import Database
 from gateway.store.witness import WitnessStore
+
+if TYPE_CHECKING:
+    from gateway.ledger.anchor import Confirmation
+    from gateway.service.outbox import Outbox
 
 __all__ = [
     "LedgerKeys",
@@ -436,6 +438,11 @@ class LedgerService:
         return clients
 
     def _outbox(self, db: Database) -> Outbox:
+        # Imported only with [chain] enabled: web3 / eth_account cost ~40 MB and ~0.7 s, and
+        # the supervisor imports this module too.
+        from gateway.ledger.anchor import Web3AnchorBackend  # noqa: PLC0415
+        from gateway.service.outbox import AnchorPolicy, Backoff, Outbox  # noqa: PLC0415
+
         chain = self.config.chain
         backend = Web3AnchorBackend.from_url(
             chain.rpc_url,

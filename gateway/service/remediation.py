@@ -12,6 +12,12 @@ each device's row in ``recall_impacts`` (:meth:`gateway.store.recalls.RecallStor
 - no report within the offer's timeout -> offered again, with exponential backoff
   (:class:`RetryPolicy`); after the last attempt -> ``unreachable``.
 
+An urgent manifest that no recall names is tracked the same way, per manifest digest and device
+(:class:`gateway.store.offers.ManifestOffers`), under the campaign id ``manifest:<digest hex>``
+wherever a recall id is expected (:meth:`RemediationTracker.mark_offered`, :class:`Retry`,
+:meth:`RemediationTracker.status`): an ``installed`` / ``failed`` / ``rejected`` report of that
+manifest moves its row.
+
 Every move is also an ``urgent_records`` row with the SHA-256 of the bytes it stands for (the
 device's signed report, the gateway's signed offer) and a fresh salt; :func:`log_pending_records`
 appends those rows to the transparency log later, off the urgent path (kind ``recall`` for
@@ -39,6 +45,8 @@ from gateway.core.errors import (
 from gateway.ledger.log import TransparencyLog
 from gateway.store.db import Database
 from gateway.store.inventory import Inventory
+from gateway.store.manifests import ManifestStore
+from gateway.store.offers import ManifestOffers, campaign_id, campaign_manifest
 from gateway.store.recalls import RecallStore, Remediation, State
 
 __all__ = [
@@ -85,7 +93,10 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class Retry:
-    """A device whose offer timed out and is due for another one."""
+    """A device whose offer timed out and is due for another one.
+
+    *recall_id* is the recall, or the campaign id ``manifest:<hex>`` of an urgent manifest.
+    """
 
     recall_id: str
     device_id: str
@@ -251,6 +262,7 @@ class RemediationTracker:
         self._db = db
         self.policy = policy or RetryPolicy()
         self._recalls = RecallStore(db)
+        self._offers = ManifestOffers(db)
         self._remedies: dict[str, bytes | None] = {}
 
     # -- offers -------------------------------------------------------------------------------
@@ -260,18 +272,24 @@ class RemediationTracker:
     ) -> bool:
         """Record that *offer* (signed bytes) went to *device_id*; False if it cannot be tracked.
 
-        An installed device stays installed (the offer was a harmless repeat).
+        *recall_id* is a recall, or the campaign id ``manifest:<hex>`` of an urgent manifest
+        that no recall names (:func:`gateway.store.offers.campaign_id`). An installed device
+        stays installed (the offer was a harmless repeat).
         """
+        campaign = campaign_manifest(recall_id)
         try:
             with self._db.atomic():
-                self._recalls.set_state(recall_id, device_id, "offered", at_ms=at_ms)
+                if campaign is None:
+                    self._recalls.set_state(recall_id, device_id, "offered", at_ms=at_ms)
+                else:
+                    self._offers.set_state(campaign, device_id, "offered", at_ms=at_ms)
                 record(
                     self._db,
                     "remediation",
                     state="offered",
                     digest=hashlib.sha256(offer).digest(),
                     at_ms=at_ms,
-                    recall_id=recall_id,
+                    recall_id=None if campaign is not None else recall_id,
                     device_id=device_id,
                     manifest=manifest,
                 )
@@ -317,12 +335,12 @@ class RemediationTracker:
                 return moved
 
     def _apply(self, report: _Report) -> int:
+        moved = self._apply_manifest_offers(report)
         tracked = self._db.query(
             "SELECT recall_id, state FROM recall_impacts WHERE device_id = ?"
             " AND state != 'installed'",
             (report.device_id,),
         )
-        moved = 0
         for recall_id, _state in tracked:
             names_it = report.trigger == "recall" and report.trigger_ref == recall_id
             remedies_it = report.manifest == self._remedy(recall_id)
@@ -356,6 +374,41 @@ class RemediationTracker:
                 moved += 1
         return moved
 
+    def _apply_manifest_offers(self, report: _Report) -> int:
+        """Move the device's offers of the manifest the report names (any trigger)."""
+        moved = 0
+        for manifest, _state in self._offers.open_for(report.device_id):
+            if manifest != report.manifest:
+                continue
+            state: State
+            if report.result == "installed":
+                state, detail = "installed", report.detail
+            elif report.result in ("failed", "rejected"):
+                state = "failed"
+                detail = f"device reported {report.result}: {report.detail or 'no detail'}"
+            else:
+                continue
+            try:
+                changed = self._offers.set_state(
+                    manifest, report.device_id, state, at_ms=report.received_ms, detail=detail
+                )
+            except PolicyError as err:
+                _log.info("report %d not applied: %s", report.event_id, err)
+                continue
+            if changed:
+                record(
+                    self._db,
+                    "remediation",
+                    state=state,
+                    digest=report.digest,
+                    at_ms=report.received_ms,
+                    device_id=report.device_id,
+                    manifest=manifest,
+                    detail=detail,
+                )
+                moved += 1
+        return moved
+
     # -- timeouts -------------------------------------------------------------------------------
 
     def due(self, now: datetime) -> list[Retry]:
@@ -369,6 +422,10 @@ class RemediationTracker:
             "SELECT recall_id, device_id, attempts, offered_ms FROM recall_impacts"
             " WHERE state = 'offered' ORDER BY offered_ms"
         )
+        rows += [
+            (campaign_id(manifest), device_id, attempts, offered_ms)
+            for manifest, device_id, attempts, offered_ms in self._offers.offered()
+        ]
         for recall_id, device_id, attempts, offered_ms in rows:
             if now_ms < self.policy.deadline_ms(int(offered_ms), int(attempts)):
                 continue
@@ -381,9 +438,7 @@ class RemediationTracker:
             )
             try:
                 with self._db.atomic():
-                    if self._recalls.set_state(
-                        recall_id, device_id, "unreachable", at_ms=now_ms, detail=detail
-                    ):
+                    if self._unreachable(recall_id, device_id, now_ms, detail):
                         record(
                             self._db,
                             "remediation",
@@ -392,18 +447,36 @@ class RemediationTracker:
                                 dumps([recall_id, device_id, "unreachable", now_ms])
                             ).digest(),
                             at_ms=now_ms,
-                            recall_id=recall_id,
+                            recall_id=None if campaign_manifest(recall_id) else recall_id,
                             device_id=device_id,
+                            manifest=campaign_manifest(recall_id),
                             detail=detail,
                         )
             except (PolicyError, UnavailableError) as err:
                 _log.warning("could not mark %s unreachable: %s", device_id, err)
         return retries
 
+    def _unreachable(self, campaign: str, device_id: str, now_ms: int, detail: str) -> bool:
+        manifest = campaign_manifest(campaign)
+        if manifest is None:
+            return self._recalls.set_state(
+                campaign, device_id, "unreachable", at_ms=now_ms, detail=detail
+            )
+        return self._offers.set_state(
+            manifest, device_id, "unreachable", at_ms=now_ms, detail=detail
+        )
+
     # -- reading ---------------------------------------------------------------------------------
 
     def status(self, recall_id: str) -> RemediationStatus | None:
-        """Return the remediation of *recall_id*, or None if the gateway holds no such recall."""
+        """Return the remediation of *recall_id*, or None if the gateway holds no such recall.
+
+        For a campaign id ``manifest:<hex>``: the offers of that urgent manifest, or None if it
+        was never offered.
+        """
+        manifest = campaign_manifest(recall_id)
+        if manifest is not None:
+            return self._manifest_status(recall_id, manifest)
         recall = self._recalls.get(recall_id)
         if recall is None:
             return None
@@ -420,3 +493,21 @@ class RemediationTracker:
             "remedy": f.remedy.to_json(),
         }
         return RemediationStatus(recall_id, counts, devices, summary)
+
+    def _manifest_status(self, campaign: str, manifest: bytes) -> RemediationStatus | None:
+        counts = self._offers.state_counts(manifest)
+        if not counts:
+            return None
+        row = ManifestStore(self._db).get(manifest)
+        summary: dict[str, Any] = {
+            "id": campaign,
+            "status": "urgent manifest",
+            "class": "-",
+            "manifest": manifest.hex(),
+            "kept": row is not None,
+        }
+        if row is not None:
+            summary |= {"version": row.version, "priority": row.priority, "seq": row.seq}
+        return RemediationStatus(
+            campaign, counts, tuple(self._offers.remediation(manifest)), summary
+        )

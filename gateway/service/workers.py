@@ -1,7 +1,16 @@
-"""Process supervision for ``provgw serve``: the ingest processes (and the metrics endpoint).
+"""Process supervision for ``provgw serve``: ingest, ledger and urgent lane processes, metrics.
 
-Layout (``ingest.mode``), **measured on Mosquitto 2.0.11** (``tests/service/test_crash_restart.py``,
-``docs/BENCHMARKS.md``):
+Slots the :class:`Supervisor` starts, watches, restarts with backoff and stops:
+
+- the ingest process(es) (below);
+- the ledger process (``[log]``, :mod:`gateway.service.ledger_service`): log, witnesses, chain;
+- the urgent lane (``[urgent]``, :func:`gateway.service.urgent.run_urgent`): its own process,
+  MQTT connection and client id (``gateway-urgent``), at a raised CPU priority (``urgent.nice``)
+  when allowed, so neither routine ingest nor the ledger can hold up a patch (DESIGN "Urgent
+  lane"). It shares nothing with ingest but the SQLite file (WAL: its reads never wait).
+
+Ingest layout (``ingest.mode``), **measured on Mosquitto 2.0.11**
+(``tests/service/test_crash_restart.py``, ``docs/BENCHMARKS.md``):
 
 - ``partitioned`` (the default): ONE ingest process, the receiver
   (:class:`~gateway.service.receiver.IngestReceiver`), holds one persistent, non-shared MQTT
@@ -22,13 +31,14 @@ Layout (``ingest.mode``), **measured on Mosquitto 2.0.11** (``tests/service/test
   device and dropped. (``MqttClient`` re-subscribes at every reconnect, which shortens the window
   but cannot close it: devices may reconnect first.)
 
-Each ingest process has a stable client id (``gateway-routine``, ``gateway-routine-2``, ...),
-hence its own session: the supervisor restarts one that dies under the same index (the receiver
-exits when one of its verifiers dies, so a restart always comes with a reconnect and the
-redelivery of whatever was not acknowledged). Change ``ingest.workers`` or ``ingest.mode`` only
-with the broker's queues drained: a session that is no longer used keeps what was queued for it.
+Each ingest process has a stable client id (the receiver: ``gateway-routine``; shared members:
+``gateway-routine``, ``gateway-routine-2``, ...), hence its own session: the supervisor restarts
+one that dies under the same index (the receiver exits when one of its verifiers dies, so a
+restart always comes with a reconnect and the redelivery of whatever was not acknowledged).
+Change ``ingest.mode`` only with the broker's queues drained: a session that is no longer used
+keeps what was queued for it.
 
-Ingest processes watch their parent: if ``provgw serve`` is killed (even ``kill -9``) they stop
+Every process watches its parent: if ``provgw serve`` is killed (even ``kill -9``) they stop
 within a batch window rather than linger and contend with a restarted gateway for their sessions.
 """
 
@@ -58,8 +68,11 @@ from gateway.service.metrics import (
     prepare_multiprocess_dir,
 )
 from gateway.service.receiver import run_worker
+from gateway.service.urgent import prepare_offer_key, run_urgent
 from gateway.store.db import Database
 from gateway.store.events import EventStore
+from gateway.store.manifests import load_manifest_trust
+from gateway.store.recalls import load_recall_trust
 from gateway.store.trust_files import load_trust_dir
 
 __all__ = ["Supervisor", "ingest_processes", "preflight", "run_worker", "serve"]
@@ -71,6 +84,9 @@ _MAX_RESTART_DELAY_S = 30.0
 _READY_TIMEOUT_S = 30.0
 #: Slot index of the ledger process (gateway.service.ledger_service); workers count from 0.
 _LEDGER = -1
+#: Slot index of the urgent lane process (gateway.service.urgent).
+_URGENT = -2
+_NAMES = {_LEDGER: "ledger", _URGENT: "urgent lane"}
 
 
 def ingest_processes(config: GatewayConfig) -> int:
@@ -85,6 +101,13 @@ def preflight(config: GatewayConfig) -> dict[str, Any]:
     :class:`UnavailableError` (database, broker) with a sentence naming the fix.
     """
     trust = load_trust_dir(config.trust_dir)
+    if config.urgent.enabled:
+        # A wrong manufacturer key directory is a configuration error (exit 2) now, not a lane
+        # process that dies at every restart.
+        if config.urgent.manifest_trust is not None:
+            load_manifest_trust(config.urgent.manifest_trust)
+        if config.urgent.recall_trust is not None:
+            load_recall_trust(config.urgent.recall_trust)
     # Opening applies pending migrations once, here, not racing in N workers.
     with Database(config.database) as db:
         stored = EventStore(db).count()
@@ -135,23 +158,50 @@ class Supervisor:
             # The ledger process runs beside the workers under the same watch and restart rules;
             # it only reads what they stored, so it can never hold up ingest.
             self._slots.append(_Slot(_LEDGER, self._ctx.Event()))
+        if config.urgent.enabled:
+            # Its own process: no GIL, connection or client id shared with routine ingest.
+            self._slots.append(_Slot(_URGENT, self._ctx.Event()))
         self.metrics: MetricsServer | None = None
 
     @property
     def pids(self) -> list[int]:
-        """Process ids of the running workers."""
+        """Process ids of the running ingest workers."""
         return [
             s.process.pid
             for s in self._slots
-            if s.index != _LEDGER and s.process and s.process.pid is not None
+            if s.index >= 0 and s.process and s.process.pid is not None
         ]
+
+    def _pid(self, index: int) -> int | None:
+        for s in self._slots:
+            if s.index == index and s.process is not None:
+                return s.process.pid
+        return None
 
     @property
     def ledger_pid(self) -> int | None:
         """Process id of the ledger process, if it runs."""
+        return self._pid(_LEDGER)
+
+    @property
+    def urgent_pid(self) -> int | None:
+        """Process id of the urgent lane's process, if it runs."""
+        return self._pid(_URGENT)
+
+    def urgent_status(self) -> dict[str, Any] | None:
+        """Return the urgent lane's pid, niceness and whether it has subscribed (status lines)."""
         for s in self._slots:
-            if s.index == _LEDGER and s.process is not None:
-                return s.process.pid
+            if s.index == _URGENT and s.process is not None and s.process.pid is not None:
+                try:
+                    nice: int | None = os.getpriority(os.PRIO_PROCESS, s.process.pid)
+                except OSError:
+                    nice = None
+                return {
+                    "pid": s.process.pid,
+                    "nice": nice,
+                    "subscribed": s.ready.is_set(),
+                    "restarts": s.restarts,
+                }
         return None
 
     def start(self) -> None:
@@ -189,6 +239,13 @@ class Supervisor:
                 name="provgw-ledger",
                 daemon=False,
             )
+        elif slot.index == _URGENT:
+            process = self._ctx.Process(
+                target=run_urgent,
+                args=(str(self.config.path), os.getpid(), self._stop, slot.ready),
+                name="provgw-urgent",
+                daemon=False,
+            )
         else:
             process = self._ctx.Process(
                 target=run_worker,
@@ -211,8 +268,8 @@ class Supervisor:
                 proc = slot.process
                 if proc is not None and proc.exitcode is not None:
                     _log.error(
-                        "worker %d (pid %s) exited with %s; restarting",
-                        slot.index,
+                        "%s (pid %s) exited with %s; restarting",
+                        _NAMES.get(slot.index, f"worker {slot.index}"),
                         proc.pid,
                         proc.exitcode,
                     )
@@ -222,6 +279,7 @@ class Supervisor:
                     slot.restarts = slot.restarts + 1 if quick else 1
                     slot.next_start = now + min(_MAX_RESTART_DELAY_S, 2.0 ** (slot.restarts - 1))
                     slot.process = None
+                    slot.ready.clear()
                 if slot.process is None and now >= slot.next_start:
                     self._spawn(slot)
             time.sleep(interval)
@@ -237,7 +295,10 @@ class Supervisor:
             proc.join(max(0.1, deadline - time.monotonic()))
             if proc.exitcode is None:
                 # Unacknowledged messages are redelivered after the restart: killing is safe.
-                _log.error("worker %d did not stop in time; killing it", slot.index)
+                _log.error(
+                    "%s did not stop in time; killing it",
+                    _NAMES.get(slot.index, f"worker {slot.index}"),
+                )
                 proc.kill()
                 proc.join(5)
             if proc.pid is not None:
@@ -245,6 +306,22 @@ class Supervisor:
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
+
+
+def _urgent_line(
+    config: GatewayConfig, supervisor: Supervisor, offer_key: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    status = supervisor.urgent_status()
+    if status is None or offer_key is None:
+        return None
+    u = config.urgent
+    return {
+        **status,
+        **offer_key,
+        "nice_wanted": u.nice,
+        "manifest_trust": str(u.manifest_trust) if u.manifest_trust else None,
+        "recall_trust": str(u.recall_trust) if u.recall_trust else None,
+    }
 
 
 def serve(config_path: Path, on_status: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
@@ -256,6 +333,7 @@ def serve(config_path: Path, on_status: Callable[[dict[str, Any]], None]) -> dic
     checked = preflight(config)
     # Keys are made here, once, before any process could race to make them (first start).
     ledger = prepare_ledger(config).status(config) if config.log.enabled else None
+    offer_key = prepare_offer_key(config).status() if config.urgent.enabled else None
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -278,6 +356,8 @@ def serve(config_path: Path, on_status: Callable[[dict[str, Any]], None]) -> dic
                 "worker_pids": supervisor.pids,
                 "ledger_pid": supervisor.ledger_pid,
                 "ledger": ledger,
+                "urgent_pid": supervisor.urgent_pid,
+                "urgent": _urgent_line(config, supervisor, offer_key),
                 "broker": f"{config.broker.host}:{config.broker.port}",
                 "database": str(config.database),
                 "metrics": (

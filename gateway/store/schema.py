@@ -315,3 +315,33 @@ def _urgent_lane(conn: sqlite3.Connection) -> None:
         ) STRICT
         """
     )
+
+
+@migration("0008_manifest_offers")
+def _manifest_offers(conn: sqlite3.Connection) -> None:
+    # Offers of an urgent manifest that no recall names (gateway.store.offers): per manifest
+    # digest and device, the same states as a recall's remediation (offered -> installed /
+    # failed / unreachable), so `provgw recall status manifest:<digest>` can show them. No
+    # foreign key to `manifests`: offers stand even when a newer manifest of the class won the
+    # race to be kept (devices check rollback themselves).
+    conn.execute(
+        """
+        CREATE TABLE manifest_offers (
+            manifest       BLOB    NOT NULL CHECK (length(manifest) = 32),
+            device_id      TEXT    NOT NULL,
+            state          TEXT    NOT NULL CHECK (state IN
+                               ('offered', 'installed', 'failed', 'unreachable')),
+            attempts       INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+            first_ms       INTEGER NOT NULL,
+            offered_ms     INTEGER,
+            installed_ms   INTEGER,
+            failed_ms      INTEGER,
+            unreachable_ms INTEGER,
+            detail         TEXT,
+            updated_ms     INTEGER NOT NULL,
+            PRIMARY KEY (manifest, device_id)
+        ) STRICT, WITHOUT ROWID
+        """
+    )
+    conn.execute("CREATE INDEX manifest_offers_device ON manifest_offers (device_id, state)")
+    conn.execute("CREATE INDEX manifest_offers_state ON manifest_offers (state, offered_ms)")

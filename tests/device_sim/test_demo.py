@@ -36,7 +36,7 @@ def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert [line[:5] for line in result.stderr.splitlines() if line.startswith("[")] == [
-        f"[{i}/7]" for i in range(1, 8)
+        f"[{i}/8]" for i in range(1, 9)
     ]
     fleet = out["fleet"]
     assert fleet["connected"] == 50
@@ -52,6 +52,15 @@ def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
     # The log beside ingest: a cosigned checkpoint, and the sample's receipt verified offline.
     assert "\u2014 provgw.local/log/witness " in out["log"]["cosignatures"]
     assert out["log"]["receipt"]["state"] == "witnessed"
+    # The urgent recall: 6 Volara pumps affected; one failed its install, one stayed offline,
+    # every other one installed the remedy it was offered under the recall's id.
+    urgent = out["urgent"]
+    assert urgent["counts"] == {"installed": 4, "failed": 1, "unreachable": 1}
+    states = {d["state"]: d for d in urgent["devices"]}
+    assert states["unreachable"]["attempts"] == 2
+    assert "simulated install failure" in states["failed"]["detail"]
+    assert max(urgent["offer_ms"]) < 2000
+    assert not _alive(urgent["lane_pid"])
     # Shut down on exit: the gateway's process is gone and the broker's port is closed.
     assert not _alive(out["gateway"]["pid"])
     broker = ("127.0.0.1", out["broker"]["port"])

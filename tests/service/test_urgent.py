@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.server
+import json
 import socket
 import threading
 import time
@@ -13,11 +14,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from device_sim.patching import Installed, PatchFleet, PatchOptions
 from device_sim.pki import MANUFACTURERS, init_pki
 from gateway.core.identity import kid_for
+from gateway.core.manifest import unsafe_read_manifest
 from gateway.core.note import COSIGNATURE_V1, Signer
 from gateway.ingest.broker_config import write_broker_config
 from gateway.ingest.topics import manifest_topic, recall_topic
@@ -27,12 +31,16 @@ from gateway.ledger.log import TransparencyLog
 from gateway.ledger.witness_client import WitnessClient, WitnessPool
 from gateway.service.batcher import Batcher
 from gateway.service.outbox import Outbox
-from gateway.service.remediation import RecordLogger, RemediationTracker, RetryPolicy
+from gateway.service.remediation import RecordLogger, RemediationTracker
 from gateway.service.urgent import URGENT_CLIENT_ID, UrgentLane
 from gateway.store.db import Database
 from gateway.store.inventory import Inventory
 from gateway.store.manifests import ManifestStore, load_manifest_trust
 from gateway.store.recalls import load_recall_trust
+from gateway.views.cli._main import _register, cli
+
+_register()
+provgw = cli
 
 pytestmark = pytest.mark.broker
 
@@ -123,15 +131,24 @@ def _wait(predicate, timeout):
 
 @pytest.mark.slow
 def test_recall_remediation_tracks_installed_failed_and_unreachable_devices(site, serve_gateway):
-    pki, config, broker, db_path, _, volara = site
+    """`provgw serve` runs ingest AND the lane (its own process); reports move each device."""
+    pki, config, broker, db_path, key, volara = site
     ok, failing, offline = volara[:2], volara[2], volara[3]
     with Database(db_path) as db:  # the gateway already holds the remedy manifest
         ManifestStore(db).accept(URGENT, trust=MANIFEST_TRUST, now=_now())
-    serve = serve_gateway(SimpleNamespace(pki=pki, config=config), broker, workers=1)
-    assert serve.status["status"] == "running"
-    retry = RetryPolicy(timeout_s=0.5, max_attempts=2, backoff=1.0)
+    serve = serve_gateway(SimpleNamespace(pki=pki, config=config), broker, workers=1, start=False)
+    offer_key = serve.config.parent / "offer.pem"
+    offer_key.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    with serve.config.open("a", encoding="utf-8") as conf:
+        conf.write(
+            f'[urgent]\noffer_key = "{offer_key}"\n'
+            f'manifest_trust = "{REPO / "firmware_manifests" / "trust"}"\n'
+            f'recall_trust = "{RECALLS / "trust"}"\n'
+            "retry_timeout_s = 0.5\nretry_max_attempts = 2\nretry_backoff = 1.0\ntick_s = 0.1\n"
+        )
+    assert serve.start()["status"] == "running"
+    assert serve.status["urgent"]["subscribed"] is True
     with (
-        _lane(site, retry=retry, tick_s=0.1) as lane,
         _fleet(site, ok) as good,
         _fleet(site, [failing], fail_rate=1.0) as bad,
     ):
@@ -139,7 +156,6 @@ def test_recall_remediation_tracks_installed_failed_and_unreachable_devices(site
         want = {**dict.fromkeys((r.id for r in ok), "installed"), failing.id: "failed"}
         want[offline.id] = "unreachable"
         assert _wait(lambda: _states(db_path) == want, 20), _states(db_path)
-        assert lane.stats.retries >= 1  # the offline device was offered again before giving up
     assert {o.result for o in good.outcomes} == {"installed"}
     assert {o.result for o in bad.outcomes} == {"failed"}
     assert all(o.recall_id == "Z-0412-2026" for o in good.outcomes + bad.outcomes)
@@ -268,3 +284,116 @@ def test_urgent_offers_arrive_while_chain_and_every_witness_are_down(site):
     assert kinds.get("remediation", 0) >= 1  # the SBOM verdict
     assert anchored[0][0] == 0
     assert witnessed[0][0] == 0
+
+
+def _quarantine(db_path):
+    with Database(db_path) as db:
+        return db.query("SELECT topic, raw, reason, received_ms FROM quarantine ORDER BY id")
+
+
+def test_recall_below_the_signature_threshold_is_quarantined_with_its_bytes(site):
+    _, _, broker, db_path, _, _ = site
+    sent = time.time() * 1000
+    with _lane(site) as lane:
+        _publish(broker, recall_topic("acme-infusion"), ONE_SIGNATURE)
+        assert _wait(lambda: lane.stats.quarantined == 1, 5)
+    [(topic, raw, reason, received_ms)] = _quarantine(db_path)
+    assert topic == recall_topic("acme-infusion")
+    assert bytes(raw) == ONE_SIGNATURE
+    assert reason == "untrusted-signer"
+    assert sent - 1000 <= received_ms <= time.time() * 1000
+
+
+def test_manifest_with_a_broken_signature_is_quarantined_and_offers_nothing(site):
+    _, _, broker, db_path, _, volara = site
+    tampered = bytearray(URGENT)
+    tampered[-10] ^= 0x01  # inside the signature (the SBOM member comes before it)
+    with _lane(site) as lane, _fleet(site, volara) as fleet:
+        _publish(broker, manifest_topic("acme-infusion"), bytes(tampered))
+        assert _wait(lambda: lane.stats.quarantined == 1, 5)
+        time.sleep(0.3)  # an offer, had one been sent, would have arrived by now
+        assert fleet.outcomes == []
+    [(topic, raw, reason, _)] = _quarantine(db_path)
+    assert (topic, bytes(raw)) == (manifest_topic("acme-infusion"), bytes(tampered))
+    assert reason in {"bad-signature", "malformed", "schema", "envelope"}, reason
+
+
+def test_rolled_back_manifest_is_quarantined_as_rollback(site):
+    _, _, broker, db_path, _, _ = site
+    older = (SAMPLES / "4.2.9" / "manifest.cbor").read_bytes()
+    with Database(db_path) as db:
+        ManifestStore(db).accept(URGENT, trust=MANIFEST_TRUST, now=_now())
+    with _lane(site) as lane:
+        _publish(broker, manifest_topic("acme-infusion"), older)
+        assert _wait(lambda: lane.stats.quarantined == 1, 5)
+    [(_, raw, reason, _)] = _quarantine(db_path)
+    assert bytes(raw) == older
+    assert "rollback" in reason
+
+
+def _ingest_only(site, serve_gateway):
+    """`provgw serve` storing the devices' reports, its own urgent lane off (the test runs one)."""
+    pki, config, broker, *_ = site
+    serve = serve_gateway(SimpleNamespace(pki=pki, config=config), broker, workers=1, start=False)
+    with serve.config.open("a", encoding="utf-8") as conf:
+        conf.write("[urgent]\nenabled = false\n")
+    status = serve.start()
+    assert status["status"] == "running"
+    assert status["urgent"] is None
+    return serve
+
+
+@pytest.mark.slow
+def test_urgent_manifest_without_a_recall_is_tracked_per_device(site, serve_gateway):
+    """Offers of a bare urgent manifest: offered -> installed / failed, shown by recall status."""
+    _, _, broker, db_path, _, volara = site
+    _ingest_only(site, serve_gateway)
+    ok, failing = volara[:3], volara[3]
+    campaign = "manifest:" + unsafe_read_manifest(URGENT).digest.hex()
+    with (
+        _lane(site, tick_s=0.1),
+        _fleet(site, ok),
+        _fleet(site, [failing], fail_rate=1.0),
+    ):
+        _publish(broker, manifest_topic("acme-infusion"), URGENT)
+        want = {**dict.fromkeys((r.id for r in ok), "installed"), failing.id: "failed"}
+        assert _wait(lambda: _states(db_path, campaign) == want, 10), _states(db_path, campaign)
+    result = CliRunner().invoke(
+        provgw, ["recall", "status", campaign, "--db", str(db_path), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["counts"] == {"installed": 3, "failed": 1}
+    assert out["recall"]["version"] == "4.2.10"
+    assert all(d["attempts"] == 1 for d in out["devices"])
+    text = CliRunner().invoke(provgw, ["recall", "status", campaign, "--db", str(db_path)])
+    assert "urgent manifest 4.2.10" in text.output
+    with Database(db_path) as db:
+        states = dict(
+            db.query(
+                "SELECT state, count(*) FROM urgent_records WHERE manifest = ?"
+                " AND recall_id IS NULL AND kind = 'remediation' GROUP BY state",
+                (bytes.fromhex(campaign.removeprefix("manifest:")),),
+            )
+        )
+    assert states == {"offered": 4, "installed": 3, "failed": 1}
+
+
+@pytest.mark.slow
+def test_recall_waiting_for_its_remedy_is_offered_under_its_id_when_the_manifest_arrives(
+    site, serve_gateway
+):
+    """Recall first (remedy not held: pending), then the urgent remedy: one offer per device."""
+    _, _, broker, db_path, _, volara = site
+    _ingest_only(site, serve_gateway)
+    with _lane(site, tick_s=0.1) as lane, _fleet(site, volara) as fleet:
+        _publish(broker, recall_topic("acme-infusion"), RECALL)
+        pending = dict.fromkeys((r.id for r in volara), "pending")
+        assert _wait(lambda: _states(db_path) == pending, 5), _states(db_path)
+        _publish(broker, manifest_topic("acme-infusion"), URGENT)
+        installed = dict.fromkeys((r.id for r in volara), "installed")
+        assert _wait(lambda: _states(db_path) == installed, 10), _states(db_path)
+    # Each device got exactly one offer, under the recall's id (not a second, bare one).
+    assert sorted(o.device_id for o in fleet.outcomes) == sorted(r.id for r in volara)
+    assert {o.recall_id for o in fleet.outcomes} == {"Z-0412-2026"}
+    assert lane.stats.offers == len(volara)

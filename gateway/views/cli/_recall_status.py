@@ -36,7 +36,9 @@ def command(recall_id: str, db_path: Path, *, as_json: bool) -> None:
 
     States: pending (not offered yet), offered (waiting for the device's report), installed,
     failed (the device reported a failure or refused the firmware), unreachable (no report after
-    every retry). Exit code 0 when the recall is held, 1 when it is not.
+    every retry). RECALL_ID may also be manifest:DIGEST (64 hex digits): the offers of an urgent
+    manifest that no recall names. Exit code 0 when the recall is held (or the manifest was
+    offered), 1 when it is not.
     """
     try:
         with Database(db_path) as db:
@@ -46,10 +48,13 @@ def command(recall_id: str, db_path: Path, *, as_json: bool) -> None:
     if status is None:
         fail(f"no recall {recall_id!r} in {db_path}", hint="see `provgw recall list`", code=1)
     counts = ", ".join(f"{n} {state}" for state, n in sorted(status.counts.items()))
-    head = (
-        f"recall {recall_id} ({status.recall['status']}, class {status.recall['class']}): "
-        f"{sum(status.counts.values())} device(s): {counts or 'none tracked'}"
+    what = (
+        f"urgent manifest {status.recall.get('version', '(not kept)')} "
+        f"{status.recall['manifest'][:16]}.."
+        if "manifest" in status.recall
+        else f"recall {recall_id} ({status.recall['status']}, class {status.recall['class']})"
     )
+    head = f"{what}: {sum(status.counts.values())} device(s): {counts or 'none tracked'}"
     lines = [head]
     for row in status.devices[:_LISTED]:
         detail = f"  {row.detail}" if row.detail else ""

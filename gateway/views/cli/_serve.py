@@ -39,6 +39,9 @@ def _line(data: dict[str, Any], *, as_json: bool) -> None:
         ledger = data.get("ledger")
         if ledger:
             click.echo(_ledger_line(ledger))
+        urgent = data.get("urgent")
+        if urgent:
+            click.echo(_urgent_line(urgent))
     else:
         click.echo(
             f"provgw stopped after {data['uptime_s']:.1f} s: {data['events_stored']} events "
@@ -51,6 +54,27 @@ def _line(data: dict[str, Any], *, as_json: bool) -> None:
                 f"({log['witnessed']} witnessed, {log['anchored']} anchored)"
             )
     sys.stdout.flush()
+
+
+def _urgent_line(urgent: dict[str, Any]) -> str:
+    trusted = (
+        f"manifest keys {urgent['manifest_trust']}, recall keys {urgent['recall_trust']}"
+        if urgent["manifest_trust"] or urgent["recall_trust"]
+        else "NO manufacturer trusted yet (set urgent.manifest_trust and urgent.recall_trust)"
+    )
+    nice = urgent["nice"]
+    priority = (
+        f"nice {nice}"
+        if nice is None or nice <= urgent["nice_wanted"]
+        else f"nice {nice} (wanted {urgent['nice_wanted']}: needs CAP_SYS_NICE)"
+    )
+    made = " (generated at first start)" if urgent["offer_key_generated"] else ""
+    return (
+        f"urgent lane: pid {urgent['pid']}, client gateway-urgent, {priority}, "
+        f"{'subscribed' if urgent['subscribed'] else 'NOT subscribed yet'}; {trusted}\n"
+        f"  offer key {urgent['offer_key']}{made}; devices trust its public half "
+        f"{urgent['offer_public_key']} (kid {urgent['offer_kid'][:16]}..)"
+    )
 
 
 def _ledger_line(ledger: dict[str, Any]) -> str:
@@ -79,17 +103,24 @@ def _ledger_line(ledger: dict[str, Any]) -> str:
 )
 @json_option
 def command(config_path: Path, *, as_json: bool) -> None:
-    """Ingest device events from the MQTT broker: verify, store, then acknowledge.
+    """Run the gateway: ingest device events, the transparency log, and the urgent patch lane.
 
-    Starts one worker process per configured worker (default: one per CPU core) on a shared
-    subscription, plus a Prometheus endpoint if metrics.port is set. Stops cleanly on SIGTERM or
-    Ctrl-C: each worker commits and acknowledges its batch first. With --json, prints one JSON
-    status line on start and one on stop.
+    Ingest: one receiver process holds the gateway's MQTT session and deals device events to
+    ingest.workers verifier processes (default: one per CPU core) by device; each verifies and
+    stores its batches, and the receiver acknowledges what was stored. A Prometheus endpoint
+    runs if metrics.port is set. Stops cleanly on SIGTERM or Ctrl-C: each process commits and
+    acknowledges what it holds first. With --json, prints one JSON status line on start and one
+    on stop.
 
     Beside the workers, a ledger process ([log]) logs every stored event in the transparency log,
     seals checkpoints, has them cosigned by the witnesses ([witnesses]; by default a local one)
     and anchors them on the consortium chain ([chain], off by default). The gateway log key and
     the local witness key are generated at first start; the start line says so.
+
+    The urgent lane ([urgent], on by default) is a process of its own with its own MQTT client
+    (gateway-urgent), at a raised CPU priority where allowed: it verifies manufacturer manifests
+    and recalls, sends each affected device a signed firmware offer, and tracks the devices'
+    reports (`provgw recall status`). Refused manufacturer messages are quarantined.
 
     Exit code 0: stopped cleanly; 1: a service it needs is unavailable (broker, database);
     2: the configuration or its files are wrong.
