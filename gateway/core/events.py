@@ -178,22 +178,21 @@ def _map_of(fields: Mapping[str, _Field]) -> Check:
 _TRIGGERS = ("routine", "recall", "cve")
 
 
+_FIRMWARE_FIELDS: Final[Mapping[str, _Field]] = {
+    "from_version": _Field(_semver),
+    "to_version": _Field(_semver),
+    "manifest_digest": _Field(_digest),
+    "image_digest": _Field(_digest),
+    "result": _Field(_one_of("installed", "failed", "rejected")),
+    "detail": _Field(_text, required=False),
+    "trigger": _Field(_one_of(*_TRIGGERS)),
+    "trigger_ref": _Field(_token, required=False),
+    "cycle": _Field(_one_of("routine", "out_of_cycle")),
+}
+
+
 def _check_firmware(path: str, value: object) -> dict[str, Any]:
-    body = _closed_map(
-        path,
-        value,
-        {
-            "from_version": _Field(_semver),
-            "to_version": _Field(_semver),
-            "manifest_digest": _Field(_digest),
-            "image_digest": _Field(_digest),
-            "result": _Field(_one_of("installed", "failed", "rejected")),
-            "detail": _Field(_text, required=False),
-            "trigger": _Field(_one_of(*_TRIGGERS)),
-            "trigger_ref": _Field(_token, required=False),
-            "cycle": _Field(_one_of("routine", "out_of_cycle")),
-        },
-    )
+    body = _closed_map(path, value, _FIRMWARE_FIELDS)
     # A recall- or CVE-triggered install must say which one, or the remediation cannot be traced.
     if body["trigger"] != "routine" and "trigger_ref" not in body:
         raise _fail(f"{path}.trigger_ref", f"is required when trigger is {body['trigger']!r}")
@@ -214,42 +213,38 @@ _SAFETY_UNITS = {
 }
 
 
+_SAFETY_TEST_FIELDS: Final[Mapping[str, _Field]] = {
+    "test": _Field(_one_of(*_SAFETY_UNITS)),
+    "value": _Field(_number),
+    "unit": _Field(_text),
+    "limit": _Field(_number),
+    "pass": _Field(_bool),
+}
+
+
 def _check_safety_test(path: str, value: object) -> dict[str, Any]:
-    test = _closed_map(
-        path,
-        value,
-        {
-            "test": _Field(_one_of(*_SAFETY_UNITS)),
-            "value": _Field(_number),
-            "unit": _Field(_text),
-            "limit": _Field(_number),
-            "pass": _Field(_bool),
-        },
-    )
+    test = _closed_map(path, value, _SAFETY_TEST_FIELDS)
     if test["unit"] != _SAFETY_UNITS[test["test"]]:
         raise _fail(f"{path}.unit", f"must be {_SAFETY_UNITS[test['test']]!r} for {test['test']}")
     return test
 
 
+_MAINTENANCE_FIELDS: Final[Mapping[str, _Field]] = {
+    "work_order": _Field(_token),
+    "kind": _Field(
+        _one_of("scheduled_pm", "corrective", "acceptance", "electrical_safety", "recall_action")
+    ),
+    "status": _Field(_one_of("pass", "corrective", "deferred")),
+    "next_due": _Field(_iso_date, required=False),
+    "procedure_version": _Field(_token),
+    "test_equipment": _Field(_token, required=False),
+    "safety_tests": _Field(_list_of(_check_safety_test, 32), required=False),
+    "recall_id": _Field(_token, required=False),
+}
+
+
 def _check_maintenance(path: str, value: object) -> dict[str, Any]:
-    body = _closed_map(
-        path,
-        value,
-        {
-            "work_order": _Field(_token),
-            "kind": _Field(
-                _one_of(
-                    "scheduled_pm", "corrective", "acceptance", "electrical_safety", "recall_action"
-                )
-            ),
-            "status": _Field(_one_of("pass", "corrective", "deferred")),
-            "next_due": _Field(_iso_date, required=False),
-            "procedure_version": _Field(_token),
-            "test_equipment": _Field(_token, required=False),
-            "safety_tests": _Field(_list_of(_check_safety_test, 32), required=False),
-            "recall_id": _Field(_token, required=False),
-        },
-    )
+    body = _closed_map(path, value, _MAINTENANCE_FIELDS)
     if body["kind"] == "recall_action" and "recall_id" not in body:
         raise _fail(f"{path}.recall_id", "is required when kind is 'recall_action'")
     if body["kind"] == "electrical_safety" and not body.get("safety_tests"):
@@ -298,53 +293,49 @@ DEPARTMENT_CLASSES = (
 )
 
 
+_LOCATION_FIELDS: Final[Mapping[str, _Field]] = {
+    "facility": _Field(_token),  # facility GLN (urn:epc:id:sgln:...) or consortium party id
+    "department_class": _Field(_one_of(*DEPARTMENT_CLASSES)),
+}
+
+
 def _check_location(path: str, value: object) -> dict[str, Any]:
-    return _closed_map(
-        path,
-        value,
-        {
-            "facility": _Field(_token),  # facility GLN (urn:epc:id:sgln:...) or consortium party id
-            "department_class": _Field(_one_of(*DEPARTMENT_CLASSES)),
-        },
-    )
+    return _closed_map(path, value, _LOCATION_FIELDS)
+
+
+_ERROR_DECLARATION_FIELDS: Final[Mapping[str, _Field]] = {
+    "corrects_seq": _Field(_uint),
+    "reason": _Field(_one_of("did_not_occur", "incorrect_data")),
+}
 
 
 def _check_error_declaration(path: str, value: object) -> dict[str, Any]:
     # EPCIS 2.0 §7.4.1.4 errorDeclaration: this event corrects an earlier one of the same device.
-    return _closed_map(
-        path,
-        value,
-        {
-            "corrects_seq": _Field(_uint),
-            "reason": _Field(_one_of("did_not_occur", "incorrect_data")),
-        },
-    )
+    return _closed_map(path, value, _ERROR_DECLARATION_FIELDS)
+
+
+_CUSTODY_FIELDS: Final[Mapping[str, _Field]] = {
+    "biz_step": _Field(_one_of(*BIZ_STEPS)),
+    "disposition": _Field(_one_of(*DISPOSITIONS)),
+    "source": _Field(_token, required=False),  # party: pgln of the sender
+    "destination": _Field(_token, required=False),  # party: pgln of the receiver
+    "location": _Field(_check_location, required=False),
+    "error_declaration": _Field(_check_error_declaration, required=False),
+}
 
 
 def _check_custody(path: str, value: object) -> dict[str, Any]:
-    return _closed_map(
-        path,
-        value,
-        {
-            "biz_step": _Field(_one_of(*BIZ_STEPS)),
-            "disposition": _Field(_one_of(*DISPOSITIONS)),
-            "source": _Field(_token, required=False),  # party: pgln of the sender
-            "destination": _Field(_token, required=False),  # party: pgln of the receiver
-            "location": _Field(_check_location, required=False),
-            "error_declaration": _Field(_check_error_declaration, required=False),
-        },
-    )
+    return _closed_map(path, value, _CUSTODY_FIELDS)
+
+
+_KEY_ROTATION_FIELDS: Final[Mapping[str, _Field]] = {
+    "new_x5chain": _Field(_der_chain),
+    "reason": _Field(_one_of("scheduled", "certificate_renewal")),
+}
 
 
 def _check_key_rotation(path: str, value: object) -> dict[str, Any]:
-    return _closed_map(
-        path,
-        value,
-        {
-            "new_x5chain": _Field(_der_chain),
-            "reason": _Field(_one_of("scheduled", "certificate_renewal")),
-        },
-    )
+    return _closed_map(path, value, _KEY_ROTATION_FIELDS)
 
 
 _BODIES: Final[Mapping[str, Check]] = {
@@ -354,6 +345,16 @@ _BODIES: Final[Mapping[str, Check]] = {
     "key_rotation": _check_key_rotation,
 }
 EVENT_TYPES: Final = tuple(sorted(_BODIES))
+
+
+_TOP_FIELDS: Final[Mapping[str, _Field]] = {
+    "v": _Field(_uint),
+    "type": _Field(_text),
+    "device": _Field(_text),
+    "seq": _Field(_uint),
+    "time": _Field(_uint),
+    "body": _Field(lambda _p, v: v),  # checked by its type's table, step 3
+}
 
 
 @dataclass(frozen=True)
@@ -388,18 +389,7 @@ def parse_event(payload: object) -> Event:
     3. ``body`` is the closed map of that type (smuggled fields, e.g. PHI; ambiguous records).
     """
     # Step 1: closed envelope and format version.
-    top = _closed_map(
-        "",
-        payload,
-        {
-            "v": _Field(_uint),
-            "type": _Field(_text),
-            "device": _Field(_text),
-            "seq": _Field(_uint),
-            "time": _Field(_uint),
-            "body": _Field(lambda _p, v: v),
-        },
-    )
+    top = _closed_map("", payload, _TOP_FIELDS)
     if top["v"] != FORMAT_VERSION:
         raise SchemaError(
             f"Event format version {top['v']} is not supported (this gateway reads version "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
 from typing import TypeAlias
@@ -101,6 +101,27 @@ class DeviceIdentity:
     issuers: tuple[x509.Certificate, ...] = field(default=(), repr=False)
 
 
+#: Most identities whose re-check plan a trust store keeps (one per enrolled device).
+_RECHECK_MAX = 200_000
+#: Most CA certificates a trust store interns (real stores hold a few dozen).
+_SHARED_MAX = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Recheck:
+    """What :meth:`TrustStore.check_still_valid` needs of one identity, beside the time.
+
+    ``clean``: anchored in the store and no certificate of the path on a CRL, every CRL needed
+    verified; then the identity is valid exactly while ``valid_from <= now <= valid_until`` (the
+    path's validity periods and the CRLs' nextUpdate, intersected).
+    """
+
+    identity: DeviceIdentity
+    clean: bool
+    valid_from: datetime
+    valid_until: datetime
+
+
 class TrustStore:
     """Manufacturer root CAs (trust anchors), known intermediates, and CRLs. Immutable.
 
@@ -108,7 +129,15 @@ class TrustStore:
     them. Every path must still end at a root, by signatures.
     """
 
-    __slots__ = ("_crls", "_intermediates", "_root_set", "_roots", "_verified_crls")
+    __slots__ = (
+        "_crls",
+        "_intermediates",
+        "_recheck",
+        "_root_set",
+        "_roots",
+        "_shared",
+        "_verified_crls",
+    )
 
     def __init__(
         self,
@@ -122,6 +151,10 @@ class TrustStore:
         # pure function of immutable inputs, so the store stays observably immutable.
         self._verified_crls: dict[x509.Certificate, tuple[x509.CertificateRevocationList, ...]]
         self._verified_crls = {}
+        # Memo of check_still_valid's time-independent part, per enrolled identity (kid -> plan).
+        self._recheck: dict[bytes, _Recheck] = {}
+        # Interned CA certificates of verified paths (see shared()).
+        self._shared: dict[x509.Certificate, x509.Certificate] = {root: root for root in roots}
         self._intermediates: tuple[x509.Certificate, ...] = tuple(intermediates)
         by_issuer: dict[x509.Name, list[x509.CertificateRevocationList]] = {}
         for crl in crls:
@@ -169,12 +202,28 @@ class TrustStore:
         """Whether *cert* is one of this store's trust anchors."""
         return cert in self._root_set
 
+    def shared(self, ca: x509.Certificate) -> x509.Certificate:
+        """Return one shared object equal to the CA certificate *ca* (interning, by DER).
+
+        Certificates are immutable, so equal ones are interchangeable; sharing them keeps one
+        copy of a CA's parsed fields however many devices it issued. Call it only with CAs of
+        verified paths: that bounds the table by the CAs the store trusts.
+        """
+        kept = self._shared.get(ca)
+        if kept is None:
+            if len(self._shared) >= _SHARED_MAX:
+                return ca
+            kept = self._shared[ca] = ca
+        return kept
+
     def check_still_valid(self, identity: DeviceIdentity, now: datetime) -> None:
         """Re-check an enrolled identity at *now*: anchor still trusted, dates, CRLs.
 
         The registry holds what was valid at enrolment; a CRL or the clock may have moved since.
         This repeats steps 3 and 5 of :func:`verify_device_chain` over the stored path, without
-        re-verifying certificate signatures (they cannot change), so it is cheap per message.
+        re-verifying certificate signatures (they cannot change), so it is cheap per message:
+        what does not depend on *now* (anchor, CRL signatures, serials on the CRLs) is worked out
+        once per identity and this store (both immutable), leaving two time comparisons.
 
         Raises:
             UntrustedSignerError: the identity's root is no longer in this store.
@@ -183,6 +232,43 @@ class TrustStore:
 
         """
         _require_aware(now)
+        plan = self._recheck.get(identity.kid)
+        if plan is None or plan.identity is not identity:
+            plan = self._plan_recheck(identity)
+        if plan.clean and plan.valid_from <= now <= plan.valid_until:
+            return  # the hot path: nothing to report, so no message is formatted
+        # Something fails at *now*: run every check in its order, for the exact error.
+        self._check_path(identity, now)
+
+    def _plan_recheck(self, identity: DeviceIdentity) -> _Recheck:
+        path = (identity.certificate, *identity.issuers)
+        anchored = bool(identity.issuers) and self.is_anchor(path[-1])
+        clean = anchored
+        # RFC 5280 §6.1.3 (a)(2): valid iff notBefore <= now <= notAfter for every certificate,
+        # i.e. iff the latest notBefore <= now <= the earliest notAfter.
+        valid_from = max(cert.not_valid_before_utc for cert in path)
+        valid_until = min(cert.not_valid_after_utc for cert in path)
+        for child, issuer in itertools.pairwise(path):
+            if not self.crls_by(issuer.subject):
+                continue  # no CRL for this CA: soft-fail, as in _check_not_revoked
+            valid = self.verified_crls(issuer)
+            if not valid:
+                clean = False  # crl-unverifiable, whatever the time
+            for crl in valid:
+                # RFC 5280 §6.3.3 (a)(2): a CRL is usable until its nextUpdate.
+                if crl.next_update_utc is not None:
+                    valid_until = min(valid_until, crl.next_update_utc)
+                if crl.get_revoked_certificate_by_serial_number(child.serial_number) is not None:
+                    clean = False  # revoked, whatever the time
+        plan = _Recheck(identity, clean=clean, valid_from=valid_from, valid_until=valid_until)
+        if len(self._recheck) >= _RECHECK_MAX:
+            self._recheck.clear()  # bounded memory; a miss only costs working it out again
+        self._recheck[identity.kid] = plan
+        return plan
+
+    def _check_path(self, identity: DeviceIdentity, now: datetime) -> None:
+        # The checks in full, in the order of verify_device_chain (step 2's anchor, step 3's
+        # dates, step 5's CRLs); the first failure is the error reported.
         path = (identity.certificate, *identity.issuers)
         if not identity.issuers or not self.is_anchor(path[-1]):
             raise UntrustedSignerError(
@@ -248,7 +334,17 @@ def verify_device_chain(
         _check_not_revoked(child, issuer, trust, now)
 
     # Step 6: identity; stops a CN that names another device than the UDI, or another maker.
-    return _identity(path)
+    identity = _identity(path)
+
+    # Memory, not a check: an identity lives as long as its device is enrolled (thousands per
+    # process), and cryptography caches the parsed names and extensions on each certificate
+    # object (~7 kB a certificate here). So the CAs are shared objects, one per CA, and the
+    # leaf is a fresh, equal copy that caches only what is used later.
+    return replace(
+        identity,
+        certificate=x509.load_der_x509_certificate(leaf.public_bytes(serialization.Encoding.DER)),
+        issuers=tuple(trust.shared(ca) for ca in identity.issuers),
+    )
 
 
 class DeviceRegistry:
@@ -552,17 +648,19 @@ def _check_signature_hash(cert: x509.Certificate) -> None:
 
 def _check_dates(cert: x509.Certificate, now: datetime) -> None:
     # RFC 5280 §6.1.3 (a)(2): the certificate validity period includes the current time.
-    subject = _name(cert.subject)
+    # The subject is formatted only for an error (~4 us a name, RFC 4514).
     if now < cert.not_valid_before_utc:
         raise ExpiredError(
-            f"Certificate {subject} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M}"
-            " UTC; check the device's and the gateway's clocks.",
+            f"Certificate {_name(cert.subject)} is not valid before "
+            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC; check the device's and the "
+            "gateway's clocks.",
             reason="not-yet-valid",
         )
     if now > cert.not_valid_after_utc:
         raise ExpiredError(
-            f"Certificate {subject} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
-            "the manufacturer must issue a new one.",
+            f"Certificate {_name(cert.subject)} expired on "
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; the manufacturer must issue a new "
+            "one.",
             reason="expired",
         )
 

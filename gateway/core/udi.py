@@ -14,6 +14,10 @@ The **canonical** form is the HRI with the AIs we keep, in AI order (01, 10, 17,
 On the ledger a device appears only as :func:`pseudonym`, an HMAC of the canonical UDI under the
 consortium key, so the serial never leaves the gateway in clear (DESIGN.md, "Rule from the
 domain").
+
+``biip`` is imported only when a text needs it: its GS1 tables cost ~25 MB in every process
+that imports it. The canonical form without expiry -- what device certificates carry, so what
+every verifier reads -- is read by a strict pattern here; a test proves it gives biip's result.
 """
 
 from __future__ import annotations
@@ -23,13 +27,12 @@ import hmac
 import re
 from dataclasses import dataclass
 from datetime import date
-
-import biip
-from biip import ParseError
-from biip.checksums import gs1_standard_check_digit
-from biip.gs1_messages import GS1Message
+from typing import TYPE_CHECKING
 
 from gateway.core.errors import MalformedError
+
+if TYPE_CHECKING:
+    from biip.gs1_messages import GS1Message
 
 __all__ = ["Udi", "pseudonym"]
 
@@ -46,6 +49,20 @@ _KEPT_AIS = frozenset({"01", "10", "17", "21"})
 _DROPPED_AIS = frozenset({"11"})
 # Longest UDI text we look at; a real one is well under 100 characters.
 _MAX_TEXT = 256
+# :attr:`Udi.canonical` without (17): (01) GTIN, optional (10) lot, (21) serial. Neither lot nor
+# serial characters include "(" or ")", so the match is unambiguous. (17) is left to biip: its
+# two-digit year is read relative to the current year (GS1 Gen Specs §7.12), a clock read that
+# the pure core does not make itself.
+_CANONICAL = re.compile(
+    r"\(01\)([0-9]{14})(?:\(10\)(" + _LOT.pattern + r"))?\(21\)(" + _SERIAL.pattern + r")"
+)
+
+
+def _gs1_check_digit(digits: str) -> int:
+    """GS1 standard check digit of an ASCII digit string (GS1 Gen Specs §7.9.1)."""
+    # Weights 3, 1, 3, ... from the rightmost digit.
+    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(digits)))
+    return (10 - total % 10) % 10
 
 
 @dataclass(frozen=True)
@@ -70,7 +87,7 @@ class Udi:
             raise MalformedError(
                 f"The UDI's GTIN {self.gtin!r} is not 14 digits.", reason="bad-udi"
             )
-        expected = gs1_standard_check_digit(self.gtin[:-1])
+        expected = _gs1_check_digit(self.gtin[:-1])
         if int(self.gtin[-1]) != expected:
             raise MalformedError(
                 f"The UDI's GTIN {self.gtin} has a wrong check digit (expected {expected}, "
@@ -109,8 +126,11 @@ class Udi:
             raise MalformedError(
                 f"The UDI {text!r} contains spaces; a UDI has none.", reason="bad-udi"
             )
-        message = _parse_gs1(stripped)
+        return _read_canonical(stripped) or cls._from_gs1(text, _parse_gs1(stripped))
 
+    @classmethod
+    def _from_gs1(cls, text: str, message: GS1Message) -> Udi:
+        """Return the UDI of a message biip parsed from *text* (quoted in errors)."""
         values: dict[str, str] = {}
         expiry: date | None = None
         for element in message.element_strings:
@@ -192,8 +212,27 @@ def pseudonym(consortium_key: bytes, udi: Udi) -> str:
     return hmac.new(consortium_key, udi.canonical.encode("ascii"), hashlib.sha256).hexdigest()
 
 
+def _read_canonical(text: str) -> Udi | None:
+    """Read the canonical form without (17) without biip; None for any other text.
+
+    Also None for a wrong GTIN check digit, so that biip's path words that error as always.
+    """
+    match = _CANONICAL.fullmatch(text)
+    if match is None:
+        return None
+    gtin, lot, serial = match.groups()
+    if int(gtin[-1]) != _gs1_check_digit(gtin[:-1]):
+        return None
+    return Udi(gtin=gtin, serial=serial, lot=lot)
+
+
 def _parse_gs1(text: str) -> GS1Message:
     """Run biip on one of the accepted forms, mapping its errors to MalformedError."""
+    # Here, not at the top: see the module docstring.
+    import biip  # noqa: PLC0415
+    from biip import ParseError  # noqa: PLC0415
+    from biip.gs1_messages import GS1Message  # noqa: PLC0415
+
     try:
         if text.startswith("("):
             return GS1Message.parse_hri(text)

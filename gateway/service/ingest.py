@@ -84,6 +84,8 @@ _log = logging.getLogger(__name__)
 
 #: Reason tokens of the core for a kid nobody enrolled (yet) and for a retired key.
 _UNKNOWN_KID = "unknown-kid"
+#: Most parsed topics :class:`IngestPipeline` remembers (a few per device).
+_TOPIC_MEMO_MAX = 100_000
 
 
 def _now_ms() -> int:
@@ -305,6 +307,10 @@ class IngestPipeline:
         self._policy = policy or MessagePolicy()
         self._clock = clock
         self.registry = StoreBackedRegistry(db, trust)
+        # Memo of step 1: a device publishes on a handful of topics (one per event type), and
+        # parsing one is ~2 us a message. Only event topics that parsed are kept, at most
+        # _TOPIC_MEMO_MAX of them (a flood of distinct topics only costs re-parsing).
+        self._topics: dict[str, EventTopic] = {}
 
     def process(self, batch: Sequence[Delivery]) -> BatchOutcome:
         """Verify *batch*, commit it in one transaction, then acknowledge it.
@@ -370,13 +376,18 @@ class IngestPipeline:
 
     def _verify(self, delivery: Delivery, now: datetime) -> EventRecord:
         # Step 1: which topic.
-        topic = parse_topic(delivery.topic)
-        if not isinstance(topic, EventTopic):
-            raise MalformedError(
-                f"{delivery.topic!r} is not a device event topic "
-                "(provgw/v1/SITE/dev/DEVICE/evt/TYPE).",
-                reason="bad-topic",
-            )
+        topic = self._topics.get(delivery.topic)
+        if topic is None:
+            parsed = parse_topic(delivery.topic)
+            if not isinstance(parsed, EventTopic):
+                raise MalformedError(
+                    f"{delivery.topic!r} is not a device event topic "
+                    "(provgw/v1/SITE/dev/DEVICE/evt/TYPE).",
+                    reason="bad-topic",
+                )
+            if len(self._topics) >= _TOPIC_MEMO_MAX:
+                self._topics.clear()
+            topic = self._topics[delivery.topic] = parsed
         # Step 2: the core's checks, the topic's device included.
         verified = verify_device_message(
             delivery.payload,

@@ -331,6 +331,78 @@ def test_still_valid_check_sees_expiry_and_removed_roots(acme, borealis, trust):
     assert info.value.reason == "anchor-removed"
 
 
+def _verdict(check, *args) -> str | None:
+    try:
+        check(*args)
+    except (ExpiredError, RevokedError, UntrustedSignerError) as err:
+        return f"{err.reason}: {err.message}"
+    return None
+
+
+@pytest.mark.parametrize("store_kind", ["clean", "device-revoked", "ca-revoked", "forged-crl"])
+def test_still_valid_check_agrees_with_a_full_verification_at_every_time(acme, store_kind):
+    # The re-check keeps a per-identity memo of what does not depend on the time; whatever the
+    # memo holds, its verdict (reason AND sentence) is the full chain verification's at `now`.
+    device, _ = _device(acme, days=3 * 365, not_before=NOW - timedelta(days=1))
+    chain = _chain(device, acme.issuing)
+    no_crls = TrustStore.from_pem([acme.root.cert.public_bytes(PEM)])
+    enrolled = verify_device_chain(chain, no_crls, NOW)
+    crls = {
+        "clean": acme.crls(),
+        "device-revoked": acme.crls(issuing_revokes=[device.cert.serial_number]),
+        "ca-revoked": acme.crls(root_revokes=[acme.issuing.cert.serial_number]),
+        "forged-crl": [
+            make_crl(
+                CertifiedKey(new_key("Ed25519"), acme.issuing.cert), [], now=NOW, number=7
+            ).public_bytes(PEM)
+        ],
+    }[store_kind]
+    store = TrustStore.from_pem([acme.root.cert.public_bytes(PEM)], crls)
+    times = [
+        NOW,  # valid, unless a CRL says otherwise
+        NOW - timedelta(days=2),  # before the device certificate: not-yet-valid
+        NOW + timedelta(days=366),  # past the CRLs' nextUpdate: crl-stale
+        NOW,  # back again: the memo must not have kept a verdict
+        NOW + timedelta(days=4 * 365),  # past the device certificate: expired
+    ]
+    verdicts = [_verdict(store.check_still_valid, enrolled, t) for t in times]
+    assert verdicts == [_verdict(verify_device_chain, chain, store, t) for t in times]
+    assert (verdicts[0] is None) == (store_kind == "clean")
+    assert verdicts[1] is not None
+    assert verdicts[1].startswith("not-yet-valid")
+
+
+def test_still_valid_check_of_a_renewed_certificate_uses_the_new_certificate(acme, trust):
+    # Same key (same kid), new certificate: the re-check must judge the identity it is given,
+    # not one remembered under its kid.
+    key = new_key("Ed25519")
+    udi = Udi("09506000134352", f"SN{next(_serials):05d}")
+    short = make_device_cert(acme.issuing, udi, acme.name, key.public_key(), now=NOW, days=10)
+    renewed = make_device_cert(acme.issuing, udi, acme.name, key.public_key(), now=NOW, days=900)
+    old = verify_device_chain(
+        [short.public_bytes(DER), acme.issuing.cert.public_bytes(DER)], trust, NOW
+    )
+    new = verify_device_chain(
+        [renewed.public_bytes(DER), acme.issuing.cert.public_bytes(DER)], trust, NOW
+    )
+    assert old.kid == new.kid
+    later = NOW + timedelta(days=30)
+    with pytest.raises(ExpiredError):
+        trust.check_still_valid(old, later)
+    trust.check_still_valid(new, later)
+    with pytest.raises(ExpiredError):
+        trust.check_still_valid(old, later)
+
+
+def test_identities_issued_by_one_ca_share_its_certificate_object(acme, trust):
+    # Memory: cryptography caches parsed names and extensions per certificate object, and a
+    # verifier holds one identity per enrolled device.
+    first, second = (_identity(acme, trust)[1] for _ in range(2))
+    assert first.issuers[0] is second.issuers[0]
+    assert first.issuers[0] == acme.issuing.cert
+    assert first.issuers[-1] is second.issuers[-1]
+
+
 # --- registry ------------------------------------------------------------------------------
 
 

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import date
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.core import udi as udi_module
 from gateway.core.errors import MalformedError
 from gateway.core.udi import Udi, pseudonym
 
@@ -145,3 +148,72 @@ def test_canonical_form_always_parses_back_to_the_same_udi(gtin, serial, lot, ex
     udi = Udi(gtin, serial, lot=lot, expiry=expiry)
     assert Udi.parse(udi.canonical) == udi
     assert Udi.from_device_id(udi.device_id) == Udi(gtin, serial)
+
+
+# --- the canonical form without biip --------------------------------------------------------
+
+# Lots of every character the canonical form allows (GS1 CSET 82 minus the parentheses).
+_CSET82_NO_PARENS = (
+    "!\"%&'*+,-./0123456789:;<=>?ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
+)
+_any_lots = st.none() | st.text(_CSET82_NO_PARENS, min_size=1, max_size=20)
+
+
+def _via_biip(text: str) -> Udi:
+    return Udi._from_gs1(text, udi_module._parse_gs1(text))
+
+
+@given(gtin=_gtins, serial=_serials, lot=_any_lots)
+def test_canonical_form_read_without_biip_is_what_biip_reads(gtin, serial, lot):
+    text = Udi(gtin, serial, lot=lot).canonical
+    assert udi_module._read_canonical(text) is not None
+    assert Udi.parse(text) == _via_biip(text)
+
+
+@given(digits=st.text("0123456789", min_size=14, max_size=14), serial=_serials)
+def test_canonical_form_with_any_gtin_gets_biips_verdict(digits, serial):
+    # A wrong check digit must leave the fast path, so the error is biip's as before.
+    text = f"(01){digits}(21){serial}"
+    try:
+        expected: Udi | str = _via_biip(text)
+    except MalformedError as err:
+        expected = err.message
+    try:
+        got: Udi | str = Udi.parse(text)
+    except MalformedError as err:
+        got = err.message
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "(01)00000000000000(21)A",  # all zeros: a valid check digit
+        "(01)09506000134352(10)L42(17)270131(21)SN1",  # (17): biip's
+        "(01)09506000134352(21)SN1(10)L42",  # not in AI order: biip's
+        "(01)09506000134352(10)L(42)(21)SN1",
+    ],
+)
+def test_near_canonical_forms_get_biips_verdict(text):
+    try:
+        expected: Udi | str = _via_biip(text)
+    except MalformedError as err:
+        expected = err.message
+    try:
+        got: Udi | str = Udi.parse(text)
+    except MalformedError as err:
+        got = err.message
+    assert got == expected
+
+
+def test_verifying_a_device_chain_does_not_import_biip():
+    # biip's GS1 tables are ~25 MB per process; every verifier process imports the core.
+    code = (
+        "import sys\n"
+        "from gateway.core.messages import verify_device_message\n"
+        "from gateway.core.udi import Udi\n"
+        "Udi.parse('(01)09506000134352(10)L42(21)SN1')\n"
+        "Udi.from_device_id('09506000134352-SN1')\n"
+        "assert 'biip' not in sys.modules, 'biip was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
