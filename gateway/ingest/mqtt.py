@@ -31,7 +31,9 @@ paho's loop) instead of one per message.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import ssl
 import struct
 import threading
@@ -410,6 +412,15 @@ class MqttClient:
 
     # --- paho callbacks (network thread) ----------------------------------------------------
 
+    def _no_delay(self) -> None:
+        # paho leaves Nagle's algorithm on: a burst of small packets (an urgent lane's offers, a
+        # batch of PUBACKs) then waits for the broker's delayed ACK, up to 40 ms on Linux.
+        # Mosquitto turns it off on its side (`set_tcp_nodelay`, broker_config); we do on ours.
+        sock = self._client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def _handle_connect(
         self,
         client: paho.Client,
@@ -426,6 +437,7 @@ class MqttClient:
                 self._epoch += 1
                 self._outstanding.clear()
                 self._connected = True
+                self._no_delay()
                 self.session_present = bool(flags.session_present)
                 # Subscribe again even when the session is present: a session that expired while
                 # away has none (§4.1), and Mosquitto 2.0.11 restores a persistent session's

@@ -66,6 +66,12 @@ def test_device_certificate_connects_over_tls13(mosquitto, broker_config, device
         assert client.connected
 
 
+def test_client_turns_nagle_off_so_small_bursts_are_not_held_back(mosquitto):
+    with mosquitto.client("gateway-urgent") as gw:
+        sock = gw._client.socket()
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
 def test_device_event_reaches_the_gateway(mosquitto):
     inbox = Inbox()
     with mosquitto.client("gateway-routine", on_message=inbox) as gw:
