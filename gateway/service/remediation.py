@@ -344,14 +344,12 @@ class RemediationTracker:
         for recall_id, _state in tracked:
             names_it = report.trigger == "recall" and report.trigger_ref == recall_id
             remedies_it = report.manifest == self._remedy(recall_id)
-            state: State
-            if report.result == "installed" and (names_it or remedies_it):
-                state, detail = "installed", report.detail
-            elif report.result in ("failed", "rejected") and names_it:
-                state = "failed"
-                detail = f"device reported {report.result}: {report.detail or 'no detail'}"
-            else:
+            outcome = _outcome(report)
+            # An install counts if the report names the recall or installed its remedy; a failure
+            # counts only if it names the recall (it may be another campaign's failure).
+            if outcome is None or not (names_it or (remedies_it and outcome[0] == "installed")):
                 continue
+            state, detail = outcome
             try:
                 changed = self._recalls.set_state(
                     recall_id, report.device_id, state, at_ms=report.received_ms, detail=detail
@@ -380,14 +378,10 @@ class RemediationTracker:
         for manifest, _state in self._offers.open_for(report.device_id):
             if manifest != report.manifest:
                 continue
-            state: State
-            if report.result == "installed":
-                state, detail = "installed", report.detail
-            elif report.result in ("failed", "rejected"):
-                state = "failed"
-                detail = f"device reported {report.result}: {report.detail or 'no detail'}"
-            else:
+            outcome = _outcome(report)
+            if outcome is None:
                 continue
+            state, detail = outcome
             try:
                 changed = self._offers.set_state(
                     manifest, report.device_id, state, at_ms=report.received_ms, detail=detail
@@ -511,3 +505,12 @@ class RemediationTracker:
         return RemediationStatus(
             campaign, counts, tuple(self._offers.remediation(manifest)), summary
         )
+
+
+def _outcome(report: _Report) -> tuple[State, str | None] | None:
+    """Return the state a device's firmware_update report moves its offer to, if any."""
+    if report.result == "installed":
+        return "installed", report.detail
+    if report.result in ("failed", "rejected"):
+        return "failed", f"device reported {report.result}: {report.detail or 'no detail'}"
+    return None
