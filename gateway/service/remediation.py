@@ -30,6 +30,7 @@ import hashlib
 import logging
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -349,27 +350,9 @@ class RemediationTracker:
             # counts only if it names the recall (it may be another campaign's failure).
             if outcome is None or not (names_it or (remedies_it and outcome[0] == "installed")):
                 continue
-            state, detail = outcome
-            try:
-                changed = self._recalls.set_state(
-                    recall_id, report.device_id, state, at_ms=report.received_ms, detail=detail
-                )
-            except PolicyError as err:
-                _log.info("report %d not applied: %s", report.event_id, err)
-                continue
-            if changed:
-                record(
-                    self._db,
-                    "remediation",
-                    state=state,
-                    digest=report.digest,
-                    at_ms=report.received_ms,
-                    recall_id=recall_id,
-                    device_id=report.device_id,
-                    manifest=report.manifest,
-                    detail=detail,
-                )
-                moved += 1
+            moved += self._move(
+                report, outcome, self._recalls.set_state, recall_id, recall_id=recall_id
+            )
         return moved
 
     def _apply_manifest_offers(self, report: _Report) -> int:
@@ -381,27 +364,41 @@ class RemediationTracker:
             outcome = _outcome(report)
             if outcome is None:
                 continue
-            state, detail = outcome
-            try:
-                changed = self._offers.set_state(
-                    manifest, report.device_id, state, at_ms=report.received_ms, detail=detail
-                )
-            except PolicyError as err:
-                _log.info("report %d not applied: %s", report.event_id, err)
-                continue
-            if changed:
-                record(
-                    self._db,
-                    "remediation",
-                    state=state,
-                    digest=report.digest,
-                    at_ms=report.received_ms,
-                    device_id=report.device_id,
-                    manifest=manifest,
-                    detail=detail,
-                )
-                moved += 1
+            moved += self._move(report, outcome, self._offers.set_state, manifest)
         return moved
+
+    def _move(
+        self,
+        report: _Report,
+        outcome: tuple[State, str | None],
+        set_state: Callable[..., bool],
+        campaign: Any,  # noqa: ANN401 -- a recall id (str) or a manifest digest (bytes)
+        *,
+        recall_id: str | None = None,
+    ) -> int:
+        """Apply *outcome* to one campaign's row of the device; log the change. Return 0 or 1."""
+        state, detail = outcome
+        try:
+            changed = set_state(
+                campaign, report.device_id, state, at_ms=report.received_ms, detail=detail
+            )
+        except PolicyError as err:
+            _log.info("report %d not applied: %s", report.event_id, err)
+            return 0
+        if not changed:
+            return 0
+        record(
+            self._db,
+            "remediation",
+            state=state,
+            digest=report.digest,
+            at_ms=report.received_ms,
+            recall_id=recall_id,
+            device_id=report.device_id,
+            manifest=report.manifest,
+            detail=detail,
+        )
+        return 1
 
     # -- timeouts -------------------------------------------------------------------------------
 
