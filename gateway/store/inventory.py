@@ -43,6 +43,12 @@ COLUMNS = (
 )
 _SELECT = "SELECT " + COLUMNS + " FROM inventory"  # noqa: S608 -- constant column list
 _EVENT_CHUNK = 2000
+# A firmware report moves the version only forward in the device's own seq order (reports may
+# arrive out of order). Parameters: version, seq, at_ms, device_id, seq.
+_SET_VERSION = (
+    "UPDATE inventory SET version = ?, version_seq = ?, version_ms = ?"
+    " WHERE device_id = ? AND (version_seq IS NULL OR version_seq < ?)"
+)
 
 
 @dataclass(frozen=True)
@@ -244,11 +250,7 @@ class Inventory:
         """
         Version.parse(version, strict=False)
         with self._db.atomic() as conn:
-            cursor = conn.execute(
-                "UPDATE inventory SET version = ?, version_seq = ?, version_ms = ?"
-                " WHERE device_id = ? AND (version_seq IS NULL OR version_seq < ?)",
-                (version, seq, at_ms, device_id, seq),
-            )
+            cursor = conn.execute(_SET_VERSION, (version, seq, at_ms, device_id, seq))
             return cursor.rowcount > 0
 
     def apply_firmware_events(self) -> int:
@@ -275,9 +277,7 @@ class Inventory:
                     if version is None:
                         continue
                     applied += conn.execute(
-                        "UPDATE inventory SET version = ?, version_seq = ?, version_ms = ?"
-                        " WHERE device_id = ? AND (version_seq IS NULL OR version_seq < ?)",
-                        (version, seq, received_ms, device_id, seq),
+                        _SET_VERSION, (version, seq, received_ms, device_id, seq)
                     ).rowcount
             conn.execute(
                 "INSERT INTO inventory_cursor (id, last_event) VALUES (1, ?)"

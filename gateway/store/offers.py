@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway.core.errors import MalformedError, PolicyError
 from gateway.store.db import Database
+from gateway.store.recalls import _TRANSITIONS as _RECALL_TRANSITIONS
 from gateway.store.recalls import Remediation, State
 
 __all__ = ["MANIFEST_CAMPAIGN_PREFIX", "ManifestOffers", "campaign_id", "campaign_manifest"]
@@ -24,12 +25,9 @@ __all__ = ["MANIFEST_CAMPAIGN_PREFIX", "ManifestOffers", "campaign_id", "campaig
 #: 73 characters, a recall id at most 64 (``gateway.core.recall``, closed schema).
 MANIFEST_CAMPAIGN_PREFIX = "manifest:"
 _CAMPAIGN = re.compile(r"manifest:([0-9a-f]{64})\Z")
-# As RecallStore's moves, without `pending`: a manifest offer exists only once it was sent.
+# RecallStore's moves, without `pending`: a manifest offer exists only once it was sent.
 _TRANSITIONS: dict[str, frozenset[str]] = {
-    "offered": frozenset({"offered", "installed", "failed", "unreachable"}),
-    "failed": frozenset({"offered", "installed"}),
-    "unreachable": frozenset({"offered", "installed", "unreachable"}),
-    "installed": frozenset(),
+    state: moves for state, moves in _RECALL_TRANSITIONS.items() if state != "pending"
 }
 _COLUMNS = (
     "device_id, state, attempts, first_ms, offered_ms, installed_ms, failed_ms, unreachable_ms,"
