@@ -342,28 +342,9 @@ class MqttClient:
         # Our lock is NOT held while calling paho here: paho holds its message lock while it runs
         # the PUBACK callback, which takes ours; the other order would deadlock.
         info = self._client.publish(topic, payload, qos=qos)
-        if qos == 0 and info.rc == paho.MQTT_ERR_SUCCESS:
-            return
-        try:
-            info.wait_for_publish(timeout)
-            published = info.is_published()
-        except (RuntimeError, ValueError) as exc:
-            raise UnavailableError(
-                f"Cannot publish to {topic!r}: {exc}.", reason="broker-down"
-            ) from exc
-        with self._lock:
-            # paho runs on_publish before it marks the message published, so this is current.
-            code = self._puback.pop(info.mid, None)
-        if not published or code is None:
-            raise UnavailableError(
-                f"The MQTT broker did not acknowledge a message on {topic!r} within {timeout:g} s.",
-                reason="broker-timeout",
-            )
-        if code.is_failure:
-            raise UnavailableError(
-                f"The MQTT broker refused a message on {topic!r}: {_reason_text(code)}.",
-                reason="broker-refused",
-            )
+        error = self._outcome(topic, info, qos, time.monotonic() + timeout, timeout)
+        if error is not None:
+            raise error
 
     def publish_many(
         self, messages: Sequence[tuple[str, bytes]], qos: int = 1, timeout: float = 5.0
@@ -376,39 +357,38 @@ class MqttClient:
         """
         infos = [self._client.publish(topic, payload, qos=qos) for topic, payload in messages]
         deadline = time.monotonic() + timeout
-        out: list[UnavailableError | None] = []
-        for (topic, _), info in zip(messages, infos, strict=True):
-            if qos == 0 and info.rc == paho.MQTT_ERR_SUCCESS:
-                out.append(None)
-                continue
-            try:
-                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
-                published = info.is_published()
-            except (RuntimeError, ValueError) as exc:
-                out.append(
-                    UnavailableError(f"Cannot publish to {topic!r}: {exc}.", reason="broker-down")
-                )
-                continue
-            with self._lock:
-                code = self._puback.pop(info.mid, None)
-            if not published or code is None:
-                out.append(
-                    UnavailableError(
-                        f"The MQTT broker did not acknowledge a message on {topic!r} within "
-                        f"{timeout:g} s.",
-                        reason="broker-timeout",
-                    )
-                )
-            elif code.is_failure:
-                out.append(
-                    UnavailableError(
-                        f"The MQTT broker refused a message on {topic!r}: {_reason_text(code)}.",
-                        reason="broker-refused",
-                    )
-                )
-            else:
-                out.append(None)
-        return out
+        return [
+            self._outcome(topic, info, qos, deadline, timeout)
+            for (topic, _), info in zip(messages, infos, strict=True)
+        ]
+
+    def _outcome(
+        self, topic: str, info: paho.MQTTMessageInfo, qos: int, deadline: float, timeout: float
+    ) -> UnavailableError | None:
+        """Wait until *deadline* for the PUBACK of *info*; return the error, or None when acked."""
+        if qos == 0 and info.rc == paho.MQTT_ERR_SUCCESS:
+            return None
+        try:
+            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            published = info.is_published()
+        except (RuntimeError, ValueError) as exc:
+            error = UnavailableError(f"Cannot publish to {topic!r}: {exc}.", reason="broker-down")
+            error.__cause__ = exc
+            return error
+        with self._lock:
+            # paho runs on_publish before it marks the message published, so this is current.
+            code = self._puback.pop(info.mid, None)
+        if not published or code is None:
+            return UnavailableError(
+                f"The MQTT broker did not acknowledge a message on {topic!r} within {timeout:g} s.",
+                reason="broker-timeout",
+            )
+        if code.is_failure:
+            return UnavailableError(
+                f"The MQTT broker refused a message on {topic!r}: {_reason_text(code)}.",
+                reason="broker-refused",
+            )
+        return None
 
     # --- paho callbacks (network thread) ----------------------------------------------------
 
