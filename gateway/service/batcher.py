@@ -31,7 +31,7 @@ from typing import Self, TypeVar
 from gateway.core.note import SignedCheckpoint
 from gateway.ledger.log import TransparencyLog
 
-__all__ = ["Batcher", "CheckpointHook"]
+__all__ = ["Batcher", "CheckpointHook", "in_thread"]
 
 #: A hook called with each new signed checkpoint, after it is stored.
 CheckpointHook = Callable[[SignedCheckpoint], Awaitable[None]]
@@ -44,7 +44,7 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-async def _in_thread(fn: Callable[[], _T]) -> _T:
+async def in_thread(fn: Callable[[], _T]) -> _T:
     """Run *fn* in a worker thread; if cancelled, wait for the thread before re-raising.
 
     A thread cannot be interrupted: waiting for it means that once the batcher's task is gone,
@@ -123,7 +123,7 @@ class Batcher:
 
     async def flush(self) -> SignedCheckpoint | None:
         """Append everything pending and seal now; call the hooks for a new checkpoint."""
-        signed = await _in_thread(self._append_and_seal)
+        signed = await in_thread(self._append_and_seal)
         if signed is not None:
             self.sealed += 1
             await self._call_hooks(signed)
@@ -157,7 +157,7 @@ class Batcher:
             try:
                 due = loop.time() >= deadline
                 if not due:
-                    pending = await _in_thread(self._log.pending_events)
+                    pending = await in_thread(self._log.pending_events)
                     due = pending >= self._max_pending
                 if due:
                     deadline = loop.time() + self._interval

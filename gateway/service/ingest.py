@@ -82,7 +82,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-#: Reason tokens of the core for a kid nobody enrolled (yet) and for a retired key.
+#: Reason token of the core for a kid nobody enrolled (yet).
 _UNKNOWN_KID = "unknown-kid"
 #: Most parsed topics :class:`IngestPipeline` remembers (a few per device).
 _TOPIC_MEMO_MAX = 100_000

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self
 
 from gateway.core import note
 from gateway.core.errors import MalformedError, ProvenanceError, VerificationError
@@ -55,7 +55,7 @@ from gateway.ledger.keys import GatewayKey, load_gateway_key, write_gateway_key
 from gateway.ledger.log import TransparencyLog
 from gateway.ledger.witness import Witness
 from gateway.ledger.witness_client import WitnessClient, WitnessPool
-from gateway.service.batcher import Batcher, CheckpointHook
+from gateway.service.batcher import Batcher, CheckpointHook, in_thread
 from gateway.service.config import GatewayConfig, load_config
 from gateway.service.witness_server import WitnessServer
 from gateway.store.db import Database
@@ -76,7 +76,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 #: Retry delays of a witness round short of the quorum: 0.5 s doubling to 30 s.
 _WITNESS_RETRY_BASE_S = 0.5
@@ -210,20 +209,6 @@ def ledger_summary(db: Database) -> dict[str, Any]:
 # -- the witness task ------------------------------------------------------------------------------
 
 
-async def _in_thread(fn: Callable[[], _T]) -> _T:
-    """Run blocking *fn* in a thread; if cancelled, let it finish first (it cannot be stopped).
-
-    So no SQLite transaction of a cancelled task is still in flight once the task is gone.
-    """
-    work = asyncio.ensure_future(asyncio.to_thread(fn))
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await work
-        raise
-
-
 def _cosigner(line: str) -> str:
     # "— <name> <base64>\n" (C2SP signed-note): the name is everything between prefix and key.
     return line.removeprefix(_SIG_PREFIX).rsplit(" ", 1)[0]
@@ -308,19 +293,19 @@ class WitnessRounds:
         """Submit *head* to every witness; keep the cosignatures; True when the quorum is met."""
         size = head.checkpoint.size
         log = self._log
-        stored = await _in_thread(lambda: log.checkpoint(size))
+        stored = await in_thread(lambda: log.checkpoint(size))
         if stored is None:  # pragma: no cover -- the batcher offers only stored heads
             return True
         if self._names:
-            result = await _in_thread(
+            result = await in_thread(
                 lambda: self._pool.submit(stored.note, lambda old: log.consistency_proof(old, size))
             )
             self._report(size, result.failures)
             got = result.cosignatures
             lines = [line for name in sorted(got) for line in got[name]]
             if lines:
-                await _in_thread(lambda: log.add_cosignatures(size, lines, self._clock()))
-        status = await _in_thread(lambda: log.status(size))
+                await in_thread(lambda: log.add_cosignatures(size, lines, self._clock()))
+        status = await in_thread(lambda: log.status(size))
         cosigners = {_cosigner(line) for line in status.cosignatures} & self._names
         if len(cosigners) < self._quorum:
             _log.info(
@@ -354,7 +339,7 @@ class WitnessRounds:
         keeps one row per head).
         """
         log = self._log
-        latest = await _in_thread(log.latest_checkpoint)
+        latest = await in_thread(log.latest_checkpoint)
         if latest is None:
             return
         signed = note.open_checkpoint(latest.note, log.verifier)
@@ -510,7 +495,7 @@ class LedgerService:
                     self.outbox = await tasks.enter_async_context(outbox)
 
                     async def anchor_hook(checkpoint: note.SignedCheckpoint) -> None:
-                        await _in_thread(lambda: outbox.enqueue(checkpoint))
+                        await in_thread(lambda: outbox.enqueue(checkpoint))
 
                 rounds = WitnessRounds(
                     witness_log,

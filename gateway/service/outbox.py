@@ -57,6 +57,16 @@ _log = logging.getLogger(__name__)
 # on open rows spells "status IN ('pending', 'sent')", even next to "status = 'pending'".
 
 
+def _supersede_below(conn: sqlite3.Connection, lid: bytes, size: int) -> None:
+    # Pending heads below a newer queued, sent or anchored one can no longer go on chain (the
+    # size must grow); they are covered by it through RFC 9162 consistency.
+    conn.execute(
+        "UPDATE anchor_outbox SET status = 'superseded' "
+        "WHERE status IN ('pending', 'sent') AND status = 'pending' AND log_id = ? AND size < ?",
+        (lid, size),
+    )
+
+
 @dataclass(frozen=True)
 class AnchorPolicy:
     """When the newest pending head of a log is due for the chain (see the module docstring)."""
@@ -235,12 +245,7 @@ class Outbox:
             ).fetchone()
             if older is not None and older[0] > 0:
                 attempts, next_ms = int(older[0]), max(now, int(older[1]))
-            conn.execute(
-                "UPDATE anchor_outbox SET status = 'superseded' "
-                "WHERE status IN ('pending', 'sent') AND status = 'pending' AND log_id = ? "
-                "AND size < ?",
-                (lid, cp.size),
-            )
+            _supersede_below(conn, lid, cp.size)
         conn.execute(
             "INSERT INTO anchor_outbox (origin, log_id, size, root, enqueued_ms, attempts, "
             "next_attempt_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -316,11 +321,9 @@ class Outbox:
             )
             try:
                 changed += await self._step_log(open_rows, now)
-            except UnavailableError as exc:
-                changed += self._failed(open_rows, now, exc)
             except MismatchError:
-                raise
-            except ProvenanceError as exc:
+                raise  # the log forked: stop (see _run)
+            except ProvenanceError as exc:  # UnavailableError included: the chain is down
                 changed += self._failed(open_rows, now, exc)
         return changed
 
@@ -354,7 +357,7 @@ class Outbox:
                 "next_attempt_ms = ?, last_error = NULL WHERE id = ?",
                 (tx_hash, now, now, row.id),
             )
-            self._supersede_below(conn, row)
+            _supersede_below(conn, row.log_id, row.size)
         return 1
 
     def _due_ms(self, row: _Row) -> int:
@@ -389,7 +392,7 @@ class Outbox:
                 conn.execute(
                     "UPDATE anchor_outbox SET status = 'superseded' WHERE id = ?", (row.id,)
                 )
-                self._supersede_below(conn, row)
+                _supersede_below(conn, row.log_id, row.size)
         return True
 
     async def _follow(self, row: _Row, now: int) -> int:
@@ -429,19 +432,9 @@ class Outbox:
                 "confirmed_ms = ?, last_error = NULL WHERE id = ?",
                 (confirmation.tx_hash, confirmation.block_number, now, row.id),
             )
-            self._supersede_below(conn, row)
+            _supersede_below(conn, row.log_id, row.size)
         if self._on_anchored is not None:
             self._on_anchored(Checkpoint(row.origin, row.size, row.root), confirmation)
-
-    def _supersede_below(self, conn: sqlite3.Connection, row: _Row) -> None:
-        # Heads below one that is sent or anchored can no longer go on chain (the size must
-        # grow); they are covered by it through RFC 9162 consistency.
-        conn.execute(
-            "UPDATE anchor_outbox SET status = 'superseded' "
-            "WHERE status IN ('pending', 'sent') AND status = 'pending' AND log_id = ? "
-            "AND size < ?",
-            (row.log_id, row.size),
-        )
 
     def _reschedule(self, row: _Row, at_ms: int) -> None:
         with self._db.atomic() as conn:

@@ -419,7 +419,7 @@ class UrgentLane:
         clock.mark()
         fields = manifest.fields
         # Step 2a - devices of signed, ongoing recalls waiting for this manifest as their remedy.
-        waiting = self._waiting_for(manifest.digest)
+        waiting = _waiting_for(self._read_db, manifest.digest)
         if not fields.urgent and not waiting:
             return _Job("manifest", data, tag, qos, now, manifest=manifest)
         # Step 2b - an urgent manifest: the model's other devices below this version that have
@@ -469,34 +469,6 @@ class UrgentLane:
         )
         clock.mark()
         return _Job("manifest", data, tag, qos, now, offers=tuple(sent), manifest=manifest)
-
-    def _waiting_for(self, digest: bytes) -> list[tuple[Recall, list[Target]]]:
-        """Signed, ongoing recalls whose remedy is *digest*, with their ``pending`` devices."""
-        assert self._read_db is not None
-        recalls = RecallStore(self._read_db)
-        out: list[tuple[Recall, list[Target]]] = []
-        for (recall_id,) in self._read_db.query(
-            "SELECT DISTINCT recall_id FROM recall_impacts WHERE state = 'pending'"
-        ):
-            recall = recalls.get(recall_id)
-            if (
-                recall is None
-                or not recall.signed
-                or recall.fields.status != "ongoing"
-                or recall.fields.remedy.manifest != digest
-            ):
-                continue
-            targets = [
-                Target(device, site)
-                for device, site in self._read_db.query(
-                    "SELECT r.device_id, i.site FROM recall_impacts r JOIN inventory i"
-                    " ON i.device_id = r.device_id WHERE r.recall_id = ? AND r.state = 'pending'"
-                    " ORDER BY r.device_id",
-                    (recall_id,),
-                )
-            ]
-            out.append((recall, targets))
-        return out
 
     def _recall(self, data: bytes, tag: int, qos: int, now: datetime, clock: _Clock) -> _Job:
         # Step 1 - 2-of-N signatures, then the revision against the held one (reads only).
@@ -683,23 +655,11 @@ class UrgentLane:
     ) -> None:
         """Offer a newly kept manifest to pending devices of recalls whose remedy it is."""
         assert self._db is not None
-        recalls = RecallStore(self._db)
-        for (recall_id,) in self._db.query(
-            "SELECT DISTINCT recall_id FROM recall_impacts WHERE state = 'pending'"
-        ):
-            recall = recalls.get(recall_id)
-            if (
-                recall is None
-                or not recall.signed
-                or recall.fields.status != "ongoing"
-                or recall.fields.remedy.manifest != manifest.digest
-            ):
-                continue
-            targets = self._targets(recall_id, "pending")
+        for recall, targets in _waiting_for(self._db, manifest.digest):
             offers = self._publish(
                 manifest.envelope,
                 targets,
-                campaign=recall_id,
+                campaign=recall.recall_id,
                 manifest=manifest.digest,
                 cves=recall.fields.cves,
                 now=now,
@@ -712,17 +672,6 @@ class UrgentLane:
                     manifest=sent.manifest,
                     at_ms=_ms(now),
                 )
-
-    def _targets(self, recall_id: str, state: str) -> list[Target]:
-        assert self._db is not None
-        return [
-            Target(device, site)
-            for device, site in self._db.query(
-                "SELECT r.device_id, i.site FROM recall_impacts r JOIN inventory i"
-                " ON i.device_id = r.device_id WHERE r.recall_id = ? AND r.state = ?",
-                (recall_id, state),
-            )
-        ]
 
     def _retry_due(self, tracker: RemediationTracker) -> None:
         assert self._db is not None
@@ -791,6 +740,34 @@ class UrgentLane:
                     detail=detail,
                 )
                 self.stats.sbom_verdicts += 1
+
+
+def _waiting_for(db: Database, digest: bytes) -> list[tuple[Recall, list[Target]]]:
+    """Signed, ongoing recalls whose remedy is *digest*, with their ``pending`` devices."""
+    recalls = RecallStore(db)
+    out: list[tuple[Recall, list[Target]]] = []
+    for (recall_id,) in db.query(
+        "SELECT DISTINCT recall_id FROM recall_impacts WHERE state = 'pending'"
+    ):
+        recall = recalls.get(recall_id)
+        if (
+            recall is None
+            or not recall.signed
+            or recall.fields.status != "ongoing"
+            or recall.fields.remedy.manifest != digest
+        ):
+            continue
+        targets = [
+            Target(device, site)
+            for device, site in db.query(
+                "SELECT r.device_id, i.site FROM recall_impacts r JOIN inventory i"
+                " ON i.device_id = r.device_id WHERE r.recall_id = ? AND r.state = 'pending'"
+                " ORDER BY r.device_id",
+                (recall_id,),
+            )
+        ]
+        out.append((recall, targets))
+    return out
 
 
 def _sha256(data: bytes) -> bytes:

@@ -23,7 +23,7 @@ Ingest layout (``ingest.mode``), **measured on Mosquitto 2.0.11**
   every worker receive (and the broker send) every message -- N x the receive work. Receiving once
   and verifying in a pool costs the receive work once.
 - ``shared`` (MQTT 5 shared subscription, §4.8.2): ``ingest.workers`` processes each run the
-  whole pipeline (:class:`~gateway.service.receiver.IngestWorker`) as members of one shared
+  whole pipeline (:class:`~gateway.service.shared_worker.IngestWorker`) as members of one shared
   subscription. The broker deals messages round-robin to the members, *offline persistent
   members included*, and queues them there until that member returns (also across a broker
   restart). But after a broker restart the restored shared subscription routes **nothing** until
