@@ -418,20 +418,26 @@ _BROKER_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
 def _mfr_publish(  # noqa: PLR0913, PLR0917 -- the command's options, passed through
-    broker_dir: Path, slug: str, host: str | None, port: int | None, topic: str, data: bytes
-) -> None:
+    file: Path, broker_dir: Path, slug: str, host: str | None, port: int | None, topic: str
+) -> dict[str, Any]:
+    """Publish FILE's bytes on TOPIC as manufacturer SLUG; exit 1 if the broker is unreachable."""
     from gateway.ingest.broker_config import BrokerConfig  # noqa: PLC0415
     from gateway.ingest.mqtt import MqttClient  # noqa: PLC0415
 
-    config = BrokerConfig.load(broker_dir)
+    data = file.read_bytes()
     try:
-        creds = config.client(f"mfr-{slug}")
-    except KeyError as err:
-        fail(str(err.args[0]), hint="the manufacturer slug of the demo PKI, e.g. acme-infusion")
-    with MqttClient(
-        creds, host=host or config.host, port=port or config.port, session_expiry=0
-    ) as client:
-        client.publish(topic, data)
+        config = BrokerConfig.load(broker_dir)
+        try:
+            creds = config.client(f"mfr-{slug}")
+        except KeyError as err:
+            fail(str(err.args[0]), hint="the manufacturer slug of the demo PKI, e.g. acme-infusion")
+        with MqttClient(
+            creds, host=host or config.host, port=port or config.port, session_expiry=0
+        ) as client:
+            client.publish(topic, data)
+    except ProvenanceError as err:
+        fail(str(err), code=1)
+    return {"topic": topic, "bytes": len(data)}
 
 
 def _publish_options(fn: Any) -> Any:  # noqa: ANN401 -- a click decorator stack
@@ -461,11 +467,8 @@ def publish_manifest(  # noqa: PLR0913 - one parameter per option
     from gateway.ingest.topics import manifest_topic  # noqa: PLC0415
 
     topic = manifest_topic(slug)
-    try:
-        _mfr_publish(broker_dir, slug, host, port, topic, file.read_bytes())
-    except ProvenanceError as err:
-        fail(str(err), code=1)
-    emit({"topic": topic, "bytes": file.stat().st_size}, as_json=as_json, text=f"published {topic}")
+    sent = _mfr_publish(file, broker_dir, slug, host, port, topic)
+    emit(sent, as_json=as_json, text=f"published {topic}")
 
 
 @cli.command("publish-recall")
@@ -479,11 +482,8 @@ def publish_recall(  # noqa: PLR0913 - one parameter per option
     from gateway.ingest.topics import recall_topic  # noqa: PLC0415
 
     topic = recall_topic(slug)
-    try:
-        _mfr_publish(broker_dir, slug, host, port, topic, file.read_bytes())
-    except ProvenanceError as err:
-        fail(str(err), code=1)
-    emit({"topic": topic, "bytes": file.stat().st_size}, as_json=as_json, text=f"published {topic}")
+    sent = _mfr_publish(file, broker_dir, slug, host, port, topic)
+    emit(sent, as_json=as_json, text=f"published {topic}")
 
 
 def _installed(values: tuple[str, ...]) -> dict[str, Any]:
