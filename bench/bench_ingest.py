@@ -45,12 +45,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench._publisher import LeanPublisher, publish_prefix
 from bench._table import Row
 from device_sim.demo import LocalMosquitto
 from device_sim.events import SimDevice, make_event
 from device_sim.fleet import (
     EVENT_MIX,
-    ClientPool,
     device_credentials,
     raise_fd_limit,
     select_devices,
@@ -69,7 +69,8 @@ MB = 1024 * 1024
 @dataclass(frozen=True)
 class Msg:
     index: int  # device (= client) index
-    topic: str
+    topic: bytes  # encoded for the PUBLISH packet (bench._publisher.publish_prefix)
+    extra: int
     payload: bytes
     digest: bytes
 
@@ -97,8 +98,8 @@ def _msg(index: int, record: DeviceRecord, sim: SimDevice, seq: int, rng: random
         record.id, event_type, seq, int(now.timestamp() * 1000), rng, today=now.date()
     )
     payload = sim.sign(event, with_chain=seq == 1)
-    topic = event_topic(record.site, record.id, event_type)
-    return Msg(index, topic, payload, hashlib.sha256(payload).digest())
+    topic, extra = publish_prefix(event_topic(record.site, record.id, event_type))
+    return Msg(index, topic, extra, payload, hashlib.sha256(payload).digest())
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,33 @@ def _rollup(pid: int) -> tuple[str, int, int, int] | None:
     return name, fields.get("Rss", 0), fields.get("Pss", 0), uss
 
 
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds so far of each of *pids* still alive (``/proc/PID/stat``)."""
+    out = {}
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+        except OSError:
+            continue
+        # Fields after the parenthesised command name (which may hold spaces): utime is the
+        # 14th field of the line, stime the 15th (proc(5)).
+        fields = text.rpartition(")")[2].split()
+        out[pid] = (int(fields[11]) + int(fields[12])) * _TICK_S
+    return out
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """CPU microseconds per committed event, over the saturated slices."""
+
+    consumer: float
+    broker: float
+    publisher: float
+
+
 def memory(pid: int) -> Memory:
     """RSS, PSS and USS summed over *pid* and its descendants."""
     detail = tuple(r for r in map(_rollup, _tree(pid)) if r is not None)
@@ -249,7 +277,7 @@ class Observer:
 
 
 def publish(
-    pool: ClientPool,
+    pool: LeanPublisher,
     observer: Observer,
     msgs: list[Msg],
     *,
@@ -279,7 +307,7 @@ def publish(
             for _ in range(max(0, min(limit - sent, room, 500))):
                 m = msgs[sent]
                 observer.published[m.digest] = time.monotonic()
-                pool.publish(m.index, m.topic, m.payload)
+                pool.publish(m.index, m.topic, m.extra, m.payload)
                 sent += 1
         elif count - base >= len(msgs) and observer.done(msgs) == len(msgs):
             break
@@ -306,6 +334,7 @@ class Result:
     saturated_ms: list[float]
     paced_ms: list[float]
     peak: Memory
+    cpu: Cpu
 
     @property
     def rate(self) -> float:
@@ -405,7 +434,11 @@ def start_gateway(
 
 
 def measure(
-    name: str, consumer: tuple[subprocess.Popen[str], Path], pool: ClientPool, work: Workload
+    name: str,
+    consumer: tuple[subprocess.Popen[str], Path],
+    pool: LeanPublisher,
+    work: Workload,
+    broker_pid: int,
 ) -> Result:
     proc, db = consumer
     observer = Observer(db, proc.pid)
@@ -414,11 +447,28 @@ def measure(
         publish(pool, observer, work.enrol)
         observer.measuring_rss = True
         rates, saturated = [], []
+        # CPU of every process of the consumer's tree, of the broker and of this process (the
+        # publisher, with the observer thread: a few % of it) over the saturated slices.
+        tree = _tree(proc.pid)
+        before, self_before = cpu_seconds([*tree, broker_pid]), time.process_time()
         for part in work.slices:
             seconds = publish(pool, observer, part)
             rates.append(len(part) / seconds)
             saturated += latencies_ms(observer, part)
             print(f"  {name}: {rates[-1]:,.0f} events/s", file=sys.stderr, flush=True)
+        after, self_after = cpu_seconds([*tree, broker_pid]), time.process_time()
+        events = sum(len(part) for part in work.slices)
+        used = {pid: after[pid] - before[pid] for pid in after if pid in before}
+        cpu = Cpu(
+            consumer=sum(v for pid, v in used.items() if pid != broker_pid) / events * 1e6,
+            broker=used.get(broker_pid, 0.0) / events * 1e6,
+            publisher=(self_after - self_before) / events * 1e6,
+        )
+        print(
+            f"    {name} CPU per event: consumer {cpu.consumer:.0f} us, broker"
+            f" {cpu.broker:.0f} us, publisher {cpu.publisher:.0f} us",
+            file=sys.stderr,
+        )
         observer.measuring_rss = False
         publish(pool, observer, work.paced, rate=work.paced_rate)
         paced = latencies_ms(observer, work.paced)
@@ -428,7 +478,7 @@ def measure(
                 f" USS {uss / MB:.1f} MB",
                 file=sys.stderr,
             )
-        return Result(name, rates, saturated, paced, observer.peak)
+        return Result(name, rates, saturated, paced, observer.peak, cpu)
     finally:
         observer.stop()
         _stop(proc)
@@ -456,8 +506,8 @@ def run(quick: bool) -> list[Row]:  # noqa: FBT001 - the bench runner's interfac
 
 def _pool(
     broker: LocalMosquitto, pki: Path, records: list[DeviceRecord], parallel: int
-) -> tuple[ClientPool, float]:
-    pool = ClientPool(broker.host, broker.port, max_inflight=100)
+) -> tuple[LeanPublisher, float]:
+    pool = LeanPublisher(broker.host, broker.port)
     for r in records:
         pool.add(device_credentials(pki, broker.config, r.id))
     result = pool.connect_all(parallel=parallel)
@@ -475,14 +525,16 @@ def _contest(
     sequential_pool.close()
     pool, parallel_s = _pool(broker, pki, records, 4)
     results: dict[str, Result] = {}
+    assert broker.proc is not None  # started by the caller's `with`
+    broker_pid = broker.proc.pid
     try:
         for name in ("raw", "naive"):
             consumer = start_baseline(name, folder, broker, pki)
-            results[name] = measure(name, consumer, pool, work)
+            results[name] = measure(name, consumer, pool, work, broker_pid)
         consumer = start_gateway(folder, broker, pki, os.cpu_count() or 1)
-        results["gateway"] = measure("gateway", consumer, pool, work)
+        results["gateway"] = measure("gateway", consumer, pool, work, broker_pid)
         consumer = start_gateway(folder, broker, pki, os.cpu_count() or 1, ledger=True)
-        results["ledger"] = measure("gateway+ledger", consumer, pool, work)
+        results["ledger"] = measure("gateway+ledger", consumer, pool, work, broker_pid)
     finally:
         pool.close()
     raw, naive, gw, gl = results["raw"], results["naive"], results["gateway"], results["ledger"]
@@ -538,6 +590,20 @@ def _contest(
             "ms",
             "(b) naive",
             pct(naive.saturated_ms, 0.99),
+        ),
+        row(
+            "gateway CPU per event, all processes (saturated)",
+            gw.cpu.consumer,
+            "us",
+            "(b) naive, 1 process",
+            naive.cpu.consumer,
+        ),
+        row(
+            "raw subscriber CPU per event (saturated)",
+            raw.cpu.consumer,
+            "us",
+            "publisher + broker, same slices",
+            raw.cpu.publisher + raw.cpu.broker,
         ),
         row(
             f"gateway+ledger process verified+stored+acked ({at})",
