@@ -2,7 +2,8 @@
 
 Habits taken from sqlite-utils: every write goes through :meth:`Database.atomic`, and the schema is
 a list of registered, named migration functions recorded in the ``_migrations`` table, so a
-database file always says which schema steps it has.
+database file always says which schema steps it has. The same machinery serves other programs'
+files (the witness's, :mod:`gateway.store.witness`) through their own :class:`MigrationSet`.
 
 Durability (measured for DESIGN.md on this machine: 1 row per transaction ~13k rows/s, 500 rows
 per transaction ~85k rows/s, both in WAL with ``synchronous=NORMAL``):
@@ -38,54 +39,88 @@ from typing import Any, Self, TypeVar
 
 from gateway.core.errors import UnavailableError
 
-__all__ = ["Database", "Migration", "migration", "registered_migrations", "unavailable_from"]
+__all__ = [
+    "Database",
+    "Migration",
+    "MigrationSet",
+    "migration",
+    "registered_migrations",
+    "unavailable_from",
+]
 
 #: A migration step: receives the connection inside an open transaction; must not commit.
 Migration = Callable[[sqlite3.Connection], None]
 F = TypeVar("F", bound=Migration)
 
-#: Modules whose import registers migrations, in the order their migrations must run.
-_SCHEMA_MODULES = ("gateway.store.schema", "gateway.store.log_schema")
-
 #: STRICT tables (3.37) and ``RETURNING`` (3.35) are used by the schema.
 _MIN_SQLITE = (3, 37, 0)
 
-_registry: dict[str, Migration] = {}
+
+class MigrationSet:
+    """The ordered, named migrations of one kind of database file (the gateway's, a witness's).
+
+    Each kind of file gets its own set, so opening a file applies only the steps meant for it: a
+    witness file never grows the gateway's event tables, and a file recorded by one set is refused
+    by another (see :class:`Database`). *modules* are imported before the steps are read, because
+    importing them is what registers the steps (they import this module, so it cannot import them
+    at its own import time).
+    """
+
+    def __init__(self, kind: str, *, modules: Sequence[str] = ()) -> None:
+        #: What the file is, in the words of error messages: ``"gateway"``, ``"witness"``.
+        self.kind = kind
+        self._modules = tuple(modules)
+        self._steps: dict[str, Migration] = {}
+
+    def register(self, name: str) -> Callable[[F], F]:
+        """Register *fn(conn)* as the migration *name*; migrations run in registration order.
+
+        Names are stable forever once shipped (``"0001_events"``, ``"log_0001_tree"``): the name
+        is what ``_migrations`` records. A migration runs inside a transaction the caller opened,
+        so it must use ``conn.execute`` and never ``executescript`` (which commits first) or
+        ``COMMIT``.
+        """
+
+        def register(fn: F) -> F:
+            known = self._steps.get(name)
+            # A module imported twice re-registers the same function; two functions under one
+            # name would make the recorded name ambiguous, which is a programming error.
+            if known is not None and (known.__module__, known.__qualname__) != (
+                fn.__module__,
+                fn.__qualname__,
+            ):
+                msg = f"migration {name!r} is already registered by {known.__module__}"
+                raise ValueError(msg)
+            self._steps[name] = fn
+            return fn
+
+        return register
+
+    def steps(self) -> tuple[tuple[str, Migration], ...]:
+        """Return ``(name, fn)`` for every migration of this set, in the order they run."""
+        for module in self._modules:
+            importlib.import_module(module)
+        return tuple(self._steps.items())
+
+    def names(self) -> tuple[str, ...]:
+        """Return the names of the migrations of this set, in the order they run."""
+        return tuple(name for name, _ in self.steps())
+
+
+#: The gateway database's migrations, registered by importing these modules, in this order.
+_GATEWAY_MIGRATIONS = MigrationSet(
+    "gateway", modules=("gateway.store.schema", "gateway.store.log_schema")
+)
 
 
 def migration(name: str) -> Callable[[F], F]:
-    """Register *fn(conn)* as the migration *name*; migrations run in registration order.
-
-    Names are stable forever once shipped (``"0001_events"``, ``"log_0001_tree"``): the name is
-    what ``_migrations`` records. A migration runs inside a transaction the caller opened, so it
-    must use ``conn.execute`` and never ``executescript`` (which commits first) or ``COMMIT``.
-    """
-
-    def register(fn: F) -> F:
-        known = _registry.get(name)
-        # A module imported twice re-registers the same function; two functions under one name
-        # would make the recorded name ambiguous, which is a programming error.
-        if known is not None and (known.__module__, known.__qualname__) != (
-            fn.__module__,
-            fn.__qualname__,
-        ):
-            msg = f"migration {name!r} is already registered by {known.__module__}"
-            raise ValueError(msg)
-        _registry[name] = fn
-        return fn
-
-    return register
+    """Register *fn(conn)* as the gateway migration *name* (see :meth:`MigrationSet.register`)."""
+    return _GATEWAY_MIGRATIONS.register(name)
 
 
 def registered_migrations() -> tuple[str, ...]:
-    """Return the names of all migrations known to this code, in the order they run."""
-    _import_schema_modules()
-    return tuple(_registry)
-
-
-def _import_schema_modules() -> None:
-    for module in _SCHEMA_MODULES:
-        importlib.import_module(module)
+    """Return the names of all gateway migrations known to this code, in the order they run."""
+    return _GATEWAY_MIGRATIONS.names()
 
 
 # Primary result codes (https://www.sqlite.org/rescode.html); extended codes keep them in the low
@@ -93,20 +128,25 @@ def _import_schema_modules() -> None:
 _BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 8, 10, 11, 13, 14, 26
 
 
-def unavailable_from(exc: sqlite3.Error, path: str) -> UnavailableError | None:
-    """Map an environmental SQLite failure to :class:`UnavailableError`; ``None`` for bugs."""
+def unavailable_from(
+    exc: sqlite3.Error, path: str, *, kind: str = "gateway"
+) -> UnavailableError | None:
+    """Map an environmental SQLite failure to :class:`UnavailableError`; ``None`` for bugs.
+
+    *kind* names the program whose file *path* is (``"gateway"``, ``"witness"``) in the message.
+    """
     code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
     text = str(exc).lower()
-    where = f"The gateway database {path}"
+    where = f"The {kind} database {path}"
     if code in (_BUSY, _LOCKED) or "locked" in text:
         return UnavailableError(
-            f"{where} is locked by another process for too long; make sure only one gateway "
+            f"{where} is locked by another process for too long; make sure only one {kind} "
             "service uses this file, then retry.",
             reason="store-busy",
         )
     if code in (_CORRUPT, _NOTADB) or "malformed" in text or "not a database" in text:
         return UnavailableError(
-            f"{where} is damaged or is not a gateway database; stop the gateway, move the file "
+            f"{where} is damaged or is not a {kind} database; stop the {kind}, move the file "
             "aside and restore it from the latest backup.",
             reason="store-corrupt",
         )
@@ -125,18 +165,24 @@ def unavailable_from(exc: sqlite3.Error, path: str) -> UnavailableError | None:
     if code in (_CANTOPEN, _READONLY) or "unable to open" in text or "readonly" in text:
         return UnavailableError(
             f"{where} cannot be opened for writing; check that its folder exists and that the "
-            "gateway's user may write to the file and the folder.",
+            f"{kind}'s user may write to the file and the folder.",
             reason="store-unopenable",
         )
     return None
 
 
 class Database:
-    """An open gateway database with every registered migration applied.
+    """An open database file with every migration of its :class:`MigrationSet` applied.
 
     ``Database(path)`` opens (or creates) the file, sets the connection up (WAL,
     ``synchronous``, foreign keys, busy timeout) and applies pending migrations, each in its own
     transaction. Use it as a context manager, or call :meth:`close`.
+
+    *migrations* chooses the kind of file: the gateway's (``None``, the default) or another
+    program's, such as the witness's (:data:`gateway.store.witness.WITNESS_MIGRATIONS`). A file
+    whose recorded steps all belong to another set is refused (``store-foreign-schema``) rather
+    than given this set's tables; a file with some steps this code does not know is refused as
+    written by a newer version (``store-newer-schema``).
 
     The connection is shared between threads (``check_same_thread=False``); a lock serialises
     transactions and queries so one thread's ``BEGIN`` never swallows another thread's writes.
@@ -146,10 +192,14 @@ class Database:
         self,
         path: str | Path,
         *,
+        migrations: MigrationSet | None = None,
         durable_against_power_loss: bool = False,
         busy_timeout_s: float = 5.0,
     ) -> None:
         self.path = str(path)
+        self._migrations = _GATEWAY_MIGRATIONS if migrations is None else migrations
+        #: The kind of file this is (``"gateway"``, ``"witness"``), as error messages say it.
+        self.kind = self._migrations.kind
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
             msg = (
                 f"The gateway needs SQLite {'.'.join(map(str, _MIN_SQLITE))} or newer, but this "
@@ -165,7 +215,7 @@ class Database:
                 self.path, isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as exc:
-            raise (unavailable_from(exc, self.path) or exc) from exc
+            raise (unavailable_from(exc, self.path, kind=self.kind) or exc) from exc
         try:
             self._configure(
                 durable_against_power_loss=durable_against_power_loss, busy=busy_timeout_s
@@ -185,7 +235,7 @@ class Database:
             mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal" and self.path != ":memory:":
                 msg = (
-                    f"The gateway database {self.path} could not switch to write-ahead logging "
+                    f"The {self.kind} database {self.path} could not switch to write-ahead logging "
                     f"(journal mode stayed {mode!r}); put the file on a local disk, not a network "
                     "share."
                 )
@@ -195,23 +245,35 @@ class Database:
             self.conn.execute("PRAGMA foreign_keys = ON")
 
     def _migrate(self) -> tuple[str, ...]:
-        _import_schema_modules()
+        steps = self._migrations.steps()
+        known = {name for name, _ in steps}
         with self.atomic() as conn:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS _migrations ("
                 " name TEXT PRIMARY KEY, applied_at TEXT NOT NULL) STRICT"
             )
             recorded = {row[0] for row in conn.execute("SELECT name FROM _migrations")}
-        unknown = sorted(recorded - set(_registry))
-        if unknown:
-            # A newer gateway wrote this file; running older code on it could corrupt data.
+        unknown = sorted(recorded - known)
+        if recorded and len(unknown) == len(recorded):
+            # Not one step in common: the file belongs to another program (a witness's file
+            # opened as a gateway's, or the reverse). Adding our tables to it would mix two
+            # programs' state in one file, so leave it untouched.
             msg = (
-                f"The gateway database {self.path} was written by a newer gateway version "
-                f"(schema steps {', '.join(unknown)} are unknown here); run the newer version."
+                f"The file {self.path} is not a {self.kind} database: its schema steps "
+                f"({', '.join(unknown)}) belong to another program; give the {self.kind} its own "
+                "file."
+            )
+            raise UnavailableError(msg, reason="store-foreign-schema")
+        if unknown:
+            # A newer version wrote this file; running older code on it could corrupt data.
+            msg = (
+                f"The {self.kind} database {self.path} was written by a newer {self.kind} "
+                f"version (schema steps {', '.join(unknown)} are unknown here); run the newer "
+                "version."
             )
             raise UnavailableError(msg, reason="store-newer-schema")
         applied = []
-        for name, fn in _registry.items():
+        for name, fn in steps:
             if name in recorded:
                 continue
             with self.atomic() as conn:
@@ -276,7 +338,7 @@ class Database:
         try:
             yield
         except sqlite3.Error as exc:
-            mapped = unavailable_from(exc, self.path)
+            mapped = unavailable_from(exc, self.path, kind=self.kind)
             if mapped is None:
                 raise
             raise mapped from exc

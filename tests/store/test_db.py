@@ -39,8 +39,8 @@ def _markers(database: Database) -> list[int]:
 @pytest.fixture
 def private_registry(monkeypatch):
     """A copy of the migration registry, so a test can register steps without leaking them."""
-    registry = dict(db_module._registry)
-    monkeypatch.setattr(db_module, "_registry", registry)
+    registry = dict(db_module._GATEWAY_MIGRATIONS.steps())
+    monkeypatch.setattr(db_module._GATEWAY_MIGRATIONS, "_steps", registry)
     return registry
 
 

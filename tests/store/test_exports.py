@@ -5,7 +5,14 @@ import pytest
 from gateway.store import db, devices, events, schema
 
 PINNED = {
-    db: ["Database", "Migration", "migration", "registered_migrations", "unavailable_from"],
+    db: [
+        "Database",
+        "Migration",
+        "MigrationSet",
+        "migration",
+        "registered_migrations",
+        "unavailable_from",
+    ],
     devices: ["DeviceKey", "DeviceRow", "DeviceStore"],
     events: [
         "BatchResult",
