@@ -14,10 +14,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gateway.core.errors import MalformedError, PolicyError
+from gateway.core.errors import MalformedError
 from gateway.store.db import Database
 from gateway.store.recalls import _TRANSITIONS as _RECALL_TRANSITIONS
-from gateway.store.recalls import Remediation, State
+from gateway.store.recalls import Remediation, State, _move_state, _RowAddress
 
 __all__ = ["MANIFEST_CAMPAIGN_PREFIX", "ManifestOffers", "campaign_id", "campaign_manifest"]
 
@@ -26,7 +26,7 @@ __all__ = ["MANIFEST_CAMPAIGN_PREFIX", "ManifestOffers", "campaign_id", "campaig
 MANIFEST_CAMPAIGN_PREFIX = "manifest:"
 _CAMPAIGN = re.compile(r"manifest:([0-9a-f]{64})\Z")
 # RecallStore's moves, without `pending`: a manifest offer exists only once it was sent.
-_TRANSITIONS: dict[str, frozenset[str]] = {
+_MOVES: dict[str, frozenset[str]] = {
     state: moves for state, moves in _RECALL_TRANSITIONS.items() if state != "pending"
 }
 _COLUMNS = (
@@ -67,39 +67,21 @@ class ManifestOffers:
         :class:`PolicyError` for a move the states do not allow (``installed`` is final) and
         :class:`MalformedError` for a report about a device never offered *manifest*.
         """
-        if state not in _TRANSITIONS:
-            raise ValueError(f"unknown manifest offer state {state!r}")
+        campaign = f"manifest {manifest.hex()[:16]}"
+        row = _RowAddress("manifest_offers", "manifest", manifest, device_id, campaign, _MOVES)
         with self._db.atomic() as conn:
-            row = conn.execute(
-                "SELECT state FROM manifest_offers WHERE manifest = ? AND device_id = ?",
-                (manifest, device_id),
-            ).fetchone()
-            if row is None:
-                if state != "offered":
-                    raise MalformedError(
-                        f"Device {device_id} was never offered manifest {manifest.hex()[:16]}.",
-                        reason="remediation-unknown",
-                    )
-                conn.execute(
-                    "INSERT INTO manifest_offers (manifest, device_id, state, attempts, first_ms,"
-                    " offered_ms, detail, updated_ms) VALUES (?, ?, 'offered', 1, ?, ?, ?, ?)",
-                    (manifest, device_id, at_ms, at_ms, detail, at_ms),
-                )
-                return True
-            current = str(row[0])
-            if current == state and state != "offered":
-                return False  # a repeated report (QoS 1 redelivery): nothing changes
-            if state not in _TRANSITIONS[current]:
-                raise PolicyError(
-                    f"Device {device_id} is {current} for manifest {manifest.hex()[:16]}; it "
-                    f"cannot become {state}.",
-                    reason="remediation-transition",
+            moved = _move_state(conn, row, state, at_ms=at_ms, detail=detail)
+            if moved is not None:
+                return moved
+            if state != "offered":
+                raise MalformedError(
+                    f"Device {device_id} was never offered {campaign}.",
+                    reason="remediation-unknown",
                 )
             conn.execute(
-                f"UPDATE manifest_offers SET state = ?, {state}_ms = ?, updated_ms = ?,"  # noqa: S608 -- column from a fixed set
-                " detail = coalesce(?, detail), attempts = attempts + ?"
-                " WHERE manifest = ? AND device_id = ?",
-                (state, at_ms, at_ms, detail, int(state == "offered"), manifest, device_id),
+                "INSERT INTO manifest_offers (manifest, device_id, state, attempts, first_ms,"
+                " offered_ms, detail, updated_ms) VALUES (?, ?, 'offered', 1, ?, ?, ?, ?)",
+                (manifest, device_id, at_ms, at_ms, detail, at_ms),
             )
         return True
 

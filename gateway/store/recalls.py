@@ -40,9 +40,10 @@ Trust directory read by :func:`load_recall_trust` (same root as the manifest tru
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -487,35 +488,17 @@ class RecallStore:
         :class:`PolicyError` for a move the state machine does not allow (``installed`` is
         final) and :class:`MalformedError` when the device is not tracked for the recall.
         """
-        if state not in _TRANSITIONS:
-            raise ValueError(f"unknown remediation state {state!r}")
-        column = f"{state}_ms" if state != "pending" else "matched_ms"
+        row = _RowAddress(
+            "recall_impacts", "recall_id", recall_id, device_id, f"recall {recall_id}", _TRANSITIONS
+        )
         with self._db.atomic() as conn:
-            row = conn.execute(
-                "SELECT state FROM recall_impacts WHERE recall_id = ? AND device_id = ?",
-                (recall_id, device_id),
-            ).fetchone()
-            if row is None:
-                raise MalformedError(
-                    f"Device {device_id} is not tracked for recall {recall_id}.",
-                    reason="remediation-unknown",
-                )
-            current = str(row[0])
-            if current == state and state != "offered":
-                return False  # a repeated report (QoS 1 redelivery): nothing changes
-            if state not in _TRANSITIONS[current]:
-                raise PolicyError(
-                    f"Device {device_id} is {current} for recall {recall_id}; it cannot become "
-                    f"{state}.",
-                    reason="remediation-transition",
-                )
-            conn.execute(
-                f"UPDATE recall_impacts SET state = ?, {column} = ?, updated_ms = ?,"  # noqa: S608 -- column from a fixed set
-                " detail = coalesce(?, detail), attempts = attempts + ?"
-                " WHERE recall_id = ? AND device_id = ?",
-                (state, at_ms, at_ms, detail, int(state == "offered"), recall_id, device_id),
+            moved = _move_state(conn, row, state, at_ms=at_ms, detail=detail)
+        if moved is None:
+            raise MalformedError(
+                f"Device {device_id} is not tracked for recall {recall_id}.",
+                reason="remediation-unknown",
             )
-        return True
+        return moved
 
     def state_counts(self, recall_id: str) -> dict[str, int]:
         """Return how many devices are in each remediation state for a recall."""
@@ -524,6 +507,52 @@ class RecallStore:
             (recall_id,),
         )
         return {state: int(n) for state, n in rows}
+
+
+class _RowAddress(NamedTuple):
+    """One device's remediation row in a campaign table, and the moves that table allows."""
+
+    table: str  # recall_impacts / manifest_offers
+    key: str  # the campaign column: recall_id / manifest
+    value: object  # the campaign: a recall id / a manifest digest
+    device_id: str
+    campaign: str  # the campaign in a refusal's words: "recall R-7"
+    transitions: Mapping[str, frozenset[str]]
+
+
+def _move_state(
+    conn: sqlite3.Connection, row: _RowAddress, state: str, *, at_ms: int, detail: str | None
+) -> bool | None:
+    """Move one remediation row to *state*; False for a repeat, None when there is no row.
+
+    The one state move of recall impacts and manifest offers (:mod:`gateway.store.offers`). It
+    runs inside the caller's transaction, so a caller can create the missing row in the same one.
+    """
+    table, key, value, device_id, campaign, transitions = row
+    if state not in transitions:
+        raise ValueError(f"unknown remediation state {state!r}")
+    current_row = conn.execute(
+        f"SELECT state FROM {table} WHERE {key} = ? AND device_id = ?",  # noqa: S608 -- fixed names
+        (value, device_id),
+    ).fetchone()
+    if current_row is None:
+        return None
+    current = str(current_row[0])
+    if current == state and state != "offered":
+        return False  # a repeated report (QoS 1 redelivery): nothing changes
+    if state not in transitions[current]:
+        raise PolicyError(
+            f"Device {device_id} is {current} for {campaign}; it cannot become {state}.",
+            reason="remediation-transition",
+        )
+    column = "matched_ms" if state == "pending" else f"{state}_ms"
+    conn.execute(
+        f"UPDATE {table} SET state = ?, {column} = ?, updated_ms = ?,"  # noqa: S608 -- column from a fixed set
+        " detail = coalesce(?, detail), attempts = attempts + ?"
+        f" WHERE {key} = ? AND device_id = ?",
+        (state, at_ms, at_ms, detail, int(state == "offered"), value, device_id),
+    )
+    return True
 
 
 def _check_revision(fields: RecallFields, held: int) -> None:
