@@ -38,7 +38,7 @@ from gateway.core.errors import (
     VerificationError,
 )
 from gateway.ledger.commitments import commitment, erasure_digest
-from gateway.ledger.tree import MerkleTree
+from gateway.ledger.tree import Frontier, MerkleTree
 from gateway.store.db import Database
 
 __all__ = [
@@ -535,34 +535,23 @@ class LogReport:
     root: bytes
 
 
-class _RootBuilder:
-    """RFC 9162 §2.1.1 root of a growing list of leaf hashes, O(log n) memory.
+class _RootBuilder(Frontier):
+    """A :class:`~gateway.ledger.tree.Frontier` that keeps every complete subtree it closes.
 
-    Every complete subtree it closes is kept in :attr:`closed` as ``(level, idx) -> hash``
-    until the caller compares them with the stored tree and clears the dict.
+    :attr:`closed` holds them as ``(level, idx) -> hash`` until the caller compares them with the
+    stored tree and clears the dict.
     """
 
     def __init__(self) -> None:
-        self._stack: list[tuple[int, bytes]] = []
-        self._count = 0
+        super().__init__()
         self.closed: dict[tuple[int, int], bytes] = {}
 
-    def add(self, leaf: bytes) -> None:
-        level, acc = 0, leaf
-        self._count += 1
-        while self._stack and self._stack[-1][0] == level:
-            acc = merkle.node_hash(self._stack.pop()[1], acc)
-            level += 1
-            self.closed[level, (self._count >> level) - 1] = acc
-        self._stack.append((level, acc))
-
-    def root(self) -> bytes:
-        if not self._stack:
-            return merkle.EMPTY_ROOT
-        acc = self._stack[-1][1]
-        for _, h in reversed(self._stack[:-1]):
-            acc = merkle.node_hash(h, acc)
-        return acc
+    def add(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
+        """Add the leaf hash *leaf*, keeping the subtrees it completes in :attr:`closed`."""
+        closed = super().add(leaf)
+        for level, idx, h in closed:
+            self.closed[level, idx] = h
+        return closed
 
 
 def _check_interior_nodes(db: Database, closed: dict[tuple[int, int], bytes]) -> None:

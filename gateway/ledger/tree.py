@@ -20,7 +20,7 @@ from gateway.core import merkle
 from gateway.core.errors import MalformedError, UnavailableError
 from gateway.store.db import Database
 
-__all__ = ["MerkleTree"]
+__all__ = ["Frontier", "MerkleTree"]
 
 _INSERT = "INSERT INTO log_nodes (level, idx, hash) VALUES (?, ?, ?)"
 # (level, idx) is the primary key, so MAX(idx) at level 0 is one index seek.
@@ -99,20 +99,14 @@ class MerkleTree:
             )
         return size
 
-    def _frontier(self, size: int) -> list[tuple[int, bytes]]:
+    def _frontier(self, size: int) -> Frontier:
         coords = merkle.complete_subtrees(0, size)
-        return [(level, h) for (level, _), h in zip(coords, self._nodes(coords), strict=True)]
+        levels = [level for level, _ in coords]
+        return Frontier(size, list(zip(levels, self._nodes(coords), strict=True)))
 
     def _subtree(self, start: int, end: int) -> bytes:
-        # MTH(D[start:end]) for the ranges proofs ask for: fold the stored complete subtrees
-        # right to left (RFC 9162 §2.1.1 split rule).
-        if start == end:
-            return merkle.EMPTY_ROOT
-        hashes = self._nodes(merkle.complete_subtrees(start, end))
-        acc = hashes[-1]
-        for h in reversed(hashes[:-1]):
-            acc = merkle.node_hash(h, acc)
-        return acc
+        # MTH(D[start:end]) for the ranges proofs ask for, from the stored complete subtrees.
+        return _fold(self._nodes(merkle.complete_subtrees(start, end)))
 
     def _nodes(self, coords: list[tuple[int, int]]) -> list[bytes]:
         if not coords:
@@ -136,14 +130,63 @@ class MerkleTree:
         return [found[c] for c in coords]
 
 
-def _new_nodes(
-    first: int, frontier: list[tuple[int, bytes]], leaf_hashes: Iterable[bytes]
-) -> Iterator[tuple[int, int, bytes]]:
-    """Rows for each appended leaf and each complete subtree it closes, in order.
+class Frontier:
+    """The complete subtrees of a growing tree, largest (leftmost) first: O(log n) memory.
 
-    *frontier* is the stack of complete subtrees of the current tree, largest (leftmost) first;
-    two subtrees of one level merge into their parent as soon as both exist.
+    RFC 9162 §2.1.1 splits a tree of n leaves at the largest power of two below n, so a tree is
+    the sequence of complete subtrees of its size's binary digits. Adding a leaf pushes it as a
+    level-0 subtree, and two subtrees of one level merge into their parent as soon as both exist.
+    Both the log's writer (:class:`MerkleTree`) and its verifier (``gateway.ledger.log``) grow
+    trees through this one class.
     """
+
+    def __init__(self, size: int = 0, subtrees: list[tuple[int, bytes]] | None = None) -> None:
+        #: Leaves added so far.
+        self.size = size
+        # (level, hash) of each complete subtree; levels strictly decrease along the list.
+        self._stack: list[tuple[int, bytes]] = [] if subtrees is None else subtrees
+
+    def add(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
+        """Add the leaf hash *leaf*; return ``(level, idx, hash)`` of each subtree it completes.
+
+        The leaf itself (level 0) is not in the list; the subtrees are in increasing level.
+        """
+        level, acc = 0, leaf
+        self.size += 1
+        closed = []
+        while self._stack and self._stack[-1][0] == level:
+            acc = merkle.node_hash(self._stack.pop()[1], acc)
+            level += 1
+            # The subtree just closed ends at the newest leaf, size - 1, so at this level its
+            # index is:
+            closed.append((level, (self.size >> level) - 1, acc))
+        self._stack.append((level, acc))
+        return closed
+
+    def root(self) -> bytes:
+        """Return MTH of the leaves added so far (RFC 9162 §2.1.1)."""
+        return _fold([h for _, h in self._stack])
+
+
+def _fold(subtrees: list[bytes]) -> bytes:
+    """MTH of a range from its complete subtrees, largest first: fold them right to left.
+
+    RFC 9162 §2.1.1: MTH(D[n]) = HASH(0x01 || MTH(D[0:k]) || MTH(D[k:n])) with k the largest
+    power of two below n; the right part is again split the same way, so the smallest subtrees
+    combine first.
+    """
+    if not subtrees:
+        return merkle.EMPTY_ROOT
+    acc = subtrees[-1]
+    for h in reversed(subtrees[:-1]):
+        acc = merkle.node_hash(h, acc)
+    return acc
+
+
+def _new_nodes(
+    first: int, frontier: Frontier, leaf_hashes: Iterable[bytes]
+) -> Iterator[tuple[int, int, bytes]]:
+    """Rows for each appended leaf and each complete subtree it closes, in order."""
     n = first
     for h in leaf_hashes:
         if len(h) != merkle.HASH_SIZE:
@@ -152,11 +195,5 @@ def _new_nodes(
                 reason="bad-hash-length",
             )
         yield (0, n, h)
-        level, acc = 0, h
+        yield from frontier.add(h)
         n += 1
-        while frontier and frontier[-1][0] == level:
-            acc = merkle.node_hash(frontier.pop()[1], acc)
-            level += 1
-            # The subtree just closed ends at leaf n - 1, so its index at this level is:
-            yield (level, (n >> level) - 1, acc)
-        frontier.append((level, acc))

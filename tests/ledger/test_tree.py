@@ -6,7 +6,7 @@ import pytest
 
 from gateway.core import merkle
 from gateway.core.errors import MalformedError, UnavailableError
-from gateway.ledger.tree import MerkleTree
+from gateway.ledger.tree import Frontier, MerkleTree
 from gateway.store.db import Database
 
 
@@ -153,3 +153,35 @@ def test_missing_stored_subtree_is_reported_as_a_damaged_file(tree, db):
     with pytest.raises(UnavailableError) as err:
         tree.root()
     assert err.value.reason == "store-corrupt"
+
+
+def test_frontier_root_equals_rfc9162_mth_at_every_size():
+    leaves = _leaves(0, 130)
+    frontier = Frontier()
+    assert frontier.root() == merkle.EMPTY_ROOT
+    for size, leaf in enumerate(leaves, start=1):
+        frontier.add(leaf)
+        assert frontier.size == size
+        assert frontier.root() == merkle.root_from_leaf_hashes(leaves[:size]), size
+
+
+def test_frontier_reports_each_completed_subtree_with_its_position_and_hash():
+    leaves = _leaves(0, 64)
+    frontier = Frontier()
+    closed = [node for leaf in leaves for node in frontier.add(leaf)]
+    # 64 leaves close 32 + 16 + 8 + 4 + 2 + 1 interior subtrees, each exactly once.
+    assert len(closed) == 63
+    for level, idx, h in closed:
+        width = 1 << level
+        assert h == merkle.root_from_leaf_hashes(leaves[idx * width : (idx + 1) * width])
+
+
+def test_frontier_resumed_from_stored_subtrees_grows_like_the_original(tree):
+    leaves = _leaves(0, 45)
+    tree.append_many(leaves[:21])
+    resumed = tree._frontier(21)
+    assert resumed.size == 21
+    assert resumed.root() == tree.root()
+    for leaf in leaves[21:]:
+        resumed.add(leaf)
+    assert resumed.root() == merkle.root_from_leaf_hashes(leaves)
