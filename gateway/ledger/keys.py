@@ -24,7 +24,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from gateway.core import note
 from gateway.core.errors import MalformedError
 
-__all__ = ["GatewayKey", "load_gateway_key", "load_verifier", "write_gateway_key"]
+__all__ = [
+    "GatewayKey",
+    "load_gateway_key",
+    "load_verifier",
+    "write_gateway_key",
+    "write_secret_file",
+]
 
 _SKEY_PREFIX = "PRIVATE+KEY+"
 
@@ -76,12 +82,23 @@ class GatewayKey:
         return self.private_key.public_key()
 
 
+def write_secret_file(path: Path, data: bytes) -> None:
+    """Create *path* readable only by its owner and write *data*; never replace an existing file.
+
+    For every secret key the gateway or a witness writes. ``O_EXCL``: a key file is never
+    overwritten, because every signature made with the old key would stop verifying (log
+    checkpoints, cosignatures, offers to devices provisioned with it); an existing file raises
+    :class:`FileExistsError`. Mode ``0600`` from the moment the file exists: never readable by
+    others, not even between a create and a chmod.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+
+
 def write_gateway_key(path: Path, key: GatewayKey) -> None:
     """Write *key* to a new file readable only by its owner; never overwrite an existing key."""
-    # O_EXCL: overwriting a log key would orphan every checkpoint signed with it.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as out:
-        out.write(key.signer.skey() + "\n")
+    write_secret_file(path, (key.signer.skey() + "\n").encode("ascii"))
 
 
 def load_gateway_key(path: Path) -> GatewayKey:

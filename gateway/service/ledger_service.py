@@ -51,7 +51,12 @@ from typing import TYPE_CHECKING, Any, Self
 
 from gateway.core import note
 from gateway.core.errors import MalformedError, ProvenanceError, VerificationError
-from gateway.ledger.keys import GatewayKey, load_gateway_key, write_gateway_key
+from gateway.ledger.keys import (
+    GatewayKey,
+    load_gateway_key,
+    write_gateway_key,
+    write_secret_file,
+)
 from gateway.ledger.log import TransparencyLog
 from gateway.ledger.witness import Witness
 from gateway.ledger.witness_client import WitnessClient, WitnessPool
@@ -118,14 +123,6 @@ class LedgerKeys:
         }
 
 
-def _write_secret(path: Path, text: str) -> None:
-    # O_EXCL and 0600: a key file is never overwritten (every signature made with the old key
-    # would stop verifying) and never readable by others.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as out:
-        out.write(text + "\n")
-
-
 def _read_witness_key(path: Path) -> note.Signer:
     try:
         signer = note.Signer.from_skey(path.read_text(encoding="ascii").strip())
@@ -184,7 +181,7 @@ def prepare_ledger(config: GatewayConfig) -> LedgerKeys:
         if not witness_path.exists():
             signer = note.Signer.generate(f"{gateway.origin}/witness", note.COSIGNATURE_V1)
             witness_path.parent.mkdir(parents=True, exist_ok=True)
-            _write_secret(witness_path, signer.skey())
+            write_secret_file(witness_path, (signer.skey() + "\n").encode("ascii"))
             generated.append(witness_path)
         witness = _read_witness_key(witness_path)
     return LedgerKeys(gateway, witness, tuple(generated))

@@ -100,7 +100,12 @@ from gateway.core.semver import Version
 from gateway.ingest.broker_config import ClientCredentials
 from gateway.ingest.mqtt import MqttClient
 from gateway.ingest.topics import MANUFACTURER_FILTER, ManufacturerTopic, command_topic, parse_topic
-from gateway.ledger.keys import GatewayKey, load_gateway_key, write_gateway_key
+from gateway.ledger.keys import (
+    GatewayKey,
+    load_gateway_key,
+    write_gateway_key,
+    write_secret_file,
+)
 from gateway.service.config import GatewayConfig, load_config
 from gateway.service.remediation import RemediationTracker, RetryPolicy, record
 from gateway.store.db import Database
@@ -847,10 +852,8 @@ def _key_file(config: GatewayConfig, *, generate: bool) -> tuple[PrivateKey, Pat
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        # O_EXCL, 0600: never overwrite a key devices were provisioned with; never world-readable.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(pem)
+        # Never overwrites a key devices were provisioned with; never world-readable.
+        write_secret_file(path, pem)
         return _read_pem_key(path), path, True
     return _read_pem_key(path), path, False
 

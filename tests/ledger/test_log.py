@@ -330,7 +330,13 @@ def test_public_api_of_the_log_and_batcher_is_pinned():
     from gateway.ledger import keys, log  # noqa: PLC0415
     from gateway.service import batcher  # noqa: PLC0415
 
-    assert keys.__all__ == ["GatewayKey", "load_gateway_key", "load_verifier", "write_gateway_key"]
+    assert keys.__all__ == [
+        "GatewayKey",
+        "load_gateway_key",
+        "load_verifier",
+        "write_gateway_key",
+        "write_secret_file",
+    ]
     assert log.__all__ == [
         "Anchor",
         "CheckpointStatus",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ import click
 
 from gateway.core.errors import ProvenanceError, UnavailableError, VerificationError
 from gateway.core.note import COSIGNATURE_V1, ED25519, Signer, Verifier
+from gateway.ledger.keys import write_secret_file
 from gateway.ledger.witness import Witness
 from gateway.service.witness_server import WitnessServer
 from gateway.store.witness import WitnessStore
@@ -167,14 +167,12 @@ def keygen(name: str, out: Path, *, as_json: bool) -> None:
     except VerificationError as err:
         fail(str(err))
     try:
-        # O_EXCL: never replace an existing key (its cosignatures would stop verifying).
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Never replaces an existing key (its cosignatures would stop verifying).
+        write_secret_file(out, (signer.skey() + "\n").encode("utf-8"))
     except FileExistsError:
         fail(f"{out} exists; not overwriting a key", hint="choose another --out file")
     except OSError as err:
         fail(f"cannot create {out}: {err.strerror}")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(signer.skey() + "\n")
     emit(
         {"name": name, "vkey": signer.verifier.vkey, "key_file": str(out)},
         as_json=as_json,
