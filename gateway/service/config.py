@@ -10,17 +10,21 @@ something is missing (the trust directory: ``provgw-sim pki init``; the broker's
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.core.errors import MalformedError, VerificationError
 from gateway.core.note import COSIGNATURE_V1, Verifier
 from gateway.ingest.broker_config import BrokerConfig, ClientCredentials
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "CHAIN_ENVIRONMENT",
@@ -50,6 +54,11 @@ _ROUTINE_CLIENT = "gateway-routine"
 _URGENT_CLIENT = "gateway-urgent"
 
 
+#: Batches each verifier may hold unacknowledged: one being committed while the next one fills.
+_BATCHES_IN_FLIGHT = 2
+_DEFAULT_BATCH_MAX = 500
+
+
 def worker_client_id(index: int) -> str:
     """Return the MQTT client id of routine worker *index* (0-based); stable across restarts.
 
@@ -71,8 +80,10 @@ class BrokerSettings:
     session_expiry_s: int = 7 * 24 * 3600
     #: Unacknowledged messages the broker may send per verifier (MQTT 5 Receive Maximum; the
     #: receiver announces this times ``ingest.workers``): the bound on what ingest holds in
-    #: memory. At least one full batch, so batches can fill.
-    receive_maximum: int = 1000
+    #: memory. At least one full batch, so batches can fill; by default two batches
+    #: (``2 * ingest.batch_max``: one committing while the next fills), which the loader
+    #: computes from the configured ``batch_max`` and this default states for the default one.
+    receive_maximum: int = _BATCHES_IN_FLIGHT * _DEFAULT_BATCH_MAX
     #: MQTT 5 shared-subscription group the workers share (§4.8.2), used in ``shared`` mode.
     share_group: str = "provgw"
 
@@ -90,7 +101,7 @@ class IngestSettings:
     #: the whole pipeline as a member of one MQTT 5 shared subscription).
     mode: str = "partitioned"
     #: A batch is committed when it holds this many messages ...
-    batch_max: int = 500
+    batch_max: int = _DEFAULT_BATCH_MAX
     #: ... or this many milliseconds after its first message arrived, whichever comes first.
     batch_ms: int = 20
     #: ``shared`` mode: a kid-only message from a device another worker is enrolling right now
@@ -265,23 +276,6 @@ def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
-def _get(table: dict[str, Any], section: str, key: str, kind: type[_T], default: _T | None) -> _T:
-    if key not in table:
-        if default is None:
-            raise MalformedError(
-                f"The configuration lacks {section}.{key}; see gateway.example.toml.",
-                reason="bad-config",
-            )
-        return default
-    value = table[key]
-    # bool is an int in Python: refuse `true` where a number is meant, and the reverse.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise MalformedError(
-            f"{section}.{key} must be a {kind.__name__}, not {value!r}.", reason="bad-config"
-        )
-    return value
-
-
 def _path(base: Path, value: str) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else (base / path)
@@ -293,6 +287,90 @@ def _positive(section: str, key: str, value: int, low: int = 1, high: int = 2**3
             f"{section}.{key} must be between {low} and {high}, not {value}.", reason="bad-config"
         )
     return value
+
+
+class _Section:
+    """One ``[table]`` of gateway.toml, read against the dataclass it fills.
+
+    A key left out takes the default of the dataclass field of the same name (or *attribute*), so
+    each default is stated once, on the dataclass, and a settings object built in code equals
+    one loaded from a file that leaves the keys out. A key whose field has no default, and no
+    default given here, is required.
+    """
+
+    def __init__(
+        self,
+        data: dict[str, Any],
+        name: str,
+        settings: type[DataclassInstance] | None,
+        base: Path,
+    ) -> None:
+        self.name = name
+        # A copy: [chain] keys may be overridden from the environment.
+        self.table = dict(_table(data, name))
+        self._settings = settings
+        self._base = base
+
+    def default(self, attribute: str, kind: type[_T]) -> _T:
+        """Return the dataclass default of *attribute*; :class:`TypeError` if it has none."""
+        value = self._field_default(attribute, kind)
+        if value is None:
+            msg = f"{self._settings} has no default {kind.__name__} for {attribute}"
+            raise TypeError(msg)
+        return value
+
+    def _field_default(self, attribute: str, kind: type[_T]) -> _T | None:
+        for item in dataclasses.fields(self._settings) if self._settings else ():
+            if item.name == attribute and isinstance(item.default, kind):
+                return item.default
+        return None
+
+    def get(
+        self, key: str, kind: type[_T], default: _T | None = None, *, attribute: str | None = None
+    ) -> _T:
+        """Return *key*, checked to be a *kind*; absent: *default*, else the field's default."""
+        if key not in self.table:
+            value = self._field_default(attribute or key, kind) if default is None else default
+            if value is None:
+                raise MalformedError(
+                    f"The configuration lacks {self.name}.{key}; see gateway.example.toml.",
+                    reason="bad-config",
+                )
+            return value
+        value = self.table[key]
+        # bool is an int in Python: refuse `true` where a number is meant, and the reverse.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise MalformedError(
+                f"{self.name}.{key} must be a {kind.__name__}, not {value!r}.",
+                reason="bad-config",
+            )
+        return value
+
+    def integer(self, key: str, low: int = 1, high: int = 2**31, default: int | None = None) -> int:
+        """Return the whole number *key*, between *low* and *high*."""
+        return _positive(self.name, key, self.get(key, int, default), low, high)
+
+    def seconds(self, key: str) -> float:
+        """Return the number of seconds *key* (0 to 86400; TOML ``2`` and ``2.0`` alike)."""
+        value = self.table.get(key, self.default(key, float))
+        # TOML writes 2 and 2.0 differently; both are a number of seconds. bool is refused.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 86400:
+            raise MalformedError(
+                f"{self.name}.{key} must be a number of seconds between 0 and 86400, not "
+                f"{value!r}.",
+                reason="bad-config",
+            )
+        return float(value)
+
+    def path(self, key: str, *, attribute: str | None = None) -> Path:
+        """Return the path *key*, relative to the configuration file's folder."""
+        default = self._field_default(attribute or key, Path)
+        return _path(self._base, self.get(key, str, None if default is None else str(default)))
+
+    def optional_path(self, key: str) -> Path | None:
+        """Return the path *key*, or None when it is left out or empty."""
+        value = self.get(key, str, "")
+        return _path(self._base, value) if value else None
 
 
 def load_config(path: Path) -> GatewayConfig:
@@ -308,66 +386,55 @@ def load_config(path: Path) -> GatewayConfig:
     except tomllib.TOMLDecodeError as exc:
         raise MalformedError(f"{path} is not valid TOML: {exc}.", reason="bad-config") from exc
     base = path.resolve().parent
-    broker_t, ingest_t = _table(data, "broker"), _table(data, "ingest")
-    trust_t, store_t, metrics_t = (
-        _table(data, "trust"),
-        _table(data, "store"),
-        _table(data, "metrics"),
+    ingest = _ingest_settings(_Section(data, "ingest", IngestSettings, base))
+    broker_s = _Section(data, "broker", BrokerSettings, base)
+    store_s = _Section(data, "store", GatewayConfig, base)
+    metrics_s = _Section(data, "metrics", None, base)
+    config = GatewayConfig(
+        path=path,
+        broker=BrokerSettings(
+            host=broker_s.get("host", str, "127.0.0.1"),
+            port=broker_s.integer("port", 1, 65535, default=8883),
+            config_dir=broker_s.path("config_dir"),
+            session_expiry_s=broker_s.integer("session_expiry_s"),
+            # At most a two-byte integer (MQTT 5 §3.1.2.11.3). By default derived from the
+            # configured batch size (BrokerSettings.receive_maximum says why).
+            receive_maximum=broker_s.integer(
+                "receive_maximum", 1, 65535, default=_BATCHES_IN_FLIGHT * ingest.batch_max
+            ),
+            share_group=broker_s.get("share_group", str),
+        ),
+        ingest=ingest,
+        trust_dir=_Section(data, "trust", None, base).path("dir"),
+        database=store_s.path("path", attribute="database"),
+        durable_against_power_loss=store_s.get("durable_against_power_loss", bool),
+        metrics_host=metrics_s.get("host", str, "127.0.0.1"),
+        metrics_port=metrics_s.integer("port", 0, default=0),
+        log=_log_settings(_Section(data, "log", LogSettings, base)),
+        witnesses=_witness_settings(_Section(data, "witnesses", WitnessSettings, base)),
+        chain=_chain_settings(_Section(data, "chain", ChainSettings, base)),
+        urgent=_urgent_settings(_Section(data, "urgent", UrgentSettings, base)),
     )
+    _check_ledger(config)
+    _check_files(config)
+    return config
 
-    workers = _get(ingest_t, "ingest", "workers", int, 0) or (os.cpu_count() or 1)
-    mode = _get(ingest_t, "ingest", "mode", str, "partitioned")
+
+def _ingest_settings(section: _Section) -> IngestSettings:
+    workers = section.get("workers", int, 0) or (os.cpu_count() or 1)
+    mode = section.get("mode", str)
     if mode not in INGEST_MODES:
         raise MalformedError(
             f"ingest.mode must be one of {', '.join(INGEST_MODES)}, not {mode!r}.",
             reason="bad-config",
         )
-    ingest = IngestSettings(
+    return IngestSettings(
         workers=_positive("ingest", "workers", workers, 1, 64),
         mode=mode,
-        batch_max=_positive("ingest", "batch_max", _get(ingest_t, "ingest", "batch_max", int, 500)),
-        batch_ms=_positive("ingest", "batch_ms", _get(ingest_t, "ingest", "batch_ms", int, 20)),
-        enrol_grace_ms=_positive(
-            "ingest", "enrol_grace_ms", _get(ingest_t, "ingest", "enrol_grace_ms", int, 2000), 0
-        ),
+        batch_max=section.integer("batch_max"),
+        batch_ms=section.integer("batch_ms"),
+        enrol_grace_ms=section.integer("enrol_grace_ms", 0),
     )
-    broker = BrokerSettings(
-        host=_get(broker_t, "broker", "host", str, "127.0.0.1"),
-        port=_positive("broker", "port", _get(broker_t, "broker", "port", int, 8883), 1, 65535),
-        config_dir=_path(base, _get(broker_t, "broker", "config_dir", str, None)),
-        session_expiry_s=_positive(
-            "broker",
-            "session_expiry_s",
-            _get(broker_t, "broker", "session_expiry_s", int, 7 * 24 * 3600),
-        ),
-        receive_maximum=_positive(
-            "broker",
-            "receive_maximum",
-            _get(broker_t, "broker", "receive_maximum", int, 2 * ingest.batch_max),
-            1,
-            65535,  # a two-byte integer (MQTT 5 §3.1.2.11.3)
-        ),
-        share_group=_get(broker_t, "broker", "share_group", str, "provgw"),
-    )
-    config = GatewayConfig(
-        path=path,
-        broker=broker,
-        ingest=ingest,
-        trust_dir=_path(base, _get(trust_t, "trust", "dir", str, None)),
-        database=_path(base, _get(store_t, "store", "path", str, None)),
-        durable_against_power_loss=_get(
-            store_t, "store", "durable_against_power_loss", bool, default=False
-        ),
-        metrics_host=_get(metrics_t, "metrics", "host", str, "127.0.0.1"),
-        metrics_port=_positive("metrics", "port", _get(metrics_t, "metrics", "port", int, 0), 0),
-        log=_log_settings(_table(data, "log"), base),
-        witnesses=_witness_settings(_table(data, "witnesses"), base),
-        chain=_chain_settings(_table(data, "chain"), base),
-        urgent=_urgent_settings(_table(data, "urgent"), base),
-    )
-    _check_ledger(config)
-    _check_files(config)
-    return config
 
 
 def _check_files(config: GatewayConfig) -> None:
@@ -418,17 +485,6 @@ CHAIN_ENVIRONMENT = {
 }
 
 
-def _seconds(table: dict[str, Any], section: str, key: str, default: float) -> float:
-    value = table.get(key, default)
-    # TOML writes 2 and 2.0 differently; both are a number of seconds. bool is refused.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 86400:
-        raise MalformedError(
-            f"{section}.{key} must be a number of seconds between 0 and 86400, not {value!r}.",
-            reason="bad-config",
-        )
-    return float(value)
-
-
 def _http_url(section: str, key: str, url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -439,16 +495,16 @@ def _http_url(section: str, key: str, url: str) -> str:
     return url
 
 
-def _log_settings(table: dict[str, Any], base: Path) -> LogSettings:
-    interval = _seconds(table, "log", "interval_s", 2.0)
+def _log_settings(section: _Section) -> LogSettings:
+    interval = section.seconds("interval_s")
     if interval <= 0:
         raise MalformedError("log.interval_s must be above 0.", reason="bad-config")
     return LogSettings(
-        enabled=_get(table, "log", "enabled", bool, default=True),
-        key=_path(base, _get(table, "log", "key", str, "gateway-log.key")),
-        origin=_get(table, "log", "origin", str, DEFAULT_LOG_ORIGIN),
+        enabled=section.get("enabled", bool),
+        key=section.path("key"),
+        origin=section.get("origin", str),
         interval_s=interval,
-        max_pending=_positive("log", "max_pending", _get(table, "log", "max_pending", int, 1000)),
+        max_pending=section.integer("max_pending"),
     )
 
 
@@ -474,8 +530,8 @@ def _remote_witness(index: int, item: object) -> RemoteWitness:
     return RemoteWitness(_http_url(where, "url", url), verifier)
 
 
-def _witness_settings(table: dict[str, Any], base: Path) -> WitnessSettings:
-    remote_items = table.get("remote", [])
+def _witness_settings(section: _Section) -> WitnessSettings:
+    remote_items = section.table.get("remote", [])
     if not isinstance(remote_items, list):
         raise MalformedError(
             "witnesses.remote must be a list of {url, vkey} tables.", reason="bad-config"
@@ -483,42 +539,35 @@ def _witness_settings(table: dict[str, Any], base: Path) -> WitnessSettings:
     remote = tuple(_remote_witness(i, item) for i, item in enumerate(remote_items))
     if len({w.verifier.name for w in remote}) != len(remote):
         raise MalformedError("Two remote witnesses share a key name.", reason="bad-config")
-    embedded = _get(table, "witnesses", "embedded", bool, default=True)
+    embedded = section.get("embedded", bool)
     count = len(remote) + int(embedded)
-    quorum = _get(table, "witnesses", "quorum", int, min(1, count))
+    quorum = section.get("quorum", int, min(1, count))
     if not 0 <= quorum <= count:
         raise MalformedError(
             f"witnesses.quorum is {quorum}, but {count} witnesses are configured.",
             reason="bad-config",
         )
-    timeout = _seconds(table, "witnesses", "timeout_s", 5.0)
+    timeout = section.seconds("timeout_s")
     if timeout <= 0:
         raise MalformedError("witnesses.timeout_s must be above 0.", reason="bad-config")
     return WitnessSettings(
         embedded=embedded,
-        embedded_key=_path(base, _get(table, "witnesses", "embedded_key", str, "witness.key")),
-        embedded_db=_path(base, _get(table, "witnesses", "embedded_db", str, "witness.sqlite3")),
-        embedded_port=_positive(
-            "witnesses",
-            "embedded_port",
-            _get(table, "witnesses", "embedded_port", int, 0),
-            0,
-            65535,
-        ),
+        embedded_key=section.path("embedded_key"),
+        embedded_db=section.path("embedded_db"),
+        embedded_port=section.integer("embedded_port", 0, 65535),
         remote=remote,
         quorum=quorum,
         timeout_s=timeout,
     )
 
 
-def _chain_settings(table: dict[str, Any], base: Path) -> ChainSettings:
-    table = dict(table)
+def _chain_settings(section: _Section) -> ChainSettings:
     for variable, key in CHAIN_ENVIRONMENT.items():
         if os.environ.get(variable):
-            table[key] = os.environ[variable]
-    enabled = _get(table, "chain", "enabled", bool, default=False)
-    rpc_url = _get(table, "chain", "rpc_url", str, "")
-    contract = _get(table, "chain", "contract", str, "")
+            section.table[key] = os.environ[variable]
+    enabled = section.get("enabled", bool)
+    rpc_url = section.get("rpc_url", str)
+    contract = section.get("contract", str)
     if enabled:
         _http_url("chain", "rpc_url", rpc_url)
         if not _CONTRACT_ADDRESS.fullmatch(contract):
@@ -527,8 +576,8 @@ def _chain_settings(table: dict[str, Any], base: Path) -> ChainSettings:
                 f"not {contract!r}; deploy it with `provgw chain deploy --rpc URL --key FILE`.",
                 reason="bad-config",
             )
-    retry_max = _seconds(table, "chain", "retry_max_s", 60.0)
-    poll = _seconds(table, "chain", "poll_s", 1.0)
+    retry_max = section.seconds("retry_max_s")
+    poll = section.seconds("poll_s")
     if retry_max <= 0 or poll <= 0:
         raise MalformedError(
             "chain.retry_max_s and chain.poll_s must be above 0.", reason="bad-config"
@@ -537,17 +586,13 @@ def _chain_settings(table: dict[str, Any], base: Path) -> ChainSettings:
         enabled=enabled,
         rpc_url=rpc_url,
         contract=contract,
-        key_file=_path(base, _get(table, "chain", "key_file", str, "chain.key")),
-        name=_get(table, "chain", "name", str, "consortium"),
-        from_block=_positive(
-            "chain", "from_block", _get(table, "chain", "from_block", int, 0), 0, 2**62
-        ),
-        min_growth=_positive("chain", "min_growth", _get(table, "chain", "min_growth", int, 1000)),
-        max_interval_s=_seconds(table, "chain", "max_interval_s", 300.0),
-        supersede=_get(table, "chain", "supersede", bool, default=True),
-        confirmations=_positive(
-            "chain", "confirmations", _get(table, "chain", "confirmations", int, 1), 1, 1000
-        ),
+        key_file=section.path("key_file"),
+        name=section.get("name", str),
+        from_block=section.integer("from_block", 0, 2**62),
+        min_growth=section.integer("min_growth"),
+        max_interval_s=section.seconds("max_interval_s"),
+        supersede=section.get("supersede", bool),
+        confirmations=section.integer("confirmations", 1, 1000),
         retry_max_s=retry_max,
         poll_s=poll,
     )
@@ -566,15 +611,10 @@ def _check_ledger(config: GatewayConfig) -> None:
 # -- [urgent] (the urgent lane process, gateway.service.urgent) -----------------------------------
 
 
-def _optional_path(table: dict[str, Any], key: str, base: Path) -> Path | None:
-    value = _get(table, "urgent", key, str, "")
-    return _path(base, value) if value else None
-
-
-def _urgent_settings(table: dict[str, Any], base: Path) -> UrgentSettings:
-    timeout = _seconds(table, "urgent", "retry_timeout_s", 60.0)
-    tick = _seconds(table, "urgent", "tick_s", 0.25)
-    backoff = table.get("retry_backoff", 2.0)
+def _urgent_settings(section: _Section) -> UrgentSettings:
+    timeout = section.seconds("retry_timeout_s")
+    tick = section.seconds("tick_s")
+    backoff = section.table.get("retry_backoff", section.default("retry_backoff", float))
     if timeout <= 0 or tick <= 0:
         raise MalformedError(
             "urgent.retry_timeout_s and urgent.tick_s must be above 0.", reason="bad-config"
@@ -585,29 +625,15 @@ def _urgent_settings(table: dict[str, Any], base: Path) -> UrgentSettings:
             reason="bad-config",
         )
     return UrgentSettings(
-        enabled=_get(table, "urgent", "enabled", bool, default=True),
-        offer_key=_optional_path(table, "offer_key", base),
-        offer_public_key=_path(
-            base, _get(table, "urgent", "offer_public_key", str, "offer-key.pub.pem")
-        ),
-        manifest_trust=_optional_path(table, "manifest_trust", base),
-        recall_trust=_optional_path(table, "recall_trust", base),
+        enabled=section.get("enabled", bool),
+        offer_key=section.optional_path("offer_key"),
+        offer_public_key=section.path("offer_public_key"),
+        manifest_trust=section.optional_path("manifest_trust"),
+        recall_trust=section.optional_path("recall_trust"),
         retry_timeout_s=timeout,
-        retry_max_attempts=_positive(
-            "urgent",
-            "retry_max_attempts",
-            _get(table, "urgent", "retry_max_attempts", int, 3),
-            1,
-            100,
-        ),
+        retry_max_attempts=section.integer("retry_max_attempts", 1, 100),
         retry_backoff=float(backoff),
         tick_s=tick,
-        nice=_positive("urgent", "nice", _get(table, "urgent", "nice", int, -10), -20, 19),
-        receive_maximum=_positive(
-            "urgent",
-            "receive_maximum",
-            _get(table, "urgent", "receive_maximum", int, 64),
-            1,
-            65535,
-        ),
+        nice=section.integer("nice", -20, 19),
+        receive_maximum=section.integer("receive_maximum", 1, 65535),
     )
