@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
-import threading
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from gateway.core.messages import verify_device_message
 from gateway.ingest.broker_config import write_broker_config
 from gateway.ingest.topics import EVENT_FILTER, parse_topic
 from gateway.store.trust_files import load_trust_dir
+from tests._helpers import Inbox
 
 # --- without a broker ----------------------------------------------------------------------------
 
@@ -100,27 +100,6 @@ def pki_and_broker(tmp_path_factory):
     with config.acl.open("a", encoding="utf-8") as acl:
         acl.write("\nuser gateway-admin\ntopic write provgw/v1/+/dev/+/evt/#\n")
     return pki, config
-
-
-class Inbox:
-    """A plain subscriber's deliveries (acknowledged at once)."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self.client = None
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-
-    def __call__(self, topic, payload, mid, qos, _properties) -> None:
-        with self._changed:
-            self.messages.append((topic, payload))
-            self._changed.notify_all()
-        self.client.ack(mid, qos)
-
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[tuple[str, bytes]]:
-        with self._changed:
-            self._changed.wait_for(lambda: len(self.messages) >= count, timeout)
-            return list(self.messages)
 
 
 @pytest.fixture

@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import queue
-
 import pytest
 
 from gateway.ingest.topics import EVENT_FILTER, event_topic
+from tests._helpers import Inbox
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(30)]
 
 ACME_1 = "09506000134352-A1001"
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.q: queue.Queue[tuple[str, bytes, int, int, dict]] = queue.Queue()
-
-    def __call__(self, topic, payload, mid, qos, properties) -> None:
-        self.q.put((topic, payload, mid, qos, properties))
-
-    def take(self, n: int) -> list[tuple[str, bytes, int, int, dict]]:
-        return [self.q.get(timeout=3) for _ in range(n)]
-
-    def nothing_within(self, seconds: float) -> bool:
-        try:
-            self.q.get(timeout=seconds)
-        except queue.Empty:
-            return True
-        return False
 
 
 def _publish(mosquitto, payloads):

@@ -1,0 +1,61 @@
+"""Helpers shared by test modules: ``from tests._helpers import Inbox``.
+
+Tests are not a package (pytest runs with ``--import-mode=importlib``); the repository root is on
+``sys.path`` (the editable install), so ``tests`` imports as a namespace package.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any
+
+__all__ = ["Inbox"]
+
+Delivery = tuple[str, bytes, int, int, dict]
+
+
+class Inbox:
+    """An MQTT ``on_message`` callback that collects deliveries for a test to wait on.
+
+    Fits :class:`gateway.ingest.mqtt.MqttClient` and :class:`gateway.ingest.lean.LeanSubscriber`
+    alike (``topic, payload, tag, qos, properties``). Each delivery is queued for :meth:`get` /
+    :meth:`take` (returned once) and kept in :attr:`messages` as ``(topic, payload)`` for
+    :meth:`wait_for`. With :attr:`client` set, each delivery is acknowledged at once.
+    """
+
+    def __init__(self, client: Any = None) -> None:
+        self.q: queue.Queue[Delivery] = queue.Queue()
+        self.messages: list[tuple[str, bytes]] = []
+        self.client = client
+        self._changed = threading.Condition()
+
+    def __call__(self, topic: str, payload: bytes, tag: int, qos: int, properties: dict) -> None:
+        with self._changed:
+            self.messages.append((topic, payload))
+            self._changed.notify_all()
+        self.q.put((topic, payload, tag, qos, properties))
+        if self.client is not None:
+            self.client.ack(tag, qos)
+
+    def get(self, timeout: float = 3.0) -> Delivery:
+        """Return the next delivery, waiting up to *timeout* seconds (``queue.Empty`` if none)."""
+        return self.q.get(timeout=timeout)
+
+    def take(self, n: int, timeout: float = 5.0) -> list[Delivery]:
+        """Return the next *n* deliveries, waiting up to *timeout* seconds for each."""
+        return [self.q.get(timeout=timeout) for _ in range(n)]
+
+    def nothing_within(self, seconds: float) -> bool:
+        """Return True when no delivery arrives within *seconds*."""
+        try:
+            self.q.get(timeout=seconds)
+        except queue.Empty:
+            return True
+        return False
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[tuple[str, bytes]]:
+        """Wait until *count* deliveries arrived in all; return every ``(topic, payload)``."""
+        with self._changed:
+            self._changed.wait_for(lambda: len(self.messages) >= count, timeout)
+            return list(self.messages)
