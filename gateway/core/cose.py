@@ -386,6 +386,10 @@ def _header_buckets(
             )
         protected = _header_map("protected", protected_raw)
         _memoize_protected(protected_bytes, protected, strict=policy.strict_cbor)
+    # Our devices send an empty unprotected map: no label to check, none shared with the
+    # protected bucket (step 6 holds trivially), so one shared read-only empty map will do.
+    if type(unprotected_raw) in _MAP_TYPES and not unprotected_raw:
+        return protected, _EMPTY_HEADER
     unprotected = _header_map("unprotected", unprotected_raw)
 
     # Step 6: disjoint buckets (header confusion: an unprotected copy shadowing a protected one).
@@ -398,6 +402,8 @@ def _header_buckets(
         )
     return protected, unprotected
 
+
+_EMPTY_HEADER: Mapping[int | str, Any] = MappingProxyType({})
 
 # Memo of step 5, exact protected bytes -> read-only map. A device sends the same protected
 # header (alg, kid) in every message, and parsing it was a fifth of decode_sign1's time. Only

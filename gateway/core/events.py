@@ -27,10 +27,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Final
 
+from gateway.core import cbor
 from gateway.core.errors import SchemaError
 
 __all__ = [
@@ -71,10 +72,13 @@ def _token(path: str, value: object) -> str:
 
 
 def _uint(path: str, value: object) -> int:
-    # bool is an int subclass in Python; CBOR true is not a number.
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_U64:
-        raise _fail(path, "must be an unsigned integer")
-    return value
+    # bool is an int subclass in Python; CBOR true is not a number. (type() first: the cheap
+    # test for what a decoder returns.)
+    if (type(value) is int or (isinstance(value, int) and not isinstance(value, bool))) and (
+        0 <= value <= _MAX_U64
+    ):
+        return value
+    raise _fail(path, "must be an unsigned integer")
 
 
 def _number(path: str, value: object) -> float:
@@ -112,8 +116,10 @@ def _iso_date(path: str, value: object) -> str:
 
 
 def _one_of(*allowed: str) -> Check:
+    members = frozenset(allowed)
+
     def check(path: str, value: object) -> str:
-        if value not in allowed:
+        if not isinstance(value, str) or value not in members:
             raise _fail(path, "must be one of " + ", ".join(allowed))
         return str(value)
 
@@ -136,23 +142,61 @@ class _Field:
     required: bool = True
 
 
-def _closed_map(path: str, value: object, fields: Mapping[str, _Field]) -> dict[str, Any]:
-    """Check *value* is a map with exactly the known keys; return the checked values."""
+def _canonical_order(name: str) -> tuple[int, bytes]:
+    # RFC 8949 §4.2.3 (the order cbor.dumps sorts map keys into): shorter encoded key first,
+    # then bytewise. All our keys are short text strings, so their heads are alike.
+    encoded = name.encode()
+    return len(encoded), encoded
+
+
+class _Table:
+    """The fields of one closed map, kept in canonical key order.
+
+    The checked map is built in this order, so the verified event encodes deterministically
+    without a sort (:meth:`Event.to_cbor`). Per path the map is met at, the table keeps its
+    ``(name, check, required, sub-path)`` plan: paths are fixed by the schema (list items add at
+    most ``max_items`` of them), and formatting them per message was a third of the check time.
+    """
+
+    __slots__ = ("_plans", "fields", "names")
+
+    def __init__(self, fields: Mapping[str, _Field]) -> None:
+        self.fields = dict(sorted(fields.items(), key=lambda item: _canonical_order(item[0])))
+        self.names = self.fields.keys()
+        self._plans: dict[str, tuple[tuple[str, Check, bool, str], ...]] = {}
+
+    def plan(self, path: str) -> tuple[tuple[str, Check, bool, str], ...]:
+        """Return the fields' checks, in canonical order, with their paths below *path*."""
+        plan = self._plans.get(path)
+        if plan is None:
+            plan = self._plans[path] = tuple(
+                (name, spec.check, spec.required, f"{path}.{name}" if path else name)
+                for name, spec in self.fields.items()
+            )
+        return plan
+
+
+def _closed_map(path: str, value: object, table: _Table) -> dict[str, Any]:
+    """Check *value* is a map with exactly the known keys; return the checked values.
+
+    The result lists its keys in canonical order (:class:`_Table`), whatever order they came in.
+    """
     if not isinstance(value, dict):
         raise _fail(path, "must be a map")
-    unknown = [k for k in value if k not in fields]
-    if unknown:
+    # Closed: an unknown key is an error, never ignored (smuggled fields, e.g. PHI; two readers
+    # reading one record two ways). A set comparison first: unknown keys are the rare case.
+    if not table.names >= value.keys():
+        unknown = [k for k in value if k not in table.fields]
         raise SchemaError(
             f"Field '{path}' has unknown key {unknown[0]!r}: this event format is closed, "
             "so the device firmware and the gateway disagree on the format.",
             reason="schema-unknown-field",
         )
     out: dict[str, Any] = {}
-    for name, field in fields.items():
-        sub = f"{path}.{name}" if path else name
+    for name, check, required, sub in table.plan(path):
         if name in value:
-            out[name] = field.check(sub, value[name])
-        elif field.required:
+            out[name] = check(sub, value[name])
+        elif required:
             raise SchemaError(f"Field '{sub}' is missing.", reason="schema-missing-field")
     return out
 
@@ -166,9 +210,9 @@ def _list_of(check: Check, max_items: int) -> Check:
     return checked
 
 
-def _map_of(fields: Mapping[str, _Field]) -> Check:
+def _map_of(table: _Table) -> Check:
     def checked(path: str, value: object) -> dict[str, Any]:
-        return _closed_map(path, value, fields)
+        return _closed_map(path, value, table)
 
     return checked
 
@@ -178,17 +222,19 @@ def _map_of(fields: Mapping[str, _Field]) -> Check:
 _TRIGGERS = ("routine", "recall", "cve")
 
 
-_FIRMWARE_FIELDS: Final[Mapping[str, _Field]] = {
-    "from_version": _Field(_semver),
-    "to_version": _Field(_semver),
-    "manifest_digest": _Field(_digest),
-    "image_digest": _Field(_digest),
-    "result": _Field(_one_of("installed", "failed", "rejected")),
-    "detail": _Field(_text, required=False),
-    "trigger": _Field(_one_of(*_TRIGGERS)),
-    "trigger_ref": _Field(_token, required=False),
-    "cycle": _Field(_one_of("routine", "out_of_cycle")),
-}
+_FIRMWARE_FIELDS: Final = _Table(
+    {
+        "from_version": _Field(_semver),
+        "to_version": _Field(_semver),
+        "manifest_digest": _Field(_digest),
+        "image_digest": _Field(_digest),
+        "result": _Field(_one_of("installed", "failed", "rejected")),
+        "detail": _Field(_text, required=False),
+        "trigger": _Field(_one_of(*_TRIGGERS)),
+        "trigger_ref": _Field(_token, required=False),
+        "cycle": _Field(_one_of("routine", "out_of_cycle")),
+    }
+)
 
 
 def _check_firmware(path: str, value: object) -> dict[str, Any]:
@@ -213,13 +259,15 @@ _SAFETY_UNITS = {
 }
 
 
-_SAFETY_TEST_FIELDS: Final[Mapping[str, _Field]] = {
-    "test": _Field(_one_of(*_SAFETY_UNITS)),
-    "value": _Field(_number),
-    "unit": _Field(_text),
-    "limit": _Field(_number),
-    "pass": _Field(_bool),
-}
+_SAFETY_TEST_FIELDS: Final = _Table(
+    {
+        "test": _Field(_one_of(*_SAFETY_UNITS)),
+        "value": _Field(_number),
+        "unit": _Field(_text),
+        "limit": _Field(_number),
+        "pass": _Field(_bool),
+    }
+)
 
 
 def _check_safety_test(path: str, value: object) -> dict[str, Any]:
@@ -229,18 +277,22 @@ def _check_safety_test(path: str, value: object) -> dict[str, Any]:
     return test
 
 
-_MAINTENANCE_FIELDS: Final[Mapping[str, _Field]] = {
-    "work_order": _Field(_token),
-    "kind": _Field(
-        _one_of("scheduled_pm", "corrective", "acceptance", "electrical_safety", "recall_action")
-    ),
-    "status": _Field(_one_of("pass", "corrective", "deferred")),
-    "next_due": _Field(_iso_date, required=False),
-    "procedure_version": _Field(_token),
-    "test_equipment": _Field(_token, required=False),
-    "safety_tests": _Field(_list_of(_check_safety_test, 32), required=False),
-    "recall_id": _Field(_token, required=False),
-}
+_MAINTENANCE_FIELDS: Final = _Table(
+    {
+        "work_order": _Field(_token),
+        "kind": _Field(
+            _one_of(
+                "scheduled_pm", "corrective", "acceptance", "electrical_safety", "recall_action"
+            )
+        ),
+        "status": _Field(_one_of("pass", "corrective", "deferred")),
+        "next_due": _Field(_iso_date, required=False),
+        "procedure_version": _Field(_token),
+        "test_equipment": _Field(_token, required=False),
+        "safety_tests": _Field(_list_of(_check_safety_test, 32), required=False),
+        "recall_id": _Field(_token, required=False),
+    }
+)
 
 
 def _check_maintenance(path: str, value: object) -> dict[str, Any]:
@@ -293,20 +345,24 @@ DEPARTMENT_CLASSES = (
 )
 
 
-_LOCATION_FIELDS: Final[Mapping[str, _Field]] = {
-    "facility": _Field(_token),  # facility GLN (urn:epc:id:sgln:...) or consortium party id
-    "department_class": _Field(_one_of(*DEPARTMENT_CLASSES)),
-}
+_LOCATION_FIELDS: Final = _Table(
+    {
+        "facility": _Field(_token),  # facility GLN (urn:epc:id:sgln:...) or consortium party id
+        "department_class": _Field(_one_of(*DEPARTMENT_CLASSES)),
+    }
+)
 
 
 def _check_location(path: str, value: object) -> dict[str, Any]:
     return _closed_map(path, value, _LOCATION_FIELDS)
 
 
-_ERROR_DECLARATION_FIELDS: Final[Mapping[str, _Field]] = {
-    "corrects_seq": _Field(_uint),
-    "reason": _Field(_one_of("did_not_occur", "incorrect_data")),
-}
+_ERROR_DECLARATION_FIELDS: Final = _Table(
+    {
+        "corrects_seq": _Field(_uint),
+        "reason": _Field(_one_of("did_not_occur", "incorrect_data")),
+    }
+)
 
 
 def _check_error_declaration(path: str, value: object) -> dict[str, Any]:
@@ -314,24 +370,28 @@ def _check_error_declaration(path: str, value: object) -> dict[str, Any]:
     return _closed_map(path, value, _ERROR_DECLARATION_FIELDS)
 
 
-_CUSTODY_FIELDS: Final[Mapping[str, _Field]] = {
-    "biz_step": _Field(_one_of(*BIZ_STEPS)),
-    "disposition": _Field(_one_of(*DISPOSITIONS)),
-    "source": _Field(_token, required=False),  # party: pgln of the sender
-    "destination": _Field(_token, required=False),  # party: pgln of the receiver
-    "location": _Field(_check_location, required=False),
-    "error_declaration": _Field(_check_error_declaration, required=False),
-}
+_CUSTODY_FIELDS: Final = _Table(
+    {
+        "biz_step": _Field(_one_of(*BIZ_STEPS)),
+        "disposition": _Field(_one_of(*DISPOSITIONS)),
+        "source": _Field(_token, required=False),  # party: pgln of the sender
+        "destination": _Field(_token, required=False),  # party: pgln of the receiver
+        "location": _Field(_check_location, required=False),
+        "error_declaration": _Field(_check_error_declaration, required=False),
+    }
+)
 
 
 def _check_custody(path: str, value: object) -> dict[str, Any]:
     return _closed_map(path, value, _CUSTODY_FIELDS)
 
 
-_KEY_ROTATION_FIELDS: Final[Mapping[str, _Field]] = {
-    "new_x5chain": _Field(_der_chain),
-    "reason": _Field(_one_of("scheduled", "certificate_renewal")),
-}
+_KEY_ROTATION_FIELDS: Final = _Table(
+    {
+        "new_x5chain": _Field(_der_chain),
+        "reason": _Field(_one_of("scheduled", "certificate_renewal")),
+    }
+)
 
 
 def _check_key_rotation(path: str, value: object) -> dict[str, Any]:
@@ -347,14 +407,16 @@ _BODIES: Final[Mapping[str, Check]] = {
 EVENT_TYPES: Final = tuple(sorted(_BODIES))
 
 
-_TOP_FIELDS: Final[Mapping[str, _Field]] = {
-    "v": _Field(_uint),
-    "type": _Field(_text),
-    "device": _Field(_text),
-    "seq": _Field(_uint),
-    "time": _Field(_uint),
-    "body": _Field(lambda _p, v: v),  # checked by its type's table, step 3
-}
+_TOP_FIELDS: Final = _Table(
+    {
+        "v": _Field(_uint),
+        "type": _Field(_text),
+        "device": _Field(_text),
+        "seq": _Field(_uint),
+        "time": _Field(_uint),
+        "body": _Field(lambda _p, v: v),  # checked by its type's table, step 3
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -366,17 +428,39 @@ class Event:
     seq: int
     time_ms: int
     body: Mapping[str, Any]
+    #: Set by :func:`parse_event` only: every map of ``body`` is in canonical key order.
+    _presorted: bool = field(default=False, repr=False, compare=False, kw_only=True)
 
     def to_cbor_map(self) -> dict[str, Any]:
-        """Return the payload map this event is encoded as."""
+        """Return the payload map this event is encoded as (top-level keys in canonical order)."""
         return {
             "v": FORMAT_VERSION,
+            "seq": self.seq,
+            "body": dict(self.body),
+            "time": self.time_ms,
             "type": self.type,
             "device": self.device,
-            "seq": self.seq,
-            "time": self.time_ms,
-            "body": dict(self.body),
         }
+
+    def to_cbor(self) -> bytes:
+        """Return the deterministic encoding of this event: ``cbor.dumps(self.to_cbor_map())``.
+
+        For an event from :func:`parse_event` every map is already in canonical key order
+        (:class:`_Table`), so cbor2 need not sort (:func:`~gateway.core.cbor.dumps_presorted`).
+        """
+        if not self._presorted:
+            return cbor.dumps(self.to_cbor_map())
+        # to_cbor_map() without its copy of the body: the encoder only reads it.
+        return cbor.dumps_presorted(
+            {
+                "v": FORMAT_VERSION,
+                "seq": self.seq,
+                "body": self.body,
+                "time": self.time_ms,
+                "type": self.type,
+                "device": self.device,
+            }
+        )
 
 
 def parse_event(payload: object) -> Event:
@@ -406,5 +490,10 @@ def parse_event(payload: object) -> Event:
     # Step 3: the closed body of that type.
     body = check("body", top["body"])
     return Event(
-        type=top["type"], device=top["device"], seq=top["seq"], time_ms=top["time"], body=body
+        type=top["type"],
+        device=top["device"],
+        seq=top["seq"],
+        time_ms=top["time"],
+        body=body,
+        _presorted=True,  # every map was built by _closed_map
     )

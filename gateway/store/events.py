@@ -44,6 +44,9 @@ __all__ = [
 #: Reason token for a (device, seq) reused with other bytes; matches ``ReplayError``.
 REPLAY_REASON = "replay"
 
+#: Bytes of a record's salt, the log commitment's salt (module doc, step 4).
+_SALT_BYTES = 32
+
 #: Pairs per lookup query: two parameters each, far below SQLite's 32,766-parameter limit.
 _LOOKUP_CHUNK = 400
 
@@ -198,6 +201,8 @@ class EventStore:
             # BEGIN IMMEDIATE holds, so they are known without reading them back.
             first_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
             ids = list(range(first_id, first_id + len(new)))
+            # One CSPRNG read for the whole batch, cut into independent 32-byte salts.
+            salts = secrets.token_bytes(_SALT_BYTES * len(new))
             conn.executemany(
                 _INSERT_EVENT,
                 [
@@ -213,23 +218,24 @@ class EventStore:
                         r.raw,
                         digest,
                         r.payload,
-                        secrets.token_bytes(32),
+                        salts[i * _SALT_BYTES : (i + 1) * _SALT_BYTES],
                     )
-                    for row_id, (r, digest) in zip(ids, new, strict=True)
+                    for i, (row_id, (r, digest)) in enumerate(zip(ids, new, strict=True))
                 ],
             )
             replays = [
                 QuarantineRecord(r.received_ms, r.topic, r.raw, REPLAY_REASON, detail, r.device_id)
                 for r, detail in conflicts
             ]
-            conn.executemany(
-                "INSERT INTO quarantine (received_ms, topic, raw, reason, detail, device_hint)"
-                " VALUES (?,?,?,?,?,?)",
-                [
-                    (q.received_ms, q.topic, q.raw, q.reason, q.detail, q.device_hint)
-                    for q in (*quarantined, *replays)
-                ],
-            )
+            if quarantined or replays:
+                conn.executemany(
+                    "INSERT INTO quarantine (received_ms, topic, raw, reason, detail, device_hint)"
+                    " VALUES (?,?,?,?,?,?)",
+                    [
+                        (q.received_ms, q.topic, q.raw, q.reason, q.detail, q.device_hint)
+                        for q in (*quarantined, *replays)
+                    ],
+                )
             # The per-device high-water mark only moves up; devices not enrolled are untouched.
             high: dict[str, int] = {}
             for r, _ in new:

@@ -146,3 +146,48 @@ def test_dumps_is_a_function_of_the_value(value):
 def test_arbitrary_bytes_raise_only_malformed(data):
     with contextlib.suppress(MalformedError):
         cbor.strict_loads(data)
+
+
+def _in_canonical_order(value: object) -> object:
+    """*value* with every map's keys re-inserted in the order cbor.dumps sorts them into."""
+    if isinstance(value, dict):
+        items = [(cbor.dumps(k), k, _in_canonical_order(v)) for k, v in value.items()]
+        items.sort(key=lambda item: (len(item[0]), item[0]))
+        return {k: v for _, k, v in items}
+    if isinstance(value, list):
+        return [_in_canonical_order(v) for v in value]
+    return value
+
+
+floats = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.5, 500.0, 0.1, -0.0])
+
+
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**64), 2**64 - 1)
+        | floats
+        | st.binary(max_size=40)
+        | st.text(max_size=20),
+        lambda children: (
+            st.lists(children, max_size=5)
+            | st.dictionaries(
+                st.integers(-(2**63), 2**63) | st.text(max_size=8), children, max_size=5
+            )
+        ),
+        max_leaves=20,
+    )
+)
+def test_dumps_presorted_is_dumps_for_maps_in_canonical_order(value):
+    ordered = _in_canonical_order(value)
+    assert cbor.dumps_presorted(ordered) == cbor.dumps(value)
+
+
+def test_dumps_presorted_writes_floats_in_their_shortest_form():
+    # cbor2's default mode would write float64 (fb 3ff8000000000000); deterministic is f9 3e00.
+    assert cbor.dumps_presorted({"a": 1.5}) == bytes.fromhex("a16161f93e00")
+
+
+def test_dumps_presorted_of_a_digest_holding_0xfb_is_still_canonical():
+    assert cbor.dumps_presorted({"d": b"\xfb" * 32}) == cbor.dumps({"d": b"\xfb" * 32})

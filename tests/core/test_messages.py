@@ -1,5 +1,6 @@
 """Whole-message verification against a demo PKI: the issue's "must show" list, one test each."""
 
+import hashlib
 import random
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -28,7 +29,7 @@ from gateway.core.errors import (
 )
 from gateway.core.events import Event
 from gateway.core.identity import DeviceRegistry
-from gateway.core.messages import verify_device_message
+from gateway.core.messages import MessagePolicy, verify_device_message
 from gateway.core.udi import Udi
 from gateway.store.trust_files import load_trust_dir
 
@@ -262,3 +263,39 @@ def test_oversize_message_is_refused_before_parsing(demo):
     root, _ = demo
     with pytest.raises(OversizeError):
         verify(b"\xff" * (cose.DEVICE_POLICY.max_size + 1), root)
+
+
+def test_event_time_beyond_year_9999_is_refused_as_clock_skew_not_a_crash(demo):
+    # A u64 time far past what a datetime holds once raised ValueError out of the verifier: a
+    # poison message no batch could get past.
+    root, records = demo
+    device = device_of(root, records, "Ed25519")
+    with pytest.raises(ExpiredError, match="ms after 1970") as info:
+        verify(device.sign(event_for(device.device_id, time_ms=2**64 - 1)), root)
+    assert info.value.reason == "clock-skew"
+
+
+def test_skew_and_age_limits_are_inclusive_to_the_millisecond(demo):
+    root, records = demo
+    device = device_of(root, records, "Ed25519")
+    policy = MessagePolicy()
+    epoch, ms, us = (
+        datetime(1970, 1, 1, tzinfo=UTC),
+        timedelta(milliseconds=1),
+        timedelta(microseconds=1),
+    )
+    edge_future = (NOW + policy.max_future_skew - epoch) // ms  # the last ms not ahead
+    edge_past = -(-((NOW - policy.max_age - epoch) // us) // 1000)  # the first ms not too old
+    for seq, time_ms in ((1, edge_future), (2, edge_past)):
+        verify(device.sign(event_for(device.device_id, seq=seq, time_ms=time_ms)), root)
+    with pytest.raises(ExpiredError, match="ahead"):
+        verify(device.sign(event_for(device.device_id, seq=3, time_ms=edge_future + 1)), root)
+    with pytest.raises(ExpiredError, match="older"):
+        verify(device.sign(event_for(device.device_id, seq=4, time_ms=edge_past - 1)), root)
+
+
+def test_digest_is_sha256_of_the_exact_bytes_received(demo):
+    root, records = demo
+    device = device_of(root, records, "Ed25519")
+    data = device.sign(event_for(device.device_id))
+    assert verify(data, root).digest == hashlib.sha256(data).digest()
