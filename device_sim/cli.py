@@ -359,9 +359,23 @@ def fleet_summary(report: FleetReport) -> str:
     help="Seconds the fleet publishes.",
 )
 @click.option("--seed", type=int, default=None, help="Random seed for reproducible contents.")
+@click.option(
+    "--browse/--no-browse",
+    default=True,
+    show_default=True,
+    help="After the scenario, keep everything running for the web UI until Ctrl-C; "
+    "--no-browse exits at the end (scripts, tests).",
+)
 @json_option
 def demo(  # noqa: PLR0913 - one parameter per option
-    *, directory: Path, devices: int, rate: float, duration: float, seed: int | None, as_json: bool
+    *,
+    directory: Path,
+    devices: int,
+    rate: float,
+    duration: float,
+    seed: int | None,
+    browse: bool,
+    as_json: bool,
 ) -> None:
     """Run Mosquitto, the gateway and a simulated fleet end to end, and show what arrives.
 
@@ -370,10 +384,14 @@ def demo(  # noqa: PLR0913 - one parameter per option
     quarantined, and one device's history, (7) one stored message verified offline with
     provgw message verify, (8) an urgent recall: the signed recall and its remedy published,
     the affected pumps patched (one fails, one is offline) and their remediation shown.
-    Everything started is stopped on exit and on Ctrl-C.
+    The read-only web UI (provgw ui) runs from step 4; its URL and those of one device page and
+    the recall page are printed, and with --browse (the default) everything keeps running until
+    Ctrl-C. Everything started is stopped on exit and on Ctrl-C.
     Exit code 0: the demo ran and the sample message verified; 1: a step failed.
     """
-    options = DemoOptions(directory, devices=devices, rate=rate, duration=duration, seed=seed)
+    options = DemoOptions(
+        directory, devices=devices, rate=rate, duration=duration, seed=seed, browse=browse
+    )
     try:
         result = run_demo(options, lambda line: click.echo(line, err=as_json))
     except DemoError as err:

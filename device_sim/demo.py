@@ -10,8 +10,10 @@ offline with nothing but the gateway's and the witness's public keys. Finally (8
 recall: biomed imports the inventory (the Volara pumps run 4.2.9), the manufacturer publishes the
 2-of-3 signed recall Z-0412-2026 and then its remedy, firmware 4.2.10; the pumps receive signed
 offers from the gateway's urgent lane, check them, install (one fails, one is offline) and report,
-and ``provgw recall status`` shows each pump's remediation. Everything it starts is stopped on
-exit, on error and on Ctrl-C.
+and ``provgw recall status`` shows each pump's remediation. From step 4 the read-only web UI
+(``provgw ui``) runs beside the gateway; at the end the demo prints its URL and those of one
+device's page and the recall's page, and with ``browse`` keeps everything running until Ctrl-C.
+Everything it starts is stopped on exit, on error and on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -172,6 +176,8 @@ class DemoOptions:
     duration: float = 20.0
     seed: int | None = None
     faults: FaultRates = field(default_factory=lambda: _DEMO_FAULTS)
+    #: After the scenario, keep everything running for the web UI until Ctrl-C.
+    browse: bool = False
 
 
 Say = Callable[[str], None]
@@ -305,6 +311,59 @@ class _Gateway:
         self.proc = None
 
 
+class _WebUi:
+    """``provgw ui`` (the read-only web UI) as a child process, on a free loopback port."""
+
+    def __init__(self, provgw: str, config: Path, log: Path) -> None:
+        self.provgw = provgw
+        self.config = config
+        self.log_path = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 20.0) -> str:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(  # noqa: S603 - our own command and config
+                [self.provgw, "ui", "--config", str(self.config), "--port", "0", "--json"],
+                stdout=subprocess.PIPE,
+                stderr=log,
+            )
+        result: dict[str, Any] = {}
+        reader = threading.Thread(target=self._read_first, args=(result,), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        url = (result.get("line") or {}).get("url")
+        if not isinstance(url, str):
+            self.stop()
+            msg = f"`provgw ui` did not start; see {self.log_path}"
+            raise DemoError(msg)
+        self.url = url.rstrip("/")
+        return self.url
+
+    def _read_first(self, result: dict[str, Any]) -> None:
+        assert self.proc is not None
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            with suppress(ValueError):
+                result["line"] = json.loads(raw)
+                return
+
+    def overview(self) -> dict[str, Any] | None:
+        """Return the UI's /api/overview, or None if it does not answer."""
+        url = self.url + "/api/overview"  # http://127.0.0.1:PORT, as `provgw ui` printed it
+        try:
+            with urllib.request.urlopen(url, timeout=10) as reply:  # noqa: S310 - see above
+                return dict(json.loads(reply.read()))
+        except (OSError, ValueError):
+            return None
+
+    def stop(self) -> None:
+        _terminate(self.proc)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
+
+
 def _counts(db: Path) -> tuple[dict[str, int], dict[str, int]]:
     if not db.exists():
         return {}, {}
@@ -389,6 +448,7 @@ def run_demo(options: DemoOptions, say: Say) -> dict[str, Any]:  # noqa: PLR0915
         provgw = _provgw()
         gateway_config = directory / "gateway.toml"
         _write_gateway_toml(gateway_config, broker, pki, db, workers)
+        ui: _WebUi | None = None
         if _has_serve(provgw):
             say(f"[4/8] provgw serve --config {gateway_config} (log: {directory / 'gateway.log'})")
             gateway = _Gateway(provgw, gateway_config, directory / "gateway.log")
@@ -399,6 +459,10 @@ def run_demo(options: DemoOptions, say: Say) -> dict[str, Any]:  # noqa: PLR0915
                 "pid": status.get("pid"),
                 "workers": status.get("workers"),
             }
+            ui = _WebUi(provgw, gateway_config, directory / "ui.log")
+            cleanup.callback(ui.stop)
+            out["ui"] = {"url": ui.start() + "/", "pid": ui.proc.pid if ui.proc else None}
+            say(f"      web UI (read-only): {ui.url}/  (provgw ui --config {gateway_config})")
         else:
             say("[4/8] `provgw serve` is missing in this version: the fleet runs without a gateway")
             out["gateway"] = {"running": False}
@@ -490,8 +554,37 @@ def run_demo(options: DemoOptions, say: Say) -> dict[str, Any]:  # noqa: PLR0915
         setup = _UrgentSetup(provgw, directory, db, pki, broker, records, status if running else {})
         out["urgent"] = _urgent_recall(setup, say=say)
         out["interrupted"] = stop.is_set()
+        _show_ui(ui, out, sample_id, browse=options.browse, stop=stop, say=say)
         say("shutting down the gateway and the broker")
     return out
+
+
+def _show_ui(  # noqa: PLR0913 - the UI, the demo's result and how to end
+    ui: _WebUi | None,
+    out: dict[str, Any],
+    device: str,
+    *,
+    browse: bool,
+    stop: threading.Event,
+    say: Say,
+) -> None:
+    """Point at the web UI's pages; with *browse*, keep everything running until Ctrl-C."""
+    if ui is None:
+        return
+    device_page = f"{ui.url}/devices/{urllib.parse.quote(device, safe='')}"
+    recall_page = f"{ui.url}/recalls/{_RECALL_ID}"
+    overview = ui.overview()
+    out["ui"] |= {
+        "device_page": device_page,
+        "recall_page": recall_page,
+        "stored": None if overview is None else overview["stored"],
+    }
+    say(f"      web UI: fleet {ui.url}/")
+    say(f"              device {device_page}")
+    say(f"              recall {recall_page}")
+    if browse and not stop.is_set():
+        say("      everything keeps running for the web UI; press Ctrl-C to stop")
+        stop.wait()
 
 
 def _pairs(counts: dict[str, int]) -> str:

@@ -27,7 +27,10 @@ def _alive(pid: int) -> bool:
 def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
     directory = tmp_path / "demo"
     result = subprocess.run(
-        [str(SIM), "demo", "--dir", str(directory), "--duration", "3", "--seed", "5", "--json"],
+        [
+            *(str(SIM), "demo", "--dir", str(directory), "--duration", "3", "--seed", "5"),
+            *("--no-browse", "--json"),
+        ],
         capture_output=True,
         text=True,
         timeout=110,
@@ -61,6 +64,13 @@ def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
     assert "simulated install failure" in states["failed"]["detail"]
     assert max(urgent["offer_ms"]) < 2000
     assert not _alive(urgent["lane_pid"])
+    # The web UI ran beside the gateway, served the same store, and pointed at its pages.
+    ui = out["ui"]
+    reports = urgent["counts"]["installed"] + urgent["counts"]["failed"]  # the pumps' step 8
+    assert ui["stored"] == sum(out["stored"].values()) + reports
+    assert ui["recall_page"] == ui["url"] + "recalls/Z-0412-2026"
+    assert ui["device_page"].startswith(ui["url"] + "devices/")
+    assert not _alive(ui["pid"])
     # Shut down on exit: the gateway's process is gone and the broker's port is closed.
     assert not _alive(out["gateway"]["pid"])
     broker = ("127.0.0.1", out["broker"]["port"])

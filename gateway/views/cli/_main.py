@@ -80,6 +80,11 @@ _COMMANDS: dict[str, _Entry] = {
         "command",
         "Run the gateway: ingest device events, the transparency log, and the urgent patch lane.",
     ),
+    "ui": _Entry(
+        _P + "_ui",
+        "command",
+        "Serve the read-only web UI: fleet, device histories with proofs, recalls, quarantine.",
+    ),
     "witness": _Entry(
         _P + "_witness",
         "group",

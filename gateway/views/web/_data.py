@@ -1,0 +1,404 @@
+"""What each page shows: JSON-ready dicts from the same store and ledger calls the CLI makes.
+
+- overview: :class:`EventStore` counts, :class:`Inventory`, enrolled devices, and the log's
+  latest checkpoint (:meth:`TransparencyLog.latest_checkpoint` and its status);
+- device: :meth:`EventStore.history`, and per event :meth:`TransparencyLog.leaf_of` and
+  :meth:`TransparencyLog.covering_checkpoint` (the checkpoint a receipt is issued under, so the
+  state shown is the receipt's: logged -> witnessed -> anchored);
+- receipt: :func:`issue_receipt` then :func:`verify_receipt`, as ``provgw log prove --out``;
+- recalls: :meth:`RecallStore.summaries` (``provgw recall list --json``) and the urgent
+  manifests' campaigns (:meth:`ManifestOffers.summary`);
+- recall: :meth:`RemediationTracker.status` (``provgw recall status --json``) and
+  :meth:`RecallStore.impact` (``provgw recall impact --json``);
+- quarantine: :meth:`EventStore.quarantine_rows` and :meth:`EventStore.quarantine_counts`.
+
+Two differences with the CLI, both because the UI never writes: ``provgw recall impact`` first
+applies new ``firmware_update`` reports to the inventory (the running gateway's urgent lane does
+that every tick, so the UI sees it shortly after), and when a firmware manifest's SBOM is not
+indexed yet the live impact cannot be computed read-only; the page then says so and shows the
+impact recorded when the recall was imported (each device's matched rules in its remediation
+row). Quarantined messages are listed by size and SHA-256, never by their raw bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.core.cbor import strict_loads
+from gateway.core.errors import UnavailableError, VerificationError
+from gateway.core.manifest import class_id
+from gateway.ledger.commitments import leaf_for
+from gateway.ledger.keys import GatewayKey
+from gateway.ledger.log import TransparencyLog
+from gateway.ledger.receipts import issue_receipt, verify_receipt
+from gateway.service.remediation import RemediationTracker
+from gateway.store.db import Database
+from gateway.store.events import EventStore, StoredEvent
+from gateway.store.inventory import Inventory
+from gateway.store.manifests import ManifestStore
+from gateway.store.offers import ManifestOffers, campaign_id, campaign_manifest
+from gateway.store.recalls import RecallStore
+
+__all__ = [
+    "PROOF_STATES",
+    "Page",
+    "device_page",
+    "overview_page",
+    "quarantine_page",
+    "recall_page",
+    "recalls_page",
+    "receipt_bundle",
+]
+
+#: Proof states of an event, weakest first: stored but not in the log yet, in the log but under
+#: no signed checkpoint yet, then the receipt states (RFC 9942 receipts, DESIGN.md "Receipts").
+PROOF_STATES = ("erased", "stored", "appended", "logged", "witnessed", "anchored")
+
+
+@dataclass(frozen=True)
+class Page:
+    """Where to read: the database (read-only) and, if available, the log key for receipts."""
+
+    db: Database
+    key: GatewayKey | None
+
+    def log(self) -> TransparencyLog | None:
+        """Return the transparency log, or None without the log key (no checkpoints to show)."""
+        return None if self.key is None else TransparencyLog(self.db, self.key.signer)
+
+
+def iso(ms: int | None) -> str | None:
+    """Milliseconds since the epoch as an ISO 8601 UTC time (seconds), or None."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds")
+
+
+def _plain(value: object) -> object:
+    # Event bodies hold bytes (digests): hex for JSON and for display.
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+# -- overview ---------------------------------------------------------------------------------
+
+
+def _checkpoint(page: Page) -> dict[str, Any] | None:
+    log = page.log()
+    if log is None:
+        return None
+    latest = log.latest_checkpoint()
+    out: dict[str, Any] = {
+        "origin": log.origin,
+        "log_size": log.size(),
+        "pending_events": log.pending_events(),
+        "size": None,
+    }
+    if latest is None:
+        return out
+    status = log.status(latest.size)
+    anchor = status.anchor
+    return out | {
+        "size": latest.size,
+        "root": latest.root.hex(),
+        "signed_ms": latest.signed_ms,
+        "signed": iso(latest.signed_ms),
+        "state": status.state,
+        "witnessed": bool(status.cosignatures),
+        "cosignatures": len(status.cosignatures),
+        "anchored": anchor is not None,
+        "anchor": None
+        if anchor is None
+        else {"chain": anchor.chain, "tx": anchor.tx.hex(), "block": anchor.block},
+    }
+
+
+def overview_page(page: Page, *, limit: int, offset: int) -> dict[str, Any]:
+    """Return the fleet (devices in inventory, enrolled or seen), totals, latest checkpoint."""
+    events = EventStore(page.db)
+    inventory = {row.device_id: row for row in Inventory(page.db).all()}
+    enrolled = {
+        str(d): (str(m), r is not None)
+        for d, m, r in page.db.query("SELECT device_id, manufacturer, revoked_ms FROM devices")
+    }
+    # One grouped read for the per-device columns (the store has no per-device summary).
+    activity = {
+        str(d): (int(n), int(last))
+        for d, n, last in page.db.query(
+            "SELECT device_id, count(*), max(received_ms) FROM events GROUP BY device_id"
+        )
+    }
+    ids = sorted({*inventory, *enrolled, *activity})
+    devices = []
+    for device_id in ids[offset : offset + limit]:
+        inv = inventory.get(device_id)
+        manufacturer, revoked = enrolled.get(device_id, (None, False))
+        count, last = activity.get(device_id, (0, None))
+        devices.append(
+            {
+                "device_id": device_id,
+                "manufacturer": inv.manufacturer if inv else manufacturer,
+                "model": inv.model if inv else None,
+                "site": inv.site if inv else None,
+                "department": inv.department if inv else None,
+                "firmware": inv.version if inv else None,
+                "enrolled": device_id in enrolled,
+                "revoked": revoked,
+                "events": count,
+                "last_event_ms": last,
+                "last_event": iso(last),
+            }
+        )
+    quarantined = events.quarantine_counts()
+    return {
+        "devices_total": len(ids),
+        "offset": offset,
+        "limit": limit,
+        "devices": devices,
+        "stored": events.count(),
+        "quarantined": sum(quarantined.values()),
+        "quarantined_by_reason": dict(sorted(quarantined.items())),
+        "checkpoint": _checkpoint(page),
+    }
+
+
+# -- one device -------------------------------------------------------------------------------
+
+
+def summary(event_type: str, body: dict[str, Any]) -> str:
+    """One line a biomed engineer reads: what the event says."""
+    if event_type == "firmware_update":
+        trigger = body.get("trigger", "?")
+        if body.get("trigger_ref"):
+            trigger = f"{trigger} {body['trigger_ref']}"
+        text = (
+            f"firmware {body.get('from_version', '?')} -> {body.get('to_version', '?')}: "
+            f"{body.get('result', '?')} ({trigger}, {body.get('cycle', '?')})"
+        )
+        return text + (f": {body['detail']}" if body.get("detail") else "")
+    if event_type == "maintenance":
+        due = f", next due {body['next_due']}" if body.get("next_due") else ""
+        return (
+            f"{body.get('kind', '?')} work order {body.get('work_order', '?')}: "
+            f"{body.get('status', '?')}{due}"
+        )
+    if event_type == "custody":
+        where = body.get("location") or {}
+        at = f" at {where.get('department_class')}" if where.get("department_class") else ""
+        return f"{body.get('biz_step', '?')}, {body.get('disposition', '?')}{at}"
+    if event_type == "key_rotation":
+        return f"key rotated ({body.get('reason', '?')})"
+    return event_type
+
+
+def _body(event: StoredEvent) -> dict[str, Any]:
+    try:
+        item = strict_loads(bytes(event.payload), what="event payload")
+        body = item["body"]
+    except (VerificationError, KeyError, TypeError):
+        return {}
+    plain = _plain(body)
+    return plain if isinstance(plain, dict) else {}
+
+
+def _proof(log: TransparencyLog | None, event: StoredEvent) -> dict[str, Any]:
+    if event.salt is None:
+        return {"proof": "erased", "leaf_index": None, "checkpoint_size": None}
+    leaf = None if log is None else log.leaf_of("event", event.id)
+    if log is None or leaf is None:
+        return {"proof": "stored", "leaf_index": None, "checkpoint_size": None}
+    covering = log.covering_checkpoint(leaf.index)
+    if covering is None:
+        return {"proof": "appended", "leaf_index": leaf.index, "checkpoint_size": None}
+    checkpoint, status = covering
+    return {"proof": status.state, "leaf_index": leaf.index, "checkpoint_size": checkpoint.size}
+
+
+def receipt_path(event_id: int) -> str:
+    """Where the UI serves an event's receipt bundle."""
+    return f"/receipts/{event_id}.cbor"
+
+
+def device_page(page: Page, device_id: str, *, limit: int) -> dict[str, Any] | None:
+    """Return a device's history, newest first, each event with its proof state; None if unknown."""
+    history = EventStore(page.db).history(device_id)
+    inv = Inventory(page.db).get(device_id)
+    enrolled = page.db.query(
+        "SELECT manufacturer, enrolled_ms, revoked_ms FROM devices WHERE device_id = ?",
+        (device_id,),
+    )
+    if not history and inv is None and not enrolled:
+        return None
+    log = page.log()
+    events = []
+    for event in reversed(history[-limit:]):
+        body = _body(event)
+        proof = _proof(log, event)
+        can_prove = page.key is not None and proof["checkpoint_size"] is not None
+        events.append(
+            {
+                "id": event.id,
+                "seq": event.seq,
+                "type": event.type,
+                "event_time_ms": event.event_time_ms,
+                "time": iso(event.event_time_ms),
+                "received_ms": event.received_ms,
+                "site": event.site,
+                "summary": summary(event.type, body),
+                "body": body,
+                **proof,
+                "receipt": receipt_path(event.id) if can_prove else None,
+            }
+        )
+    return {
+        "device_id": device_id,
+        "inventory": None
+        if inv is None
+        else {
+            "manufacturer": inv.manufacturer,
+            "model": inv.model,
+            "site": inv.site,
+            "department": inv.department,
+            "firmware": inv.version,
+            "firmware_from": "inventory" if inv.version_seq is None else "firmware_update",
+            "lot": inv.lot,
+        },
+        "enrolled": None
+        if not enrolled
+        else {
+            "manufacturer": enrolled[0][0],
+            "enrolled": iso(enrolled[0][1]),
+            "revoked": iso(enrolled[0][2]),
+        },
+        "events_total": len(history),
+        "limit": limit,
+        "events": events,
+        "receipts": page.key is not None,
+    }
+
+
+def receipt_bundle(page: Page, event_id: int) -> bytes | None:
+    """Return the event's receipt bundle, verified: the bytes ``provgw log prove --out`` writes.
+
+    None when there is no such event, it was erased, or the log key is not available. Raises
+    what :func:`issue_receipt` raises when the event is not logged or not sealed yet.
+    """
+    if page.key is None:
+        return None
+    log = TransparencyLog(page.db, page.key.signer)
+    event = EventStore(page.db).by_id(event_id)
+    if event is None or event.salt is None:
+        return None
+    bundle = issue_receipt(log, page.key, event_id)
+    verify_receipt(bundle, leaf_for("event", event.salt, event.digest), page.key.verifier)
+    return bundle
+
+
+# -- recalls ----------------------------------------------------------------------------------
+
+
+def _campaigns(page: Page) -> list[dict[str, Any]]:
+    offers = ManifestOffers(page.db)
+    manifests = ManifestStore(page.db)
+    out = []
+    for (digest,) in page.db.query(
+        "SELECT manifest FROM manifest_offers GROUP BY manifest ORDER BY min(first_ms) DESC"
+    ):
+        manifest = bytes(digest)
+        row = manifests.get(manifest)
+        out.append(
+            {
+                "id": campaign_id(manifest),
+                **offers.summary(manifest),
+                "version": row.version if row is not None else None,
+            }
+        )
+    return out
+
+
+def recalls_page(page: Page) -> dict[str, Any]:
+    """Every recall held (as ``provgw recall list --json``) and every urgent-manifest campaign."""
+    return {
+        "recalls": [s.to_json() for s in RecallStore(page.db).summaries()],
+        "campaigns": _campaigns(page),
+    }
+
+
+def recall_page(page: Page, recall_id: str) -> dict[str, Any] | None:
+    """Return a recall's (or campaign's) impact and per-device remediation; None if not held."""
+    status = RemediationTracker(page.db).status(recall_id)
+    if status is None:
+        return None
+    out: dict[str, Any] = {
+        "recall_id": recall_id,
+        "status": status.to_json(),
+        "impact": None,
+        "impact_note": None,
+    }
+    if campaign_manifest(recall_id) is not None:
+        out["impact_note"] = "an urgent manifest: its offers are its impact"
+        return out
+    store = RecallStore(page.db)
+    recall = store.get(recall_id)
+    assert recall is not None  # status() found it
+    try:
+        report = store.impact(recall)
+    except UnavailableError as err:
+        if err.reason != "store-read-only":
+            raise
+        out["impact_note"] = (
+            "the live impact needs new firmware SBOMs indexed, which the read-only UI does not "
+            "do; the matched rules below are those recorded when the recall was imported "
+            "(`provgw recall impact` computes it now)"
+        )
+        return out
+    models = {
+        class_id(recall.fields.vendor, m): m
+        for (m,) in page.db.query(
+            "SELECT DISTINCT model FROM inventory WHERE vendor = ?", (recall.fields.vendor.bytes,)
+        )
+    }
+    rules = [
+        r.describe(models.get(r.class_id) if r.class_id else None) for r in recall.fields.rules
+    ]
+    out["impact"] = {**report.to_json(), "signed": recall.signed, "rules": rules}
+    return out
+
+
+# -- quarantine -------------------------------------------------------------------------------
+
+
+def quarantine_page(
+    page: Page, *, reason: str | None, limit: int, before: int | None
+) -> dict[str, Any]:
+    """Refused messages, newest first: reason, sentence, topic, time, size and SHA-256."""
+    events = EventStore(page.db)
+    rows = events.quarantine_rows(reason=reason, limit=limit, before_id=before)
+    return {
+        "counts": dict(sorted(events.quarantine_counts().items())),
+        "reason": reason,
+        "limit": limit,
+        "rows": [
+            {
+                "id": r.id,
+                "received_ms": r.received_ms,
+                "received": iso(r.received_ms),
+                "topic": r.topic,
+                "reason": r.reason,
+                "detail": r.detail,
+                "device_hint": r.device_hint,
+                "bytes": len(r.raw),
+                "sha256": hashlib.sha256(r.raw).hexdigest(),
+            }
+            for r in rows
+        ],
+        "next_before": rows[-1].id if len(rows) == limit else None,
+    }
