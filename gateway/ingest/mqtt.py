@@ -53,7 +53,7 @@ from gateway.core.errors import UnavailableError
 from gateway.ingest.broker_config import ClientCredentials
 from gateway.ingest.topics import shared_filter
 
-__all__ = ["MessageHandler", "MqttClient"]
+__all__ = ["MessageHandler", "MqttClient", "client_tls_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,23 @@ def _properties_dict(props: Any) -> dict[str, Any]:  # noqa: ANN401 - paho's unt
     if props is None or len(vars(props)) <= _EMPTY_PROPERTY_ATTRS:
         return {}
     return dict(props.json())
+
+
+def client_tls_context(credentials: ClientCredentials) -> ssl.SSLContext:
+    """Build an MQTT client's TLS context: the site CA, TLS 1.2 or later, its certificate.
+
+    Raises :class:`UnavailableError` (``tls-config``) when the files cannot be loaded.
+    """
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(credentials.cafile))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(credentials.certfile), str(credentials.keyfile))
+    except (OSError, ssl.SSLError) as exc:
+        raise UnavailableError(
+            f"The TLS files of MQTT client {credentials.client_id!r} are unusable: {exc}.",
+            reason="tls-config",
+        ) from exc
+    return ctx
 
 
 def _reason_text(rc: object) -> str:
@@ -201,18 +218,7 @@ class MqttClient:
             self._failure = self._last_error = None
 
     def _tls_context(self) -> ssl.SSLContext:
-        try:
-            ctx = ssl.create_default_context(
-                ssl.Purpose.SERVER_AUTH, cafile=str(self.credentials.cafile)
-            )
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            ctx.load_cert_chain(str(self.credentials.certfile), str(self.credentials.keyfile))
-        except (OSError, ssl.SSLError) as exc:
-            raise UnavailableError(
-                f"The TLS files of MQTT client {self.credentials.client_id!r} are unusable: {exc}.",
-                reason="tls-config",
-            ) from exc
-        return ctx
+        return client_tls_context(self.credentials)
 
     def disconnect(self) -> None:
         """Disconnect cleanly; the session (and anything not acknowledged) stays on the broker."""

@@ -7,10 +7,10 @@ verifies and commits its batches and sends back what it committed; the receiver 
 those messages, and only those (ack after commit, MQTT 5 §4.3.2).
 
 Why this split (measured, ``docs/BENCHMARKS.md``): verification is the CPU cost (~120 us a
-message, Ed25519 or P-256 plus X.509 re-checks), receiving is cheap (~45 us in paho), and the
-earlier layout -- every worker process on its own non-shared session, dropping the devices not
-hashed to it -- paid the receive cost once per worker and made the broker send every message
-once per worker. One receiver keeps a single copy of each message on the wire and in the broker,
+message, Ed25519 or P-256 plus X.509 re-checks), receiving is cheap, and the earlier layout --
+every worker process on its own non-shared session, dropping the devices not hashed to it -- paid
+the receive cost once per worker and made the broker send every message once per worker. One
+receiver keeps a single copy of each message on the wire and in the broker,
 keeps the restart safety of a non-shared persistent session (Mosquitto 2.0.11 loses
 shared-subscription messages after a broker restart: ``tests/service/test_crash_restart.py``),
 and still verifies one device's events in order in one process (no enrolment or key-rotation race).
@@ -18,13 +18,18 @@ and still verifies one device's events in order in one process (no enrolment or 
 Threads of the receiver process, per verifier ("lane"): a *sender* that cuts the lane's buffer
 into batches (``batch_max`` messages, or ``batch_ms`` after the first) and writes them to the
 verifier's pipe, and an *acker* that reads what the verifier committed, PUBACKs it in one write
-(:meth:`~gateway.ingest.mqtt.MqttClient.ack_many`) and records the batch's metrics. paho's network
-thread only appends to a lane's buffer.
+(:meth:`~gateway.ingest.lean.LeanSubscriber.ack_many`) and records the batch's metrics. The MQTT
+reader thread only appends to a lane's buffer.
+
+The receiver's MQTT client is :class:`~gateway.ingest.lean.LeanSubscriber`, not paho: paho's
+receive path cost ~39 us of CPU a message, the ceiling of the whole gateway; the lean subscriber
+does only what this process needs (one QoS 1 subscription, manual PUBACK, reconnect) for a tenth
+of that (``docs/adr/0004-lean-mqtt-receiver.md``). Everything else still uses paho.
 
 Memory is bounded: the receiver announces Receive Maximum (MQTT 5 §3.1.2.11.3) of
 ``broker.receive_maximum`` per verifier, so the broker never has more unacknowledged messages out
 to the gateway; and a credit counter of twice that (deliveries of a dropped connection may still
-be in the verifiers while the broker redelivers them) blocks paho's thread -- TCP back-pressure
+be in the verifiers while the broker redelivers them) blocks the reader thread -- TCP back-pressure
 to the broker -- rather than let any buffer grow. Under a flood the backlog waits in the broker
 (Mosquitto ``max_queued_messages``, raised by ``provgw broker-config``).
 
@@ -37,12 +42,16 @@ A ``kill -9`` of the receiver is the same story; its verifiers notice that their
 pipeline on its own member session of an MQTT 5 shared subscription (§4.8.2). Kept for brokers
 where shared subscriptions survive a restart; on Mosquitto 2.0.11 they do not (see above).
 
-This process imports no verification code (no core, no biip, no cbor2): ~20 MB less, measured.
+Memory: the receiver loads the verifiers' modules (core, store, cryptography) and forks the
+verifiers before it starts any thread, so the three processes share those pages copy-on-write
+(measured: 18 MB less PSS than spawned verifiers, ``docs/BENCHMARKS.md``).
 """
 
 from __future__ import annotations
 
 import faulthandler
+import gc
+import importlib
 import logging
 import multiprocessing
 import multiprocessing.synchronize
@@ -57,16 +66,16 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.core.errors import UnavailableError
-from gateway.ingest.mqtt import MqttClient
+from gateway.ingest.lean import LeanSubscriber
 from gateway.ingest.topics import EVENT_FILTER
 from gateway.service.config import GatewayConfig, load_config
 from gateway.service.metrics import IngestMetrics
 from gateway.service.verifier import RawDelivery, run_verifier
 
-__all__ = ["IngestReceiver", "connect_and_subscribe", "lane_of", "run_worker"]
+__all__ = ["IngestReceiver", "Subscriber", "connect_and_subscribe", "lane_of", "run_worker"]
 
 _log = logging.getLogger(__name__)
 
@@ -87,8 +96,28 @@ def lane_of(topic: str, lanes: int) -> int:
     return zlib.crc32(parts[_DEVICE_SEGMENT].encode()) % lanes
 
 
+class Subscriber(Protocol):
+    """What :func:`connect_and_subscribe` needs: a LeanSubscriber or a paho MqttClient."""
+
+    def connect(self, timeout: float = 5.0) -> None:
+        """Connect; raise UnavailableError if the broker cannot be reached or refuses."""
+
+    def subscribe(
+        self,
+        topic_filter: str,
+        *,
+        qos: int = 1,
+        share_group: str | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        """Subscribe and wait for SUBACK; raise UnavailableError on a refusal or a timeout."""
+
+    def disconnect(self) -> None:
+        """Disconnect, keeping the session."""
+
+
 def connect_and_subscribe(
-    client: MqttClient,
+    client: Subscriber,
     should_stop: Callable[[], bool],
     who: str,
     share_group: str | None = None,
@@ -152,6 +181,59 @@ def run_worker(
     else:
         code = IngestReceiver(config, IngestMetrics()).run(should_stop, ready.set)
     sys.exit(code)
+
+
+#: What a verifier process imports (:func:`~gateway.service.verifier.run_verifier`, and the store's
+#: schema modules its :class:`~gateway.store.db.Database` imports), loaded here before the
+#: verifiers are forked so that they share it (:meth:`IngestReceiver._start_lanes`).
+_VERIFIER_MODULES = (
+    "cryptography.hazmat.backends.openssl",
+    "gateway.service.config",
+    "gateway.service.ingest",
+    "gateway.service.metrics",
+    "gateway.store.db",
+    "gateway.store.log_schema",
+    "gateway.store.schema",
+    "gateway.store.trust_files",
+)
+
+
+def _fork_context() -> multiprocessing.context.ForkContext:
+    """Load and freeze the verifiers' modules; return the ``fork`` start method.
+
+    Raises RuntimeError if a second thread runs: forking then is unsafe (see ``_start_lanes``).
+    """
+    if threading.active_count() != 1:
+        names = ", ".join(t.name for t in threading.enumerate())
+        msg = f"verifiers must be forked before the receiver starts threads (running: {names})"
+        raise RuntimeError(msg)
+    for name in _VERIFIER_MODULES:
+        importlib.import_module(name)
+    # Moves every object made so far out of the collector's reach: a collection in a verifier
+    # would otherwise write to each object's GC header and copy every shared page it touches
+    # (Python docs, gc.freeze).
+    gc.collect()
+    gc.freeze()
+    return multiprocessing.get_context("fork")
+
+
+def _run_forked_verifier(
+    inherited: tuple[Connection, ...],
+    args: tuple[str, int, Connection, Connection, int],
+) -> None:
+    """Entry point of a forked verifier: drop what it inherited from the receiver, then verify.
+
+    *inherited*: the receiver's ends of every lane's pipes made so far, its own lane's included.
+    A verifier holding another lane's ``results`` write side or its own ``batches`` write side
+    would keep that pipe open after its real owner died: the receiver would never read EOF from
+    a dead verifier, nor a verifier from a dead receiver.
+    """
+    for conn in inherited:
+        conn.close()
+    # The receiver's log handler ("worker-N" lines) came with the fork; the verifier sets its own.
+    for handler in logging.root.handlers[:]:
+        logging.root.removeHandler(handler)
+    run_verifier(*args)
 
 
 class _Credits:
@@ -224,7 +306,7 @@ class IngestReceiver:
         self.lanes = config.ingest.workers
         receive_maximum = min(_RECEIVE_MAXIMUM_LIMIT, settings.receive_maximum * self.lanes)
         self._credits = _Credits(2 * receive_maximum, metrics.in_flight.set)
-        self._client = MqttClient(
+        self._client = LeanSubscriber(
             config.credentials(0),
             host=settings.host,
             port=settings.port,
@@ -238,7 +320,7 @@ class IngestReceiver:
         self.failed: str | None = None
 
     @property
-    def client(self) -> MqttClient:
+    def client(self) -> LeanSubscriber:
         """The receiver's MQTT client."""
         return self._client
 
@@ -247,7 +329,7 @@ class IngestReceiver:
         """Process ids of the verifier processes."""
         return [lane.process.pid for lane in self._lanes if lane.process.pid is not None]
 
-    # --- paho's thread ----------------------------------------------------------------------
+    # --- the MQTT reader thread ---------------------------------------------------------------
 
     def _on_message(
         self, topic: str, payload: bytes, tag: int, qos: int, properties: dict[str, Any]
@@ -323,13 +405,25 @@ class IngestReceiver:
     # --- lifecycle ------------------------------------------------------------------------------
 
     def _start_lanes(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
+        # Forked, not spawned (H22, measured with bench_ingest): a spawned verifier is a fresh
+        # interpreter with its own private copy of every module it imports (cryptography, cbor2,
+        # sqlite3, the gateway's core and store: ~20 MB each); forked from here, after the
+        # receiver has imported them, the verifiers share those pages copy-on-write.
+        # fork() copies only the calling thread, and a lock another thread held at that moment
+        # stays locked forever in the child: so every verifier is forked before this process
+        # starts any thread (the lanes' threads, paho's network thread at connect).
+        ctx = _fork_context()
+        ours: list[Connection] = []  # this process's pipe ends: inherited by every later fork
         for index in range(self.lanes):
             batches_r, batches_w = ctx.Pipe(duplex=False)
             results_r, results_w = ctx.Pipe(duplex=False)
+            ours += (batches_w, results_r)
             process = ctx.Process(
-                target=run_verifier,
-                args=(str(self.config.path), index, batches_r, results_w, os.getpid()),
+                target=_run_forked_verifier,
+                args=(
+                    tuple(ours),
+                    (str(self.config.path), index, batches_r, results_w, os.getpid()),
+                ),
                 name=f"provgw-verifier-{index}",
                 daemon=True,
             )
@@ -337,14 +431,14 @@ class IngestReceiver:
             # Our copies of the child's ends: closed, so a dead verifier reads as EOF here.
             batches_r.close()
             results_w.close()
-            lane = _Lane(index, process, batches_w, results_r)
+            self._lanes.append(_Lane(index, process, batches_w, results_r))
+        for lane in self._lanes:
             for role, target in (("send", self._send_loop), ("ack", self._ack_loop)):
                 thread = threading.Thread(
-                    target=target, args=(lane,), name=f"{role}-{index}", daemon=True
+                    target=target, args=(lane,), name=f"{role}-{lane.index}", daemon=True
                 )
                 lane.threads.append(thread)
                 thread.start()
-            self._lanes.append(lane)
 
     def run(
         self, should_stop: Callable[[], bool], on_ready: Callable[[], object] = lambda: None

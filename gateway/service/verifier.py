@@ -14,9 +14,9 @@ Two one-way pipes (:func:`multiprocessing.Pipe`), so neither side can block the 
   :data:`~gateway.service.metrics.BatchStats` (plain values: the receiver need not import the
   pipeline to unpickle them).
 
-Imports stay lean on purpose: no paho, no prometheus_client in a verifier, and the core, the
-store and the pipeline are imported only inside :func:`run_verifier`, so that the receiver, which
-imports this module to name the target of its processes, does not load them.
+The receiver forks its verifiers (:meth:`~gateway.service.receiver.IngestReceiver._start_lanes`)
+after loading the modules :func:`run_verifier` imports, so that all of them share those pages
+copy-on-write; the imports inside :func:`run_verifier` only name what a verifier uses.
 
 A verifier exits when the receiver says so, when its pipe closes, or when its parent is gone
 (checked every 0.2 s), so a ``kill -9`` of the gateway leaves no verifier behind. It ignores

@@ -40,6 +40,15 @@ keeps what was queued for it.
 
 Every process watches its parent: if ``provgw serve`` is killed (even ``kill -9``) they stop
 within a batch window rather than linger and contend with a restarted gateway for their sessions.
+
+Memory (issue 3, measured with ``bench/bench_ingest.py``'s per-process PSS): the supervisor
+*spawns* its children -- it restarts them while its metrics thread runs, and a fork beside a
+running thread may copy a lock that thread holds; the receiver *forks* its verifiers before it
+starts any thread, after loading their modules, so they share those pages. Not kept, measured:
+a ``forkserver`` with the common modules preloaded (one more interpreter: more PSS, not less),
+and avoiding multiprocessing's resource tracker (it unlinks the named semaphores behind
+``stop``/``ready`` when the supervisor is killed; only ``fork``, unsafe here, needs none). The
+supervisor imports the urgent lane's and the ledger's modules only when they are switched on.
 """
 
 from __future__ import annotations
@@ -61,18 +70,14 @@ from typing import Any
 from gateway.core.errors import UnavailableError
 from gateway.ingest.mqtt import MqttClient
 from gateway.service.config import GatewayConfig, load_config
-from gateway.service.ledger_service import ledger_summary, prepare_ledger, run_ledger
 from gateway.service.metrics import (
     MetricsServer,
     mark_worker_dead,
     prepare_multiprocess_dir,
 )
 from gateway.service.receiver import run_worker
-from gateway.service.urgent import prepare_offer_key, run_urgent
 from gateway.store.db import Database
 from gateway.store.events import EventStore
-from gateway.store.manifests import load_manifest_trust
-from gateway.store.recalls import load_recall_trust
 from gateway.store.trust_files import load_trust_dir
 
 __all__ = ["Supervisor", "ingest_processes", "preflight", "run_worker", "serve"]
@@ -102,6 +107,11 @@ def preflight(config: GatewayConfig) -> dict[str, Any]:
     """
     trust = load_trust_dir(config.trust_dir)
     if config.urgent.enabled:
+        # Imported only with the lane on (the manifest, recall and SBOM checks: ~6 MB of this
+        # long-running process's memory, measured); likewise the lane's and the ledger's modules.
+        from gateway.store.manifests import load_manifest_trust  # noqa: PLC0415
+        from gateway.store.recalls import load_recall_trust  # noqa: PLC0415
+
         # A wrong manufacturer key directory is a configuration error (exit 2) now, not a lane
         # process that dies at every restart.
         if config.urgent.manifest_trust is not None:
@@ -233,6 +243,8 @@ class Supervisor:
 
     def _spawn(self, slot: _Slot) -> None:
         if slot.index == _LEDGER:
+            from gateway.service.ledger_service import run_ledger  # noqa: PLC0415 - see preflight
+
             process = self._ctx.Process(
                 target=run_ledger,
                 args=(str(self.config.path), os.getpid(), self._stop, slot.ready),
@@ -240,6 +252,8 @@ class Supervisor:
                 daemon=False,
             )
         elif slot.index == _URGENT:
+            from gateway.service.urgent import run_urgent  # noqa: PLC0415 - see preflight
+
             process = self._ctx.Process(
                 target=run_urgent,
                 args=(str(self.config.path), os.getpid(), self._stop, slot.ready),
@@ -332,8 +346,16 @@ def serve(config_path: Path, on_status: Callable[[dict[str, Any]], None]) -> dic
     config = load_config(config_path)
     checked = preflight(config)
     # Keys are made here, once, before any process could race to make them (first start).
-    ledger = prepare_ledger(config).status(config) if config.log.enabled else None
-    offer_key = prepare_offer_key(config).status() if config.urgent.enabled else None
+    ledger = None
+    if config.log.enabled:
+        from gateway.service.ledger_service import prepare_ledger  # noqa: PLC0415 - preflight
+
+        ledger = prepare_ledger(config).status(config)
+    offer_key = None
+    if config.urgent.enabled:
+        from gateway.service.urgent import prepare_offer_key  # noqa: PLC0415 - see preflight
+
+        offer_key = prepare_offer_key(config).status()
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -376,10 +398,15 @@ def serve(config_path: Path, on_status: Callable[[dict[str, Any]], None]) -> dic
                 signal.signal(sig, handler)
     with Database(config.database) as db:
         events = EventStore(db)
+        summary = None
+        if config.log.enabled:
+            from gateway.service.ledger_service import ledger_summary  # noqa: PLC0415 - preflight
+
+            summary = ledger_summary(db)
         return {
             "status": "stopped",
             "uptime_s": round(time.monotonic() - started, 3),
             "events_stored": events.count(),
             "quarantined": events.quarantine_counts(),
-            "log": ledger_summary(db) if config.log.enabled else None,
+            "log": summary,
         }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import queue
 import socket
 import ssl
 import time
@@ -20,6 +19,7 @@ from gateway.ingest import mqtt
 from gateway.ingest.broker_config import ClientCredentials, write_broker_config
 from gateway.ingest.mqtt import MqttClient
 from gateway.ingest.topics import EVENT_FILTER, MANUFACTURER_FILTER, command_topic, event_topic
+from tests._helpers import Inbox
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(30)]
 
@@ -27,26 +27,6 @@ ACME_1 = "09506000134352-A1001"  # Ed25519 device
 ACME_2 = "09506000134352-A1002"
 ACME_REVOKED = "09506000134352-R9"
 GLOBEX_1 = "04012345000016-G7"  # P-256 device
-
-
-class Inbox:
-    """Collects deliveries from the paho thread; `get` waits for one."""
-
-    def __init__(self) -> None:
-        self.q: queue.Queue[tuple[str, bytes, int, int, dict]] = queue.Queue()
-
-    def __call__(self, topic, payload, mid, qos, properties) -> None:
-        self.q.put((topic, payload, mid, qos, properties))
-
-    def get(self, timeout: float = 3.0):
-        return self.q.get(timeout=timeout)
-
-    def nothing_within(self, seconds: float) -> bool:
-        try:
-            self.q.get(timeout=seconds)
-        except queue.Empty:
-            return True
-        return False
 
 
 def _tls_version(creds: ClientCredentials, broker) -> str | None:
@@ -401,4 +381,4 @@ def test_failing_handler_leaves_its_message_unacked_and_delivery_goes_on(mosquit
 
 
 def test_mqtt_public_api_is_pinned():
-    assert mqtt.__all__ == ["MessageHandler", "MqttClient"]
+    assert mqtt.__all__ == ["MessageHandler", "MqttClient", "client_tls_context"]
