@@ -469,6 +469,12 @@ def measure(
             f" {cpu.broker:.0f} us, publisher {cpu.publisher:.0f} us",
             file=sys.stderr,
         )
+        for pid, seconds in sorted(used.items()):
+            if pid != broker_pid and (who := _rollup(pid)) is not None:
+                print(
+                    f"      {who[0]} (pid {pid}): {seconds / events * 1e6:.0f} us",
+                    file=sys.stderr,
+                )
         observer.measuring_rss = False
         publish(pool, observer, work.paced, rate=work.paced_rate)
         paced = latencies_ms(observer, work.paced)

