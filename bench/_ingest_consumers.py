@@ -1,14 +1,19 @@
-"""The two baselines of ``bench_ingest``, each run as its own process like the gateway.
+"""The baselines of ``bench_ingest``, each run as its own process like the gateway.
 
-``python -m bench._ingest_consumers {raw,naive} --broker DIR --port P --db FILE --trust DIR``
+``python -m bench._ingest_consumers {raw,raw-lean,naive} --broker DIR --port P --db FILE
+--trust DIR``
 
 * ``raw``: paho (the project's adapter, manual ack) -> SQLite batch -> ack. No decoding, no
-  verification: the ceiling that broker, paho and SQLite allow one process.
-* ``naive``: the same loop with the gateway's verification inline: paho -> COSE + X.509 + schema
-  (``verify_device_message``) -> ``EventStore.insert_batch`` -> ack, in ONE process.
+  verification: the ceiling that broker, paho and SQLite allow one process (issue 3's baseline a).
+* ``raw-lean``: the same with the gateway receiver's own MQTT client
+  (:class:`~gateway.ingest.lean.LeanSubscriber`) instead of paho: what storing without verifying
+  costs once paho's receive path is gone -- the honest ceiling for the gateway's receive side.
+* ``naive``: the ``raw`` loop with the gateway's verification inline: paho -> COSE + X.509 +
+  schema (``verify_device_message``) -> ``EventStore.insert_batch`` -> ack, in ONE process.
 
-Both batch like the gateway (500 messages or 20 ms after the first, whichever comes first), ack
-every message of a batch only after its COMMIT, and print ``ready`` once subscribed. SIGTERM stops.
+All batch like the gateway (500 messages or 20 ms after the first, whichever comes first), ack
+a batch's messages in one write only after its COMMIT, and print ``ready`` once subscribed.
+SIGTERM stops.
 """
 
 from __future__ import annotations
@@ -26,11 +31,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.core import cbor
 from gateway.core.errors import VerificationError
 from gateway.core.identity import DeviceRegistry
 from gateway.core.messages import verify_device_message
 from gateway.ingest.broker_config import BrokerConfig
+from gateway.ingest.lean import LeanSubscriber
 from gateway.ingest.mqtt import MqttClient
 from gateway.ingest.topics import EVENT_FILTER, EventTopic, parse_topic
 from gateway.store.db import Database
@@ -101,7 +106,7 @@ def _naive_store(db_path: Path, trust_dir: Path) -> Callable[[list[Delivery]], N
                     site=where.site,
                     topic=topic,
                     raw=payload,
-                    payload=cbor.dumps(event.to_cbor_map()),
+                    payload=event.to_cbor(),
                 )
             )
         events.insert_batch(records, refused)
@@ -111,14 +116,15 @@ def _naive_store(db_path: Path, trust_dir: Path) -> Callable[[list[Delivery]], N
 
 def consume(kind: str, args: argparse.Namespace) -> None:
     """Subscribe, then batch -> store -> ack until SIGTERM."""
-    store = _raw_store(args.db) if kind == "raw" else _naive_store(args.db, args.trust)
+    store = _naive_store(args.db, args.trust) if kind == "naive" else _raw_store(args.db)
     inbox: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
 
     def on_message(topic: str, payload: bytes, tag: int, qos: int, _props: dict[str, Any]) -> None:
         inbox.put((topic, payload, tag, qos))
 
     creds = BrokerConfig.load(args.broker).client(args.client_id)
-    client = MqttClient(
+    # raw-lean: the gateway receiver's own MQTT client, for the receive cost without paho's.
+    client = (LeanSubscriber if kind == "raw-lean" else MqttClient)(
         creds,
         host=args.host,
         port=args.port,
@@ -148,16 +154,16 @@ def consume(kind: str, args: argparse.Namespace) -> None:
                 except queue.Empty:
                     break
             store(batch)
-            # Acknowledged only after COMMIT (MQTT 5 §4.3.2): a crash before loses nothing.
-            for _, _, tag, qos in batch:
-                client.ack(tag, qos)
+            # Acknowledged only after COMMIT (MQTT 5 §4.3.2): a crash before loses nothing. One
+            # write for the batch's PUBACKs, as the gateway's receiver does.
+            client.ack_many((tag, qos) for _, _, tag, qos in batch)
     finally:
         client.disconnect()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("kind", choices=["raw", "naive"])
+    parser.add_argument("kind", choices=["raw", "raw-lean", "naive"])
     parser.add_argument("--broker", type=Path, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
