@@ -253,13 +253,16 @@ class LeanPublisher:
 
     def _read(self, device: _Device) -> None:
         with contextlib.suppress(ssl.SSLWantReadError, BlockingIOError):
-            # TLS may hold decrypted records the kernel no longer signals: read until it says so.
+            # TLS may hold decrypted bytes the kernel no longer signals: read while it has some
+            # (pending()); what is still in the kernel's buffer is signalled again by epoll.
             while True:
                 chunk = device.sock.recv(65536)
                 if not chunk:
                     msg = f"the broker closed the connection of {device.client_id}"
                     raise ConnectionError(msg)
                 device.inbox += chunk
+                if not device.sock.pending():
+                    break
         buf, at = device.inbox, 0
         while (head := _read_varint(buf, at + 1)) is not None:
             length, body = head
