@@ -259,29 +259,54 @@ def _write_gateway_toml(
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
-class _Gateway:
-    """``provgw serve`` as a child process: started, waited for, stopped."""
+class _Child:
+    """A ``provgw`` command as a child process that prints one JSON line once it is up."""
 
     def __init__(self, provgw: str, config: Path, log: Path) -> None:
         self.provgw = provgw
         self.config = config
         self.log_path = log
         self.proc: subprocess.Popen[bytes] | None = None
-        self.status: dict[str, Any] = {}
 
-    def start(self, timeout: float = 60.0) -> dict[str, Any]:
+    def _start(self, args: list[str], timeout: float) -> dict[str, Any] | None:
+        """Start ``provgw ARGS --config CONFIG --json``; return its first JSON line (or None)."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(  # noqa: S603 - our own command and config
-                [self.provgw, "serve", "--config", str(self.config), "--json"],
+                [self.provgw, *args, "--config", str(self.config), "--json"],
                 stdout=subprocess.PIPE,
                 stderr=log,
             )
-        assert self.proc.stdout is not None
         result: dict[str, Any] = {}
         reader = threading.Thread(target=self._read_first, args=(result,), daemon=True)
         reader.start()
         reader.join(timeout)
-        status = result.get("line")
+        line = result.get("line")
+        return line if isinstance(line, dict) else None
+
+    def _read_first(self, result: dict[str, Any]) -> None:
+        assert self.proc is not None
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            with suppress(ValueError):
+                result["line"] = json.loads(raw)
+                return
+
+    def stop(self, timeout: float = 10.0) -> None:
+        _terminate(self.proc, timeout=timeout)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
+
+
+class _Gateway(_Child):
+    """``provgw serve`` as a child process: started, waited for, stopped."""
+
+    def __init__(self, provgw: str, config: Path, log: Path) -> None:
+        super().__init__(provgw, config, log)
+        self.status: dict[str, Any] = {}
+
+    def start(self, timeout: float = 60.0) -> dict[str, Any]:
+        status = self._start(["serve"], timeout)
         if not status or status.get("status") != "running":
             self.stop()
             detail = (status or {}).get("detail") or self._log_tail()
@@ -290,63 +315,30 @@ class _Gateway:
         self.status = dict(status)
         return self.status
 
-    def _read_first(self, result: dict[str, Any]) -> None:
-        assert self.proc is not None
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            with suppress(ValueError):
-                result["line"] = json.loads(raw)
-                return
-
     def _log_tail(self) -> str:
         try:
             return self.log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
         except OSError:
             return "(no log)"
 
-    def stop(self) -> None:
-        _terminate(self.proc, timeout=30)
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.proc = None
+    def stop(self, timeout: float = 30.0) -> None:
+        super().stop(timeout)
 
 
-class _WebUi:
+class _WebUi(_Child):
     """``provgw ui`` (the read-only web UI) as a child process, on a free loopback port."""
 
-    def __init__(self, provgw: str, config: Path, log: Path) -> None:
-        self.provgw = provgw
-        self.config = config
-        self.log_path = log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
+    url = ""
 
     def start(self, timeout: float = 20.0) -> str:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(  # noqa: S603 - our own command and config
-                [self.provgw, "ui", "--config", str(self.config), "--port", "0", "--json"],
-                stdout=subprocess.PIPE,
-                stderr=log,
-            )
-        result: dict[str, Any] = {}
-        reader = threading.Thread(target=self._read_first, args=(result,), daemon=True)
-        reader.start()
-        reader.join(timeout)
-        url = (result.get("line") or {}).get("url")
+        line = self._start(["ui", "--port", "0"], timeout)
+        url = (line or {}).get("url")
         if not isinstance(url, str):
             self.stop()
             msg = f"`provgw ui` did not start; see {self.log_path}"
             raise DemoError(msg)
         self.url = url.rstrip("/")
         return self.url
-
-    def _read_first(self, result: dict[str, Any]) -> None:
-        assert self.proc is not None
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            with suppress(ValueError):
-                result["line"] = json.loads(raw)
-                return
 
     def overview(self) -> dict[str, Any] | None:
         """Return the UI's /api/overview, or None if it does not answer."""
@@ -356,12 +348,6 @@ class _WebUi:
                 return dict(json.loads(reply.read()))
         except (OSError, ValueError):
             return None
-
-    def stop(self) -> None:
-        _terminate(self.proc)
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.proc = None
 
 
 def _counts(db: Path) -> tuple[dict[str, int], dict[str, int]]:
