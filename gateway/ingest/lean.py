@@ -35,6 +35,13 @@ The reader also owns failure: a server DISCONNECT, EOF, a socket or TLS error, a
 violation, or 1.5x the keep-alive with no byte from the broker (the socket's timeout, §3.1.2.10)
 ends the connection; its outstanding tags are dropped, and the reader reconnects with backoff
 (1 s doubling to 30 s) until :meth:`LeanSubscriber.disconnect`, subscribing again every time.
+The delay starts over only after a connection has lasted ``_STABLE_S``: a broker (or a message)
+that breaks every connection at once is retried ever later, not every second for ever.
+
+:meth:`LeanSubscriber.disconnect` does not wait for a reader that is blocked in the handler
+(back-pressure): the connection is closed under it, and once the handler returns the reader
+hands on nothing more and ends. Each :meth:`~LeanSubscriber.connect` starts threads with a stop
+signal of their own, so such a straggler can never reconnect behind a later connection.
 """
 
 from __future__ import annotations
@@ -70,8 +77,22 @@ _RECORD_SIZE = 16 * 1024  # the largest TLS record's cleartext (RFC 8446 §5.1)
 _RECONNECT_MIN_S = 1.0
 _RECONNECT_MAX_S = 30.0
 _RECONNECT_TIMEOUT_S = 5.0
+_STABLE_S = 60.0  # a connection that lasted this long was a good one: the backoff starts over
 _STOP_JOIN_S = 10.0
 _NO_KEEPALIVE_POLL_S = 1.0
+_READER = "mqtt-reader"
+
+
+def _remaining(deadline: float) -> float:
+    """Seconds left before *deadline*; past it, :class:`TimeoutError`.
+
+    Checked before every read while connecting: a broker that trickles its bytes (each read
+    returns something) must not stretch ``connect(timeout)`` without bound.
+    """
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    return left
 
 
 class _Lost(Exception):  # noqa: N818 - not an error to report, the reason a connection ended
@@ -113,6 +134,9 @@ class _Connection:
         self.last_sent = time.monotonic()
         #: When the reader began waiting in recv (0.0: it is not waiting, e.g. in the handler).
         self.waiting_since = 0.0
+        #: The reader is parsing a read and calling the handler (it may block there).
+        self.handing_on = False
+        self.opened = time.monotonic()
         self._buffer = bytearray(_READ_SIZE)
         self._view = memoryview(self._buffer)
 
@@ -233,9 +257,11 @@ class LeanSubscriber:
         self._subacks: dict[int, list[int] | None] = {}
         self._subscriptions: list[tuple[str, int]] = []
         self._conn: _Connection | None = None
+        #: This run's stop signal: each connect() makes a new one and hands it to its threads.
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._tls: ssl.SSLContext | None = None
+        self._retry_delay = 0.0  # the next reconnect's first wait, if the last one was short
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -249,19 +275,30 @@ class LeanSubscriber:
             if self.connected:
                 return
             self.disconnect()
-        self._stopping.clear()
+        stopping = threading.Event()
+        self._stopping = stopping
+        self._retry_delay = 0.0
         self._conn = self._open(timeout)
         self._threads = [
-            threading.Thread(target=self._read_forever, name="mqtt-reader", daemon=True),
-            threading.Thread(target=self._keep_alive, name="mqtt-keepalive", daemon=True),
+            threading.Thread(
+                target=self._read_forever, args=(stopping,), name=_READER, daemon=True
+            ),
+            threading.Thread(
+                target=self._keep_alive, args=(stopping,), name="mqtt-keepalive", daemon=True
+            ),
         ]
         for thread in self._threads:
             thread.start()
 
     def disconnect(self) -> None:
-        """Send DISCONNECT (Normal: the session and anything unacknowledged stay), then close."""
-        self._stopping.set()
-        conn = self._conn
+        """Send DISCONNECT (Normal: the session and anything unacknowledged stay), then close.
+
+        Returns at once even if the reader is blocked in the handler: that call returns when the
+        handler does, and no message is handed on after it (the broker redelivers them).
+        """
+        with self._lock:  # _reconnect installs a new connection only under it, if not stopping
+            self._stopping.set()
+            conn = self._conn
         if conn is not None and conn.alive:
             with contextlib.suppress(OSError, ssl.SSLError), conn.write_lock:
                 conn.send_locked(wire.disconnect_packet())
@@ -272,9 +309,15 @@ class LeanSubscriber:
                 conn.sock.sendall(out)
         if conn is not None:
             conn.abort()
+        deadline = time.monotonic() + _STOP_JOIN_S
         for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join(_STOP_JOIN_S)
+            if thread is threading.current_thread():
+                continue
+            while thread.is_alive() and time.monotonic() < deadline:
+                current = self._conn
+                if thread.name == _READER and current is not None and current.handing_on:
+                    break  # blocked in the handler, maybe until we return: it ends by itself
+                thread.join(0.02)
         self._threads = []
         conn = self._conn  # the reader may have reconnected meanwhile
         if conn is not None:
@@ -328,7 +371,7 @@ class LeanSubscriber:
         tls = self._tls.wrap_bio(incoming, outgoing, server_hostname=self.host)
         try:
             self._handshake(sock, tls, incoming, outgoing, deadline)
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            sock.settimeout(_remaining(deadline))
             hello = wire.connect_packet(
                 self.credentials.client_id,
                 keepalive=self.keepalive,
@@ -345,9 +388,16 @@ class LeanSubscriber:
                 "that broker.host names the site broker and that the CA file is this site's."
             )
             raise UnavailableError(msg, reason="tls-config") from exc
+        except TimeoutError as exc:
+            # Silence is not a refusal: the broker is overloaded, hung, or not an MQTT broker.
+            msg = (
+                f"The MQTT broker at {self.host}:{self.port} did not complete the TLS handshake "
+                f"and CONNACK for client {self.credentials.client_id!r} within {timeout:g} s. "
+                "Check that the broker is running and not overloaded."
+            )
+            raise UnavailableError(msg, reason="broker-timeout") from exc
         except (OSError, ssl.SSLError, wire.ProtocolError, _Lost) as exc:
-            why = f"no CONNACK within {timeout:g} s" if isinstance(exc, TimeoutError) else str(exc)
-            raise self._refused(why) from exc
+            raise self._refused(str(exc)) from exc
         del body
         if connack.reason >= 0x80:
             why = wire.reason_text(connack.reason)
@@ -393,7 +443,7 @@ class LeanSubscriber:
             except ssl.SSLWantReadError:
                 if outgoing.pending:
                     sock.sendall(outgoing.read())
-                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                sock.settimeout(_remaining(deadline))
                 data = sock.recv(_READ_SIZE)
                 if not data:
                     reason = "the broker closed the connection during the TLS handshake"
@@ -411,7 +461,7 @@ class LeanSubscriber:
         """Read until CONNACK; return it, its body, and any bytes after it."""
         data = b""
         while (found := wire.next_packet(data)) is None:
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            sock.settimeout(_remaining(deadline))
             raw = sock.recv(_READ_SIZE)
             if not raw:
                 # TLS 1.3: the broker checks our certificate after the handshake and drops us.
@@ -429,9 +479,9 @@ class LeanSubscriber:
 
     # --- the reader thread ---------------------------------------------------------------------
 
-    def _read_forever(self) -> None:
+    def _read_forever(self, stopping: threading.Event) -> None:
         conn = self._conn
-        while conn is not None and not self._stopping.is_set():
+        while conn is not None and not stopping.is_set():
             try:
                 self._read(conn)
             except wire.ProtocolError as exc:
@@ -442,29 +492,44 @@ class LeanSubscriber:
                 reason = str(exc)
             except (OSError, ssl.SSLError) as exc:
                 reason = f"connection error: {exc}"
+            if conn.silent:  # we ended it; the broker's answer to that (a reset) is not the why
+                reason = f"nothing from the broker for 1.5x the keep-alive ({conn.keepalive} s)"
+            lived = time.monotonic() - conn.opened
             conn.close()
             with self._changed:
                 self._changed.notify_all()  # a subscribe() waiting for its SUBACK gives up
-            if self._stopping.is_set():
+            if stopping.is_set():
                 return
-            conn = self._reconnect(reason)
+            conn = self._reconnect(reason, lived, stopping)
 
-    def _reconnect(self, reason: str) -> _Connection | None:
-        """Reconnect with backoff until it works (or we stop); subscribe again every time."""
-        delay = _RECONNECT_MIN_S
+    def _reconnect(
+        self, reason: str, lived: float, stopping: threading.Event
+    ) -> _Connection | None:
+        """Reconnect with backoff until it works (or we stop); subscribe again every time.
+
+        The first wait is _RECONNECT_MIN_S after a connection that lasted _STABLE_S, and
+        otherwise twice the last one: a broker that ends every connection at once (a protocol
+        error on each, a poison message) is retried ever later, up to _RECONNECT_MAX_S.
+        """
+        delay = max(_RECONNECT_MIN_S, 0.0 if lived >= _STABLE_S else self._retry_delay)
         who = self.credentials.client_id
-        logger.warning("MQTT client %s lost its connection (%s); reconnecting", who, reason)
-        while not self._stopping.wait(delay):
+        logger.warning(
+            "MQTT client %s lost its connection (%s); reconnecting in %.2g s", who, reason, delay
+        )
+        while not stopping.wait(delay):
             try:
                 conn = self._open(_RECONNECT_TIMEOUT_S)
             except UnavailableError as err:
-                logger.warning("MQTT client %s: %s Retrying in %.0f s.", who, err, delay)
                 delay = min(_RECONNECT_MAX_S, delay * 2)
+                logger.warning("MQTT client %s: %s Retrying in %.2g s.", who, err, delay)
                 continue
-            if self._stopping.is_set():
+            with self._lock:  # disconnect() sets stopping under it: no connection slips past
+                if not stopping.is_set():
+                    self._conn = conn
+            if stopping.is_set():
                 conn.close()
                 return None
-            self._conn = conn
+            self._retry_delay = min(_RECONNECT_MAX_S, delay * 2)
             # Subscribe again even when the session is present: a session that expired while
             # away has none (§4.1), and Mosquitto 2.0.11 restores a persistent SHARED
             # subscription after a broker restart but routes nothing to it until it is made
@@ -491,6 +556,11 @@ class LeanSubscriber:
         handler = self._on_message
 
         def deliver(topic: str, payload: bytes, packet_id: int, qos: int) -> None:
+            if not conn.alive:
+                # Aborted (disconnect() while a handler call blocked, silence, a failed write):
+                # its tags can never be acknowledged, so hand on nothing more of this read.
+                reason = "the connection was closed while messages were being handed on"
+                raise _Lost(reason)
             tag = 0
             if qos:
                 tag = base | packet_id
@@ -506,7 +576,11 @@ class LeanSubscriber:
         data = conn.leftover
         while True:
             if data:
-                used = parse(data, deliver, self._control)
+                conn.handing_on = True  # per read, not per message: the hot path stays lean
+                try:
+                    used = parse(data, deliver, self._control)
+                finally:
+                    conn.handing_on = False
                 data = data[used:] if used else data
             chunk = conn.receive()
             data = data + chunk if data else chunk
@@ -541,7 +615,7 @@ class LeanSubscriber:
 
     # --- the keep-alive thread --------------------------------------------------------------
 
-    def _keep_alive(self) -> None:
+    def _keep_alive(self, stopping: threading.Event) -> None:
         """PINGREQ after the keep-alive with nothing sent; end a connection silent for 1.5x.
 
         MQTT 5 §3.1.2.10: the client must send something within each keep-alive period, and
@@ -549,10 +623,10 @@ class LeanSubscriber:
         time" (§3.12.4): 1.5x, the broker's own limit. Silence counts only while the reader
         waits in recv: a reader held in the handler (back-pressure) has not looked.
         """
-        while not self._stopping.is_set():
+        while not stopping.is_set():
             conn = self._conn
             if conn is None or not conn.alive or not conn.keepalive:
-                self._stopping.wait(_NO_KEEPALIVE_POLL_S)
+                stopping.wait(_NO_KEEPALIVE_POLL_S)
                 continue
             now = time.monotonic()
             since = conn.waiting_since
@@ -568,7 +642,7 @@ class LeanSubscriber:
                     conn.abort()
                 continue
             silent_due = (since + 1.5 * conn.keepalive - now) if since else conn.keepalive / 4
-            self._stopping.wait(max(0.01, min(ping_due, silent_due)))
+            stopping.wait(max(0.01, min(ping_due, silent_due)))
 
     # --- receiving ------------------------------------------------------------------------
 
