@@ -6,11 +6,20 @@ Tests are not a package (pytest runs with ``--import-mode=importlib``); the repo
 
 from __future__ import annotations
 
+import datetime as dt
 import queue
 import threading
+from pathlib import Path
 from typing import Any
 
-__all__ = ["Inbox"]
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from gateway.ingest.broker_config import ClientCredentials
+
+__all__ = ["Inbox", "self_signed_credentials"]
 
 Delivery = tuple[str, bytes, int, int, dict]
 
@@ -59,3 +68,32 @@ class Inbox:
         with self._changed:
             self._changed.wait_for(lambda: len(self.messages) >= count, timeout)
             return list(self.messages)
+
+
+def self_signed_credentials(client_id: str, cafile: Path, folder: Path) -> ClientCredentials:
+    """MQTT credentials for *client_id* whose certificate is self-signed: no CA the broker knows.
+
+    The CN is a real client's, so only the issuer can be the reason the broker refuses it.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, client_id)])
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (folder / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "k.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ClientCredentials(client_id, cafile, folder / "c.pem", folder / "k.pem")

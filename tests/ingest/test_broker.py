@@ -8,10 +8,6 @@ import ssl
 import time
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from device_sim import pki
 from gateway.core.errors import UnavailableError
@@ -19,7 +15,7 @@ from gateway.ingest import mqtt
 from gateway.ingest.broker_config import ClientCredentials, write_broker_config
 from gateway.ingest.mqtt import MqttClient
 from gateway.ingest.topics import EVENT_FILTER, MANUFACTURER_FILTER, command_topic, event_topic
-from tests._helpers import Inbox
+from tests._helpers import Inbox, self_signed_credentials
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(30)]
 
@@ -149,30 +145,7 @@ def test_client_without_certificate_cannot_connect(mosquitto, broker_config):
 
 def test_client_with_untrusted_certificate_cannot_connect(mosquitto, broker_config, tmp_path):
     # Same CN as a real gateway client, but self-signed: a CA the broker was never told about.
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway-routine")])
-    now = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "k.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    creds = ClientCredentials(
-        "gateway-routine", broker_config.config.site_ca, tmp_path / "c.pem", tmp_path / "k.pem"
-    )
+    creds = self_signed_credentials("gateway-routine", broker_config.config.site_ca, tmp_path)
     client = MqttClient(creds, host=mosquitto.host, port=mosquitto.port)
     with pytest.raises(UnavailableError, match="did not accept") as err:
         client.connect(timeout=3)

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
-import queue
 import signal
 import struct
 import time
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
@@ -24,29 +18,10 @@ from gateway.ingest import _mqtt5 as wire
 from gateway.ingest.broker_config import ClientCredentials
 from gateway.ingest.lean import LeanSubscriber
 from gateway.ingest.topics import EVENT_FILTER, event_topic
+from tests._helpers import Inbox, self_signed_credentials
 
 ACME_1 = "09506000134352-A1001"
 ACME_REVOKED = "09506000134352-R9"
-
-
-class Inbox:
-    """Collects deliveries from the reader thread; `take` waits for them."""
-
-    def __init__(self) -> None:
-        self.q: queue.Queue[tuple[str, bytes, int, int, dict]] = queue.Queue()
-
-    def __call__(self, topic, payload, tag, qos, properties) -> None:
-        self.q.put((topic, payload, tag, qos, properties))
-
-    def take(self, n: int, timeout: float = 5.0) -> list[tuple[str, bytes, int, int, dict]]:
-        return [self.q.get(timeout=timeout) for _ in range(n)]
-
-    def nothing_within(self, seconds: float) -> bool:
-        try:
-            self.q.get(timeout=seconds)
-        except queue.Empty:
-            return True
-        return False
 
 
 def lean(broker, inbox, client_id="gateway-routine", **kwargs) -> LeanSubscriber:
@@ -292,30 +267,7 @@ class TestAgainstMosquitto:
     def test_a_client_certificate_the_broker_does_not_trust_is_refused(
         self, mosquitto, broker_config, tmp_path
     ):
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway-routine")])
-        now = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(1)
-            .not_valid_before(now)
-            .not_valid_after(now + dt.timedelta(days=1))
-            .sign(key, hashes.SHA256())
-        )
-        (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (tmp_path / "k.pem").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        creds = ClientCredentials(
-            "gateway-routine", broker_config.config.site_ca, tmp_path / "c.pem", tmp_path / "k.pem"
-        )
+        creds = self_signed_credentials("gateway-routine", broker_config.config.site_ca, tmp_path)
         gw = LeanSubscriber(
             creds,
             host=mosquitto.host,

@@ -10,7 +10,6 @@ from the site CA bundle, so the client verifies it exactly as it verifies Mosqui
 from __future__ import annotations
 
 import contextlib
-import queue
 import socket
 import ssl
 import struct
@@ -26,6 +25,7 @@ from gateway.ingest import _mqtt5 as wire
 from gateway.ingest import lean
 from gateway.ingest.lean import LeanSubscriber
 from gateway.ingest.topics import EVENT_FILTER, event_topic
+from tests._helpers import Inbox
 
 TOPIC = event_topic("icu", "09506000134352-A1001", "custody")
 _CLIENT_PACKETS = {1: "CONNECT", 4: "PUBACK", 8: "SUBSCRIBE", 12: "PINGREQ", 14: "DISCONNECT"}
@@ -250,26 +250,6 @@ def quick_reconnect(monkeypatch):
     monkeypatch.setattr(lean, "_RECONNECT_MIN_S", 0.05)
 
 
-class Inbox:
-    """Collects deliveries from the reader thread; `take` waits for them."""
-
-    def __init__(self) -> None:
-        self.q: queue.Queue[tuple[str, bytes, int, int, dict]] = queue.Queue()
-
-    def __call__(self, topic, payload, tag, qos, properties) -> None:
-        self.q.put((topic, payload, tag, qos, properties))
-
-    def take(self, timeout: float = 5.0) -> tuple[str, bytes, int, int, dict]:
-        return self.q.get(timeout=timeout)
-
-    def nothing_within(self, seconds: float) -> bool:
-        try:
-            self.q.get(timeout=seconds)
-        except queue.Empty:
-            return True
-        return False
-
-
 def subscriber(broker_config, broker, on_message, **settings) -> LeanSubscriber:
     return LeanSubscriber(
         broker_config.client("gateway-routine"),
@@ -304,12 +284,12 @@ def test_a_qos2_publish_is_a_protocol_error_and_what_came_before_is_redelivered_
     inbox = Inbox()
     with subscriber(broker_config, broker, inbox) as gw:
         gw.subscribe(EVENT_FILTER)
-        topic, payload, old, qos, _ = inbox.take()
+        topic, payload, old, qos, _ = inbox.get(timeout=5.0)
         assert (topic, payload, old >> 16, old & 0xFFFF, qos) == (TOPIC, b"before", 1, 1, 1)
         # §4.13 / §3.8.3.1: we subscribed at QoS 1, so QoS 2 is a Protocol Error (0x82).
         assert broker.wait(0, "DISCONNECT")[0].body == b"\x82"
         assert wait_until(lambda: "(protocol error: the broker sent a QoS 2 m" in caplog.text)
-        _, again, new, _, _ = inbox.take()
+        _, again, new, _, _ = inbox.get(timeout=5.0)
         assert (again, new >> 16, new & 0xFFFF) == (b"before", 2, 1)  # same packet id
         assert inbox.nothing_within(0.1)  # the QoS 2 message was never handed on
         assert not gw.ack(old, 1)  # the old connection's tag names nothing now
