@@ -141,6 +141,28 @@ _SELECT_STATUS = (
 )
 
 
+#: Sizes of the newest anchored-and-witnessed, anchored, witnessed and plain checkpoints, strongest
+#: first (covering_checkpoint): each a max() SQLite reads from one end of an index. INDEXED BY
+#: names the partial indexes of migration log_0102 (whose WHERE terms these repeat): left to
+#: itself, with no statistics, the planner may read the first max() from the witnessed index and
+#: walk every witnessed checkpoint that is not anchored (all of them with the chain off).
+_STRONGEST_SIZES = (
+    "SELECT (SELECT max(size) FROM checkpoint_status"
+    " INDEXED BY checkpoint_status_anchored_witnessed"
+    " WHERE anchored_tx IS NOT NULL AND cosignatures != ''),"
+    " (SELECT max(size) FROM checkpoint_status INDEXED BY checkpoint_status_anchored"
+    " WHERE anchored_tx IS NOT NULL),"
+    " (SELECT max(size) FROM checkpoint_status INDEXED BY checkpoint_status_witnessed"
+    " WHERE cosignatures != ''),"
+    " (SELECT max(size) FROM checkpoint_status)"
+)
+_SELECT_COVERING = (
+    "SELECT c.size, c.root, c.note, c.signed_ms, s.size, s.cosignatures, s.witnessed_ms,"
+    " s.anchor_chain, s.anchored_tx, s.anchored_block, s.anchored_ms"
+    " FROM checkpoints c JOIN checkpoint_status s ON s.size = c.size WHERE c.size = ?"
+)
+
+
 def _status(row: Sequence[object]) -> CheckpointStatus:
     size, cosigs, witnessed_ms, chain, tx, block, anchored_ms = row
     assert isinstance(size, int)
@@ -338,20 +360,23 @@ class TransparencyLog:
     def covering_checkpoint(self, index: int) -> tuple[StoredCheckpoint, CheckpointStatus] | None:
         """Return the strongest checkpoint holding leaf *index*: anchored, witnessed, newest.
 
-        Receipts are issued under it, so a receipt's state only ever rises.
+        Receipts are issued under it, so a receipt's state only ever rises. Strength is what
+        :meth:`status` records (not verified here: the verifier holds the witness keys), ranked
+        anchored first, then witnessed, then size: an anchored and witnessed checkpoint wins
+        over a newer one that is only anchored.
+
+        The log only grows, and a checkpoint of *n* entries holds leaves ``0 .. n - 1``, so the
+        newest checkpoint of a kind holds every leaf any checkpoint of that kind holds. The
+        answer is therefore the first of the newest anchored-and-witnessed, newest anchored,
+        newest witnessed and newest checkpoint that holds the leaf, or ``None``: four max()
+        reads from indexes (migration ``log_0102``), O(log n) however many checkpoints exist.
         """
-        rows = self._db.query(
-            "SELECT c.size FROM checkpoints c JOIN checkpoint_status s ON s.size = c.size"
-            " WHERE c.size > ? ORDER BY (s.anchored_tx IS NOT NULL) DESC,"
-            " (s.cosignatures != '') DESC, c.size DESC LIMIT 1",
-            (index,),
-        )
-        if not rows:
+        candidates = self._db.query(_STRONGEST_SIZES)[0]
+        size = next((s for s in candidates if s is not None and s > index), None)
+        if size is None:
             return None
-        size = int(rows[0][0])
-        stored = self.checkpoint(size)
-        assert stored is not None
-        return stored, self.status(size)
+        row = self._db.query(_SELECT_COVERING, (size,))[0]
+        return StoredCheckpoint(*row[:4]), _status(row[4:])
 
     # -- witnesses and chain ----------------------------------------------------------------------
 

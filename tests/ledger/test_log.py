@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from datetime import UTC, datetime
 
 import pytest
@@ -10,6 +11,7 @@ from gateway.core.errors import MalformedError, MismatchError, PolicyError, Veri
 from gateway.ledger import commitments
 from gateway.ledger.keys import GatewayKey
 from gateway.ledger.log import TransparencyLog, append_pending, erase_event, verify_log
+from gateway.ledger.receipts import issue_receipt
 from gateway.store.events import EventRecord, EventStore
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -324,6 +326,95 @@ def test_verify_log_refuses_a_forged_checkpoint_in_the_store(sealed, key):
     with pytest.raises(MismatchError) as info:
         verify_log(sealed, key.verifier)
     assert info.value.reason == "root-mismatch"
+
+
+# -- the checkpoint a receipt is issued under ----------------------------------------------------
+
+#: covering_checkpoint before it read indexes: sort every checkpoint holding the leaf by
+#: (anchored, witnessed, size). Kept as the reference answer the indexed version must give.
+_SORTED_COVERING = (
+    "SELECT c.size FROM checkpoints c JOIN checkpoint_status s ON s.size = c.size"
+    " WHERE c.size > ? ORDER BY (s.anchored_tx IS NOT NULL) DESC,"
+    " (s.cosignatures != '') DESC, c.size DESC LIMIT 1"
+)
+
+
+def _assert_covering_matches_the_full_sort(log, db):
+    for index in range(log.size() + 2):
+        rows = db.query(_SORTED_COVERING, (index,))
+        covering = log.covering_checkpoint(index)
+        if not rows:
+            assert covering is None, index
+            continue
+        size = rows[0][0]
+        assert covering == (log.checkpoint(size), log.status(size)), index
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_covering_checkpoint_gives_the_answer_of_sorting_every_checkpoint(log, store, db, seed):
+    rng = random.Random(seed)
+    witness = note.Signer.generate("witness.test", note.COSIGNATURE_V1)
+    assert log.covering_checkpoint(0) is None
+    sizes, seq = [], 0
+    for round_ in range(48):
+        count = rng.randint(1, 3)
+        store.insert_batch(_records(seq, count))
+        seq += count
+        log.append_pending()
+        signed = log.seal(NOW)
+        assert signed is not None
+        sizes.append(signed.checkpoint.size)
+        # Strength arrives late and out of order: any earlier checkpoint may become witnessed
+        # and/or anchored (an anchor without a cosignature too), the newest may stay plain.
+        for size in rng.sample(sizes, k=min(len(sizes), rng.randint(0, 2))):
+            if rng.random() < 0.6:
+                text = log.checkpoint(size).note.decode().split("\n\n")[0] + "\n"
+                line = witness.sign(text, timestamp=1_700_000_000 + size).line
+                log.add_cosignatures(size, [line], NOW)
+            if rng.random() < 0.3:
+                log.record_anchor(
+                    size, chain="besu:1337", tx=bytes([size % 256]) * 32, block=size, now=NOW
+                )
+        if round_ % 8 == 7:
+            _assert_covering_matches_the_full_sort(log, db)
+    states = {log.status(size).state for size in sizes}
+    assert states == {"logged", "witnessed", "anchored"}
+    _assert_covering_matches_the_full_sort(log, db)
+
+
+def test_issuing_a_receipt_reads_only_index_lookups(log, store, db, key):
+    # The receipt path runs per event on a device page, against >100k checkpoints a year: no
+    # statement may sort, scan a table, or walk a range of rows (the old covering query did).
+    store.insert_batch(_records(0, 20))
+    for size in (5, 10, 15, 20):
+        append_pending(db, limit=5)
+        log.seal(NOW)
+        assert log.size() == size
+    log.record_anchor(10, chain="besu:1337", tx=b"\x01" * 32, block=3, now=NOW)
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    try:
+        issue_receipt(log, key, 3)
+        log.covering_checkpoint(12)
+    finally:
+        db.conn.set_trace_callback(None)
+    plans = {
+        sql: [row[3] for row in db.conn.execute("EXPLAIN QUERY PLAN " + sql)]
+        for sql in statements
+        if sql.lstrip().upper().startswith("SELECT")
+    }
+    used = {line.rsplit(" ", 1)[-1] for lines in plans.values() for line in lines}
+    assert {
+        "checkpoint_status_anchored_witnessed",
+        "checkpoint_status_anchored",
+        "checkpoint_status_witnessed",
+    } <= used
+    for sql, lines in plans.items():
+        for line in lines:
+            assert "TEMP B-TREE" not in line, (sql, line)
+            assert not line.startswith("SCAN ") or line == "SCAN CONSTANT ROW", (sql, line)
+            assert "<" not in line, (sql, line)  # a range of rows
+            assert ">" not in line, (sql, line)
 
 
 def test_public_api_of_the_log_and_batcher_is_pinned():

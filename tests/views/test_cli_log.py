@@ -2,16 +2,22 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
 
 from gateway.core import merkle, note
 from gateway.ledger.commitments import leaf_for
+from gateway.ledger.keys import load_gateway_key
+from gateway.ledger.log import TransparencyLog
 from gateway.ledger.receipts import verify_receipt
 from gateway.store.db import Database
 from gateway.store.events import EventRecord, EventStore
 from gateway.views.cli._main import _register, cli
+
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -154,3 +160,134 @@ def test_every_log_command_has_help():
         assert "Usage" in result.output
     missing_db = _run("log", "consistency", "1", "2", "--db", "/nonexistent/gw.sqlite3")
     assert missing_db.exit_code == 2
+
+
+# -- prove: the state verified with the witnesses' keys, and the state recorded ------------------
+
+_CHECKPOINT_SIZE = 12
+
+
+def _witness(name: str) -> note.Signer:
+    return note.Signer.generate(name, note.COSIGNATURE_V1)
+
+
+def _cosign(db_path, key_path, *witnesses: note.Signer, timestamp: int = 1_700_000_000) -> None:
+    """Seal the 12 events and keep a cosignature by each of *witnesses* (as `provgw serve` does)."""
+    assert _run("log", "checkpoint", "--db", str(db_path), "--key", str(key_path)).exit_code == 0
+    key = load_gateway_key(key_path)
+    with Database(db_path) as db:
+        log = TransparencyLog(db, key.signer)
+        text = note.open_checkpoint(log.checkpoint(_CHECKPOINT_SIZE).note, key.verifier).note.text
+        lines = [w.sign(text, timestamp=timestamp).line for w in witnesses]
+        if lines:
+            log.add_cosignatures(_CHECKPOINT_SIZE, lines, NOW)
+
+
+def _prove(db_path, key_path, *options: str):
+    return _json("log", "prove", "5", "--db", str(db_path), "--key", str(key_path), *options)
+
+
+def test_prove_says_witnessed_only_when_the_given_witness_keys_verify(gateway):
+    db_path, key_path, _ = gateway
+    w1, w2 = _witness("w1.test"), _witness("w2.test")
+    _cosign(db_path, key_path, w1)
+    code, out = _prove(db_path, key_path, "--witness-vkey", w1.verifier.vkey)
+    assert code == 0
+    assert (out["state"], out["recorded_state"], out["witnesses"]) == (
+        "witnessed",
+        "witnessed",
+        ["w1.test"],
+    )
+    # Without keys nothing but the gateway's signature is checked: the state is "logged".
+    code, out = _prove(db_path, key_path)
+    assert (code, out["state"], out["recorded_state"]) == (0, "logged", "witnessed")
+    assert (out["witness_keys"], out["witness_quorum"]) == (0, None)
+    # A quorum of two is not met by one cosignature.
+    code, out = _prove(
+        db_path, key_path, "--witness-vkey", w1.verifier.vkey,
+        "--witness-vkey", w2.verifier.vkey, "--quorum", "2",
+    )  # fmt: skip
+    assert (code, out["state"], out["witnesses"]) == (0, "logged", [])
+    text = _run("log", "prove", "5", "--db", str(db_path), "--key", str(key_path))
+    assert "state verified: logged; no witness keys given" in text.stdout
+    assert "state recorded by the gateway: witnessed" in text.stdout
+
+
+def test_a_wrong_witness_key_never_yields_witnessed(gateway, tmp_path):
+    db_path, key_path, _ = gateway
+    w1 = _witness("w1.test")
+    _cosign(db_path, key_path, w1)
+    # Another key under the same name, a witness that did not cosign, the log's own key.
+    impostor, absent = _witness("w1.test"), _witness("w2.test")
+    for vkey in (impostor.verifier.vkey, absent.verifier.vkey):
+        code, out = _prove(db_path, key_path, "--witness-vkey", vkey)
+        assert (code, out["state"], out["witnesses"]) == (0, "logged", [])
+    vkey_file = tmp_path / "impostor.vkey"
+    vkey_file.write_text(impostor.verifier.vkey + "\n", encoding="ascii")
+    code, out = _prove(db_path, key_path, "--witness-vkey", str(vkey_file))
+    assert (code, out["state"]) == (0, "logged")
+    log_vkey = load_gateway_key(key_path).verifier.vkey
+    assert _run("log", "prove", "5", "--db", str(db_path), "--key", str(key_path),
+                "--witness-vkey", log_vkey).exit_code == 2  # fmt: skip
+    assert _run("log", "prove", "5", "--db", str(db_path), "--key", str(key_path),
+                "--witness-vkey", w1.verifier.vkey, "--quorum", "2").exit_code == 2  # fmt: skip
+
+
+def test_a_forged_cosignature_by_a_given_witness_refuses_the_receipt(gateway):
+    db_path, key_path, _ = gateway
+    w1 = _witness("w1.test")
+    assert _run("log", "checkpoint", "--db", str(db_path), "--key", str(key_path)).exit_code == 0
+    # w1's key signed another head of the same size: the line names w1 but does not verify.
+    fork = note.Checkpoint("provgw.test/log", _CHECKPOINT_SIZE, b"\x07" * 32).to_text()
+    with Database(db_path) as db:
+        log = TransparencyLog(db, load_gateway_key(key_path).signer)
+        log.add_cosignatures(_CHECKPOINT_SIZE, [w1.sign(fork, timestamp=1_700_000_000).line], NOW)
+    code, out = _prove(db_path, key_path, "--witness-vkey", w1.verifier.vkey)
+    assert (code, out["reason"]) == (1, "bad-signature")
+
+
+def test_a_cosignature_dated_in_the_future_does_not_count(gateway):
+    db_path, key_path, _ = gateway
+    w1 = _witness("w1.test")
+    _cosign(db_path, key_path, w1, timestamp=int(time.time()) + 3600)
+    code, out = _prove(db_path, key_path, "--witness-vkey", w1.verifier.vkey)
+    assert (code, out["state"], out["recorded_state"]) == (0, "logged", "witnessed")
+
+
+def test_an_anchor_is_recorded_and_shown_as_a_claim_never_as_verified(gateway):
+    db_path, key_path, _ = gateway
+    w1 = _witness("w1.test")
+    _cosign(db_path, key_path, w1)
+    with Database(db_path) as db:
+        log = TransparencyLog(db, load_gateway_key(key_path).signer)
+        log.record_anchor(_CHECKPOINT_SIZE, chain="eip155:2033", tx=b"\x01" * 32, block=7, now=NOW)
+    code, out = _prove(db_path, key_path, "--witness-vkey", w1.verifier.vkey)
+    assert (code, out["state"], out["recorded_state"]) == (0, "witnessed", "anchored")
+    assert out["anchor_claimed"] == {"chain": "eip155:2033", "tx": "01" * 32, "block": 7}
+    text = _run("log", "prove", "5", "--db", str(db_path), "--key", str(key_path))
+    assert "anchor claimed: eip155:2033 block 7" in text.stdout
+    assert "not looked up on the chain" in text.stdout
+
+
+def test_prove_takes_the_witness_keys_and_quorum_from_gateway_toml(gateway, gateway_site, tmp_path):
+    db_path, key_path, _ = gateway
+    embedded, remote, other = _witness("gw/witness"), _witness("w2.test"), _witness("w3.test")
+    (tmp_path / "witness.key").write_text(embedded.skey() + "\n", encoding="ascii")
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[broker]\nconfig_dir = "{gateway_site.config.directory}"\n'
+        f'[trust]\ndir = "{gateway_site.pki / "trust"}"\n'
+        '[store]\npath = "gw.sqlite3"\n[ingest]\nworkers = 2\n'
+        '[witnesses]\nembedded_key = "witness.key"\nquorum = 2\n'
+        f'remote = [{{ url = "http://127.0.0.1:7380", vkey = "{remote.verifier.vkey}" }}]\n',
+        encoding="utf-8",
+    )
+    _cosign(db_path, key_path, embedded, other)
+    # The quorum of gateway.toml is 2; w3 is not one of its witnesses.
+    code, out = _prove(db_path, key_path, "--config", str(config))
+    assert (code, out["state"], out["witness_keys"], out["witness_quorum"]) == (0, "logged", 2, 2)
+    code, out = _prove(db_path, key_path, "--config", str(config), "--witness-vkey",
+                       other.verifier.vkey)  # fmt: skip
+    assert (code, out["state"], out["witnesses"]) == (0, "witnessed", ["gw/witness", "w3.test"])
+    code, out = _prove(db_path, key_path, "--config", str(config), "--quorum", "1")
+    assert (code, out["state"], out["witnesses"]) == (0, "witnessed", ["gw/witness"])

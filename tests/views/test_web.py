@@ -202,6 +202,16 @@ def test_device_page_shows_history_newest_first_with_each_proof_state(site):
     assert f'href="/receipts/{first["id"]}.cbor"' in page
 
 
+def test_proof_states_are_labelled_as_recorded_not_verified(site):
+    # The UI holds no witness keys and does not query the chain: it shows what the gateway
+    # recorded (here an anchor without any cosignature), and says so.
+    device = site.api(f"/api/devices/{site.pump}")
+    assert device["proof_source"] == "recorded"
+    assert "provgw log prove" in device["proof_note"]
+    checkpoint = site.api("/api/overview")["checkpoint"]
+    assert (checkpoint["state"], checkpoint["state_source"]) == ("anchored", "recorded")
+
+
 def test_receipt_download_is_the_bundle_log_prove_writes_and_verifies_offline(site, tmp_path):
     event = site.api(f"/api/devices/{site.pump}")["events"][-1]
     status, headers, bundle = site.request(event["receipt"])

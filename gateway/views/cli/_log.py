@@ -9,13 +9,16 @@ from pathlib import Path
 
 import click
 
-from gateway.core import merkle
-from gateway.core.errors import ProvenanceError
+from gateway.core import merkle, note
+from gateway.core.cbor import strict_loads
+from gateway.core.errors import PolicyError, ProvenanceError
 from gateway.ledger.commitments import leaf_for
 from gateway.ledger.keys import GatewayKey, load_gateway_key, load_verifier, write_gateway_key
 from gateway.ledger.log import TransparencyLog, erase_event, verify_log
-from gateway.ledger.receipts import issue_receipt, verify_receipt
+from gateway.ledger.quorum import require_quorum
+from gateway.ledger.receipts import ReceiptInfo, issue_receipt, verify_receipt
 from gateway.ledger.tree import MerkleTree
+from gateway.service.config import load_config
 from gateway.store.events import EventStore
 from gateway.views.cli._output import emit, fail, json_option, open_existing_db, refusals
 
@@ -115,24 +118,166 @@ def checkpoint(db_path: Path, key_path: Path, *, as_json: bool) -> None:
         )
 
 
+def _witness_vkey(ref: str) -> note.Verifier:
+    """Read a witness cosignature key: a vkey, or a file holding its vkey or private key."""
+    path = Path(ref)
+    try:
+        text = path.read_text(encoding="ascii").strip() if path.is_file() else ref.strip()
+        if text.startswith("PRIVATE+KEY+"):
+            verifier = note.Signer.from_skey(text).verifier
+        else:
+            verifier = note.Verifier.from_vkey(text)
+    except (OSError, ProvenanceError, ValueError, UnicodeDecodeError) as err:
+        fail(f"cannot read the witness key {ref!r}: {err}")
+    if verifier.sig_type != note.COSIGNATURE_V1:
+        fail(
+            f"{ref!r} is not a witness cosignature key (type 0x04)",
+            hint="`provgw witness serve` and `provgw serve` print each witness's vkey",
+        )
+    return verifier
+
+
+def _witness_policy(
+    vkeys: tuple[str, ...], config_path: Path | None, quorum: int | None
+) -> tuple[list[note.Verifier], int | None]:
+    """Return the witness keys and quorum: --config's [witnesses], then --witness-vkey."""
+    keys: list[note.Verifier] = []
+    if config_path is not None:
+        try:
+            config = load_config(config_path)
+        except ProvenanceError as err:
+            fail(str(err), hint="pass the configuration `provgw serve` runs with")
+        witnesses = config.witnesses
+        if witnesses.embedded:
+            keys.append(_witness_vkey(str(witnesses.embedded_key)))
+        keys.extend(remote.verifier for remote in witnesses.remote)
+        quorum = witnesses.quorum if quorum is None else quorum
+    keys.extend(_witness_vkey(ref) for ref in vkeys)
+    keys = list(dict.fromkeys(keys))  # the same key from --config and --witness-vkey counts once
+    if not keys:
+        if quorum is not None:
+            fail("--quorum needs witness keys", hint="add --witness-vkey VKEY or --config")
+        return [], None
+    quorum = 1 if quorum is None else quorum
+    if quorum > len(keys):
+        fail(f"a quorum of {quorum} cannot be met by the {len(keys)} witness keys given")
+    return keys, quorum
+
+
+def _verified_state(
+    bundle: bytes, key: GatewayKey, witnesses: list[note.Verifier], quorum: int | None
+) -> tuple[str, tuple[str, ...]]:
+    """``("witnessed", cosigners)`` when *quorum* of *witnesses* cosigned, else ``("logged", ())``.
+
+    The receipt itself was verified before (signature, inclusion proof, every cosignature by a
+    given key). The quorum is counted by :func:`require_quorum` (C2SP tlog-cosignature: a split
+    view is stopped only by enough independent witnesses), with cosignatures dated in the future
+    not counted. A chain anchor in the bundle is a claim this command does not look up, so the
+    verified state is never ``"anchored"``.
+    """
+    if quorum is None:
+        return "logged", ()
+    checkpoint_note = strict_loads(bundle, what="receipt")[2]
+    try:
+        counted = require_quorum(
+            checkpoint_note, key.verifier, witnesses, quorum, now=int(datetime.now(UTC).timestamp())
+        )
+    except PolicyError:
+        return "logged", ()
+    except ValueError as err:  # one public key listed twice under two names
+        fail(f"the witness keys cannot form a quorum: {err}")
+    return "witnessed", counted.witnesses
+
+
+def _prove_text(
+    event_id: int, info: ReceiptInfo, facts: dict[str, object], path: list[bytes]
+) -> str:
+    if facts["state"] == "witnessed":
+        verified = f"witnessed by {', '.join(info.witnesses)} (quorum {facts['witness_quorum']})"
+    elif facts["witness_quorum"] is None:
+        verified = "logged; no witness keys given, so witnessing was not checked"
+    else:
+        verified = (
+            f"logged; cosigned by {len(info.witnesses)} of the {facts['witness_quorum']} "
+            "witnesses required"
+        )
+    lines = [
+        f"event {event_id} is entry {info.leaf_index} of {info.tree_size}; receipt verified",
+        f"state verified: {verified}",
+        f"state recorded by the gateway: {facts['recorded_state']}",
+    ]
+    if info.anchor is not None:
+        lines.append(
+            f"anchor claimed: {info.anchor.chain} block {info.anchor.block} tx "
+            f"{info.anchor.tx.hex()} (not looked up on the chain here)"
+        )
+    return "\n".join(
+        [
+            *lines,
+            f"root {_b64(info.root)}",
+            f"leaf {facts['leaf_hash']}",
+            *(f"  {_b64(h)}" for h in path),
+            f"receipt {facts['receipt']}",
+        ]
+    )
+
+
 @group.command("prove")
 @click.argument("event_id", type=int)
 @db_option
 @key_option
+@click.option(
+    "--witness-vkey",
+    "witness_vkeys",
+    multiple=True,
+    metavar="VKEY",
+    help="A witness's cosignature public key (vkey, or a file holding it); repeatable.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="gateway.toml: verify with the witnesses of its [witnesses] section (remote vkeys, "
+    "the embedded witness's key file) and its quorum.",
+)
+@click.option(
+    "--quorum",
+    type=click.IntRange(min=1),
+    help="Witnesses that must have cosigned for 'witnessed' (default: the quorum of --config, "
+    "else 1).",
+)
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write the receipt bundle (CBOR) to this file.",
 )
 @json_option
-def prove(event_id: int, db_path: Path, key_path: Path, out: Path | None, *, as_json: bool) -> None:
+def prove(  # noqa: PLR0913 -- one parameter per command-line option
+    *,
+    event_id: int,
+    db_path: Path,
+    key_path: Path,
+    witness_vkeys: tuple[str, ...],
+    config_path: Path | None,
+    quorum: int | None,
+    out: Path | None,
+    as_json: bool,
+) -> None:
     """Print EVENT_ID's inclusion proof and COSE receipt, verified before printing.
 
     The receipt (RFC 9942, with the checkpoint and any witness cosignatures and chain anchor)
-    verifies offline with the gateway's public key. Exit 1 if the event is not logged under a
-    checkpoint yet, or has been erased (then it can no longer be linked to the log).
+    verifies offline with the gateway's public key. Two states are reported. "state" is what
+    this command verified: "logged" (the gateway key signed the checkpoint holding the event),
+    or "witnessed" when at least the quorum of the witness keys given (--witness-vkey, --config)
+    cosigned it; without witness keys it is never more than "logged", and a wrong key never
+    counts. "recorded_state" is what the gateway's database records for that checkpoint
+    (logged, witnessed: any cosignature kept, anchored: a chain transaction recorded), not
+    verified here; a chain anchor is shown as claimed, for lookup on the chain. Exit 1 if the
+    event is not logged under a checkpoint yet, has been erased (then it can no longer be
+    linked to the log), or a cosignature by a given witness key does not verify.
     """
     key = _load_key(key_path)
+    witnesses, required = _witness_policy(witness_vkeys, config_path, quorum)
     with refusals(as_json=as_json), open_existing_db(db_path) as db:
         log = TransparencyLog(db, key.signer)
         event = EventStore(db).by_id(event_id)
@@ -141,36 +286,37 @@ def prove(event_id: int, db_path: Path, key_path: Path, out: Path | None, *, as_
             fail(f"event {event_id} cannot be proved: {what}", code=1)
         bundle = issue_receipt(log, key, event_id)
         leaf = leaf_for("event", event.salt, event.digest)
-        info = verify_receipt(bundle, leaf, key.verifier)
+        # RFC 9942 §5.2 and C2SP tlog-cosignature: the receipt, its proof and every cosignature
+        # by a given witness key verify (a forged one refuses the receipt) ...
+        info = verify_receipt(
+            bundle, leaf, key.verifier, witnesses=witnesses, witness_quorum=required or 1
+        )
+        # ... and the state is the one those keys prove, never the one the database records.
+        state, cosigners = _verified_state(bundle, key, witnesses, required)
+        recorded = log.status(info.tree_size).state
         path = log.inclusion_proof(info.leaf_index, info.tree_size)
         if out is not None:
             out.write_bytes(bundle)
-        emit(
-            {
-                "event_id": event_id,
-                "leaf_index": info.leaf_index,
-                "tree_size": info.tree_size,
-                "root": _b64(info.root),
-                "leaf_hash": _b64(leaf),
-                "inclusion_proof": [_b64(h) for h in path],
-                "state": info.state,
-                "receipt": _b64(bundle),
-                "receipt_file": str(out) if out is not None else None,
-            },
-            as_json=as_json,
-            text="\n".join(
-                [
-                    (
-                        f"event {event_id} is entry {info.leaf_index} of {info.tree_size} "
-                        f"(state: {info.state}); receipt verified"
-                    ),
-                    f"root {_b64(info.root)}",
-                    f"leaf {_b64(leaf)}",
-                    *(f"  {_b64(h)}" for h in path),
-                    f"receipt {_b64(bundle)}",
-                ]
-            ),
-        )
+        anchor = info.anchor
+        facts: dict[str, object] = {
+            "event_id": event_id,
+            "leaf_index": info.leaf_index,
+            "tree_size": info.tree_size,
+            "root": _b64(info.root),
+            "leaf_hash": _b64(leaf),
+            "inclusion_proof": [_b64(h) for h in path],
+            "state": state,
+            "recorded_state": recorded,
+            "witnesses": list(cosigners),
+            "witness_keys": len(witnesses),
+            "witness_quorum": required,
+            "anchor_claimed": None
+            if anchor is None
+            else {"chain": anchor.chain, "tx": anchor.tx.hex(), "block": anchor.block},
+            "receipt": _b64(bundle),
+            "receipt_file": str(out) if out is not None else None,
+        }
+        emit(facts, as_json=as_json, text=_prove_text(event_id, info, facts, path))
 
 
 @group.command("consistency")

@@ -12,6 +12,12 @@
   :meth:`RecallStore.impact` (``provgw recall impact --json``);
 - quarantine: :meth:`EventStore.quarantine_rows` and :meth:`EventStore.quarantine_counts`.
 
+Proof states are the ones the gateway *recorded* (:attr:`CheckpointStatus.state`: witnessed once
+any cosignature is kept, anchored once a chain transaction is recorded), not verified by the UI,
+which holds no witness keys and does not query the chain; the pages say so
+(``"proof_source": "recorded"``). ``provgw log prove EVENT_ID --config gateway.toml`` reports the
+state verified with the witnesses' keys beside the recorded one.
+
 Two differences with the CLI, both because the UI never writes: ``provgw recall impact`` first
 applies new ``firmware_update`` reports to the inventory (the running gateway's urgent lane does
 that every tick, so the UI sees it shortly after), and when a firmware manifest's SBOM is not
@@ -56,6 +62,14 @@ __all__ = [
 #: Proof states of an event, weakest first: stored but not in the log yet, in the log but under
 #: no signed checkpoint yet, then the receipt states (RFC 9942 receipts, DESIGN.md "Receipts").
 PROOF_STATES = ("erased", "stored", "appended", "logged", "witnessed", "anchored")
+#: Where the states shown come from: the gateway's records (checkpoint_status), not a
+#: verification by the UI (see the module docstring).
+_PROOF_SOURCE = "recorded"
+_PROOF_NOTE = (
+    "Proof states are those recorded by the gateway (witness cosignatures kept, chain anchor "
+    "recorded), not verified by this page; `provgw log prove EVENT_ID --config gateway.toml` "
+    "verifies a receipt with the witnesses' keys."
+)
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,7 @@ def _checkpoint(page: Page) -> dict[str, Any] | None:
         "signed_ms": latest.signed_ms,
         "signed": iso(latest.signed_ms),
         "state": status.state,
+        "state_source": _PROOF_SOURCE,
         "witnessed": bool(status.cosignatures),
         "cosignatures": len(status.cosignatures),
         "anchored": anchor is not None,
@@ -281,6 +296,8 @@ def device_page(page: Page, device_id: str, *, limit: int) -> dict[str, Any] | N
         "events_total": len(history),
         "limit": limit,
         "events": events,
+        "proof_source": _PROOF_SOURCE,
+        "proof_note": _PROOF_NOTE,
         "receipts": page.key is not None,
     }
 
