@@ -282,13 +282,26 @@ class EventStore:
         )
         return _events(rows)[0] if rows else None
 
-    def history(self, device_id: str) -> list[StoredEvent]:
-        """Return every stored event of *device_id*, in sequence order."""
-        return _events(
-            self._db.query(
-                _SELECT_EVENTS + " WHERE device_id = ? ORDER BY seq",
-                (device_id,),
+    def history(self, device_id: str, *, newest: int | None = None) -> list[StoredEvent]:
+        """Return the stored events of *device_id* in sequence order: all, or the *newest* N.
+
+        Both walk the (device_id, seq) index: the newest N cost N rows, not the whole history.
+        """
+        if newest is None:
+            rows = self._db.query(
+                _SELECT_EVENTS + " WHERE device_id = ? ORDER BY seq", (device_id,)
             )
+        else:
+            rows = self._db.query(
+                _SELECT_EVENTS + " WHERE device_id = ? ORDER BY seq DESC LIMIT ?",
+                (device_id, newest),
+            )[::-1]
+        return _events(rows)
+
+    def count_for(self, device_id: str) -> int:
+        """Return how many events *device_id* has stored (from the index alone)."""
+        return int(
+            self._db.query("SELECT count(*) FROM events WHERE device_id = ?", (device_id,))[0][0]
         )
 
     def quarantine_rows(

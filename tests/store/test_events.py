@@ -155,6 +155,14 @@ def test_history_is_in_seq_order_and_only_for_that_device(store):
     assert store.by_id(10_000) is None
 
 
+def test_history_newest_n_keeps_seq_order_and_count_covers_all(store):
+    store.insert_batch([record(seq=s) for s in (5, 1, 3, 9, 7)] + [record("other", 2)])
+    assert [e.seq for e in store.history("pump-1", newest=2)] == [7, 9]
+    assert [e.seq for e in store.history("pump-1", newest=10)] == [1, 3, 5, 7, 9]
+    assert store.count_for("pump-1") == 5
+    assert store.count_for("nobody") == 0
+
+
 def test_quarantine_rows_are_newest_first_filterable_and_pageable(store):
     store.insert_batch(
         [], [refused(str(i), reason="schema" if i % 2 else "oversize") for i in range(7)]

@@ -202,6 +202,13 @@ def test_device_page_shows_history_newest_first_with_each_proof_state(site):
     assert f'href="/receipts/{first["id"]}.cbor"' in page
 
 
+def test_device_page_limit_shows_the_newest_events_and_counts_them_all(site):
+    full = site.api(f"/api/devices/{site.pump}")
+    one = site.api(f"/api/devices/{site.pump}?limit=1")
+    assert [e["seq"] for e in one["events"]] == [max(e["seq"] for e in full["events"])]
+    assert one["events_total"] == full["events_total"] == len(full["events"])
+
+
 def test_proof_states_are_labelled_as_recorded_not_verified(site):
     # The UI holds no witness keys and does not query the chain: it shows what the gateway
     # recorded (here an anchor without any cosignature), and says so.
@@ -210,6 +217,7 @@ def test_proof_states_are_labelled_as_recorded_not_verified(site):
     assert "provgw log prove" in device["proof_note"]
     checkpoint = site.api("/api/overview")["checkpoint"]
     assert (checkpoint["state"], checkpoint["state_source"]) == ("anchored", "recorded")
+    assert "recorded by the gateway" in site.page(f"/devices/{site.pump}")
 
 
 def test_receipt_download_is_the_bundle_log_prove_writes_and_verifies_offline(site, tmp_path):

@@ -244,7 +244,9 @@ def receipt_path(event_id: int) -> str:
 
 def device_page(page: Page, device_id: str, *, limit: int) -> dict[str, Any] | None:
     """Return a device's history, newest first, each event with its proof state; None if unknown."""
-    history = EventStore(page.db).history(device_id)
+    store = EventStore(page.db)
+    history = store.history(device_id, newest=limit)
+    total = store.count_for(device_id)
     inv = Inventory(page.db).get(device_id)
     enrolled = page.db.query(
         "SELECT manufacturer, enrolled_ms, revoked_ms FROM devices WHERE device_id = ?",
@@ -254,7 +256,7 @@ def device_page(page: Page, device_id: str, *, limit: int) -> dict[str, Any] | N
         return None
     log = page.log()
     events = []
-    for event in reversed(history[-limit:]):
+    for event in reversed(history):
         body = _body(event)
         proof = _proof(log, event)
         can_prove = page.key is not None and proof["checkpoint_size"] is not None
@@ -293,7 +295,7 @@ def device_page(page: Page, device_id: str, *, limit: int) -> dict[str, Any] | N
             "enrolled": iso(enrolled[0][1]),
             "revoked": iso(enrolled[0][2]),
         },
-        "events_total": len(history),
+        "events_total": total,
         "limit": limit,
         "events": events,
         "proof_source": _PROOF_SOURCE,

@@ -229,7 +229,9 @@ def device_html(data: Mapping[str, Any]) -> str:
         facts
         + f"<h2>History ({esc(data['events_total'])} events)</h2>"
         + '<p class="muted">Proof: stored &rarr; appended (in the log) &rarr; logged (under a '
-        "signed checkpoint) &rarr; witnessed &rarr; anchored.</p>"
+        "signed checkpoint) &rarr; witnessed &rarr; anchored. "
+        + esc(data["proof_note"])
+        + "</p>"
         + _table(
             ["event time (UTC)", "type", "seq", "what", "proof", "download"], rows, "No events."
         )
