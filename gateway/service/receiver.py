@@ -237,7 +237,7 @@ def _run_forked_verifier(
 
 
 class _Credits:
-    """At most *limit* deliveries between paho's thread and their acknowledgement.
+    """At most *limit* deliveries between the MQTT reader thread and their acknowledgement.
 
     *report(used)* (the ``in_flight`` gauge) is called under the lock, so a report can never
     overwrite a newer one; it runs after each acknowledged batch and from :meth:`report`.
@@ -411,7 +411,7 @@ class IngestReceiver:
         # receiver has imported them, the verifiers share those pages copy-on-write.
         # fork() copies only the calling thread, and a lock another thread held at that moment
         # stays locked forever in the child: so every verifier is forked before this process
-        # starts any thread (the lanes' threads, paho's network thread at connect).
+        # starts any thread (the lanes' threads, the MQTT client's threads at connect).
         ctx = _fork_context()
         ours: list[Connection] = []  # this process's pipe ends: inherited by every later fork
         for index in range(self.lanes):
@@ -464,7 +464,7 @@ class IngestReceiver:
     def _shutdown(self) -> None:
         # 1. Forward nothing more (what arrives now is redelivered after the restart), 2. send
         # what is buffered and tell each verifier to stop, 3. acknowledge their last commits,
-        # 4. disconnect: the PUBACKs are queued before paho's DISCONNECT, so they go out first.
+        # 4. disconnect: the last PUBACKs are written before the DISCONNECT, so they go out first.
         self._credits.close()
         for lane in self._lanes:
             with lane.cond:
