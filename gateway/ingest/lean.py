@@ -21,8 +21,9 @@ Threads and TLS: OpenSSL forbids using one SSL object from two threads at once. 
 is plain TCP and TLS runs over memory BIOs (``SSLContext.wrap_bio``); every use of the SSL object
 happens under one small per-connection lock (``tls_lock``) and never across a blocking call:
 
-* the *reader* thread (``mqtt-reader``) does ``sock.recv(256 KiB)`` with no lock held, then feeds
-  the bytes in and drains the cleartext under ``tls_lock``, then parses whole packets and calls
+* the *reader* thread (``mqtt-reader``) does ``recv_into`` a reused 256 KiB buffer with no lock
+  held, then feeds the bytes in and drains the cleartext under ``tls_lock``, then parses whole
+  packets and calls
   the handler -- on this thread, with no lock held, so a handler that blocks (the receiver's
   credit counter) stops reading: TCP back-pressure, and nothing is buffered beyond one read;
 * writers (``ack_many`` from the receiver's acker threads, PINGREQ from the ``mqtt-keepalive``
@@ -32,11 +33,12 @@ happens under one small per-connection lock (``tls_lock``) and never across a bl
   write_lock.
 
 The reader also owns failure: a server DISCONNECT, EOF, a socket or TLS error, a protocol
-violation, or 1.5x the keep-alive with no byte from the broker (the socket's timeout, §3.1.2.10)
-ends the connection; its outstanding tags are dropped, and the reader reconnects with backoff
-(1 s doubling to 30 s) until :meth:`LeanSubscriber.disconnect`, subscribing again every time.
-The delay starts over only after a connection has lasted ``_STABLE_S``: a broker (or a message)
-that breaks every connection at once is retried ever later, not every second for ever.
+violation, or 1.5x the keep-alive with no byte from the broker (watched by the keep-alive
+thread, §3.1.2.10) ends the connection; its outstanding tags are dropped, and the reader
+reconnects with backoff (1 s doubling to 30 s) until :meth:`LeanSubscriber.disconnect`,
+subscribing again every time. The delay starts over only after a connection has lasted
+``_STABLE_S``: a broker (or a message) that breaks every connection at once is retried ever
+later, not every second for ever.
 
 :meth:`LeanSubscriber.disconnect` does not wait for a reader that is blocked in the handler
 (back-pressure): the connection is closed under it, and once the handler returns the reader
