@@ -225,8 +225,12 @@ class MqttClient:
         self._stop()
 
     def _stop(self) -> None:
+        # paho's network thread runs one more loop after DISCONNECT and logs "Client is not
+        # connected" at ERROR for the socket it just closed: expected here, so not logged.
+        self._client.disable_logger()
         self._client.disconnect()
         self._client.loop_stop()
+        self._client.enable_logger(logger)
         # paho 2.2's loop_start() makes a new wake-up socketpair without closing the previous
         # one, leaking two sockets per reconnect; close them while the loop is stopped.
         self._client._reset_sockets(sockpair_only=True)  # noqa: SLF001 - no public way to do this
