@@ -395,15 +395,25 @@ class ServeProcess:
 def serve_gateway(tmp_path) -> Iterator[Callable[..., ServeProcess]]:
     """`serve_gateway(site, broker, workers=2, metrics_port=0)`: write gateway.toml, start serve.
 
+    *broker_extra*: more `key = value` lines for the `[broker]` table, each ending in a newline.
+
     Every gateway still running after the test is killed.
     """
     started: list[ServeProcess] = []
 
-    def start(site: GatewaySite, broker: Mosquitto, *, workers=2, metrics_port=0, start=True):
+    def start(  # noqa: PLR0913 - the test's knobs, keyword-only and defaulted
+        site: GatewaySite,
+        broker: Mosquitto,
+        *,
+        workers=2,
+        metrics_port=0,
+        start=True,
+        broker_extra="",
+    ):
         conf = tmp_path / "gateway.toml"
         conf.write_text(
             f'[broker]\nhost = "{broker.host}"\nport = {broker.port}\n'
-            f'config_dir = "{site.config.directory}"\n'
+            f'config_dir = "{site.config.directory}"\n{broker_extra}'
             f'[trust]\ndir = "{site.pki / "trust"}"\n'
             f'[store]\npath = "{tmp_path / "gateway.sqlite3"}"\n'
             f"[ingest]\nworkers = {workers}\n"

@@ -109,3 +109,81 @@ def test_a_killed_verifier_loses_no_acknowledged_event_and_stores_none_twice(
     assert {(d, s): bytes(g) for d, s, g in rows} == acked  # all of them, each once, exact bytes
     assert quarantined == 0  # the redelivered batches were absorbed as duplicates
     assert "died" in gateway.log()  # the receiver noticed and was restarted
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    msg = f"no VmRSS for {pid}"
+    raise AssertionError(msg)
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(120)
+def test_a_backlog_released_onto_slow_verifiers_waits_in_the_broker_not_in_the_receiver(
+    gateway_site, site_broker, serve_gateway, tmp_path
+):
+    # Receive Maximum 10 per verifier, 2 verifiers: the receiver's credit counter lets at most
+    # 2 x 20 = 40 deliveries in before their acknowledgement. Mosquitto 2.0.11 honours Receive
+    # Maximum only until PUBACKs flow; then it sends its whole queue (ADR 0004). So: a backlog
+    # queued while the verifiers are stopped, then verifiers that commit (and so acknowledge)
+    # slowly, behind a disk that is busy most of the time.
+    gateway = serve_gateway(
+        gateway_site, site_broker, workers=2, broker_extra="receive_maximum = 10\n"
+    )
+    assert gateway.proc is not None
+    receivers = [p for p in _children(gateway.proc.pid) if len(_children(p)) == 2]
+    assert len(receivers) == 1
+    receiver = receivers[0]
+    verifiers = _children(receiver)
+    device_id = gateway_site.devices[0]
+    topic = event_topic(SITE, device_id, "custody")
+    db = tmp_path / "gateway.sqlite3"
+    flood, size = 600, 60_000  # 36 MB: what the receiver would hold if nothing bounded it
+
+    def quarantined() -> int:
+        with sqlite3.connect(db, timeout=30) as conn:
+            return int(conn.execute("SELECT count(*) FROM quarantine").fetchone()[0])
+
+    rss_before = _rss(receiver)
+    for pid in verifiers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        with site_broker.device(device_id) as pub:
+            for _ in range(flood // 100):
+                batch = [(topic, os.urandom(size)) for _ in range(100)]
+                assert pub.publish_many(batch, timeout=30) == [None] * 100  # the broker has them
+    finally:
+        for pid in verifiers:
+            os.kill(pid, signal.SIGCONT)
+    busy = threading.Event()
+
+    def busy_disk() -> None:
+        # Holds the write lock 0.3 s of every 0.35 s: each verifier commit waits its turn.
+        conn = sqlite3.connect(db, timeout=30, isolation_level=None)
+        while not busy.is_set():
+            conn.execute("BEGIN IMMEDIATE")
+            time.sleep(0.3)
+            conn.execute("COMMIT")
+            time.sleep(0.05)
+        conn.close()
+
+    disk = threading.Thread(target=busy_disk, daemon=True)
+    disk.start()
+    peak = 0
+    try:
+        until = time.monotonic() + 4
+        while time.monotonic() < until:
+            peak = max(peak, _rss(receiver) - rss_before)
+            time.sleep(0.05)
+    finally:
+        busy.set()
+        disk.join()
+    assert peak < 16 * 1024 * 1024, f"the receiver grew by {peak / 2**20:.1f} MB"
+    # Then everything comes through, each message decided once: junk is quarantined, not lost.
+    deadline = time.monotonic() + 60
+    while quarantined() < flood and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert quarantined() == flood
+    assert _count(db) == 0
