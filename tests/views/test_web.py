@@ -250,6 +250,10 @@ def test_recall_pages_show_impact_rule_and_remediation_state_as_the_cli_does(sit
     assert [a["device_id"] for a in data["impact"]["affected"]] == [site.pump]
     page = site.page(f"/recalls/{RECALL_ID}")
     assert 'class="state offered"' in page
+    remedy = data["status"]["recall"]["remedy"]  # shown as words and a digest, not a dict
+    assert html.escape(remedy["action"]) in page
+    assert f"manifest {remedy['manifest']}" in page
+    assert "{&#x27;" not in page
     assert html.escape(data["impact"]["rules"][0]) in page
     campaign = site.api(f"/api/recalls/manifest:{CAMPAIGN.hex()}")
     assert campaign["status"]["devices"][0]["device_id"] == site.other

@@ -282,6 +282,18 @@ def _matched(matches: Iterable[Mapping[str, Any]]) -> str:
     )
 
 
+def _remedy(remedy: object, manifest: object) -> str:
+    """Render a recall's remedy ({action, manifest}) or a campaign's manifest digest."""
+    if isinstance(remedy, Mapping):
+        action = esc(remedy.get("action")) if remedy.get("action") else ""
+        digest = remedy.get("manifest")
+        shown = f' <span class="mono">manifest {esc(digest)}</span>' if digest else ""
+        return (action + shown).strip() or "-"
+    if remedy is not None:
+        return esc(remedy)
+    return f'<span class="mono">{esc(manifest)}</span>'
+
+
 def recall_html(data: Mapping[str, Any]) -> str:
     """``/recalls/<id>``: impact and per-device remediation."""
     status = data["status"]
@@ -294,7 +306,7 @@ def recall_html(data: Mapping[str, Any]) -> str:
                 esc(recall.get("class")),
                 esc(recall.get("status")),
                 esc(recall.get("reason") or recall.get("version")),
-                f'<span class="mono">{esc(recall.get("remedy") or recall.get("manifest"))}</span>',
+                _remedy(recall.get("remedy"), recall.get("manifest")),
                 esc(status["total"]),
                 _pairs(status["counts"]),
             ]
