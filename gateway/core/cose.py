@@ -30,7 +30,12 @@ The payload stays bytes: it is decoded by its schema only after the signature ho
 10. Key type matches ``alg``: EdDSA needs an Ed25519/Ed448 key, ES256/384/512 a NIST P-curve key
     (alg/key confusion: a signature is never checked under an algorithm the key is not for).
 11. Signature over ``Sig_structure = ["Signature1", protected, external_aad, payload]``
-    (RFC 9052 §4.4); ECDSA signatures are raw ``r || s`` (RFC 9053 §2.1).
+    (RFC 9052 §4.4); ECDSA signatures are raw ``r || s`` (RFC 9053 §2.1). Ed25519 is checked
+    by libsodium (PyNaCl), not OpenSSL: it is 1.6x faster on this hot path (37.5 against 60 us,
+    ``bench cose``), and it refuses keys and ``R`` values of small order, for which OpenSSL
+    accepts ``R = identity, S = 0`` on ANY message under the identity key -- a universal forgery
+    for a device whose certificate carries such a key (ADR 0001). Every signature OpenSSL
+    refuses, libsodium refuses too (tested); Ed448 stays on OpenSSL.
 
 Policies: :data:`DEVICE_POLICY` is what devices and manufacturers must meet.
 :data:`UNSAFE_LIBRARY_POLICY` accepts ``alg`` in the unprotected bucket, untagged messages,
@@ -61,6 +66,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
 )
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import BadSignatureError
 
 from gateway.core.cbor import dumps, strict_loads
 from gateway.core.errors import MalformedError, OversizeError, PolicyError, SignatureError
@@ -109,6 +116,8 @@ UNDERSTOOD_LABELS = frozenset({HEADER_ALG, HEADER_CRIT, HEADER_KID, HEADER_X5CHA
 COSE_SIGN1_TAG = 18
 
 #: Keys :meth:`Sign1Message.verify` accepts.
+_ED25519_SIGNATURE_BYTES = 64  # R || S (RFC 8032 §5.1.6)
+
 PublicKey: TypeAlias = Ed25519PublicKey | Ed448PublicKey | ec.EllipticCurvePublicKey
 #: Keys :func:`sign1` signs with (Ed25519 or P-256, see :func:`alg_for_key`).
 PrivateKey: TypeAlias = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
@@ -218,7 +227,10 @@ class Sign1Message:
         to_be_signed = self.to_be_signed(external_aad)
         # Step 10 (alg/key confusion) and step 11 (forgery, tampering).
         if alg == ALG_EDDSA:
-            if not isinstance(key, Ed25519PublicKey | Ed448PublicKey):
+            if isinstance(key, Ed25519PublicKey):
+                _verify_ed25519(key, self.signature, to_be_signed)
+                return
+            if not isinstance(key, Ed448PublicKey):
                 raise _key_mismatch(alg, key)
             try:
                 key.verify(self.signature, to_be_signed)
@@ -245,6 +257,18 @@ class Sign1Message:
             key.verify(der, to_be_signed, ecdsa)
         except InvalidSignature:
             raise _bad_signature() from None
+
+
+def _verify_ed25519(key: Ed25519PublicKey, signature: bytes, message: bytes) -> None:
+    """Step 11 for Ed25519 (RFC 8032 §5.1.7) with libsodium: see the module docstring."""
+    # crypto_sign_open reads the first 64 bytes as the signature: a shorter or longer one must
+    # not shift bytes between signature and message.
+    if len(signature) != _ED25519_SIGNATURE_BYTES:
+        raise _bad_signature()
+    try:
+        crypto_sign_open(signature + message, key.public_bytes_raw())
+    except BadSignatureError:
+        raise _bad_signature() from None
 
 
 def _bad_signature() -> SignatureError:

@@ -4,10 +4,11 @@ import contextlib
 
 import cbor2
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -457,3 +458,66 @@ def test_protected_memo_is_bounded_and_holds_no_mutable_values():
     chained = craft(protected={1: -8, 33: [b"leaf", b"ca"]})
     cose.decode_sign1(chained)
     assert cbor2.loads(chained).value[0] not in cose._PROTECTED_MEMO
+
+
+# -- Ed25519 on libsodium: never looser than OpenSSL, stricter on small-order keys ---------------
+
+
+def _with_signature(msg: cose.Sign1Message, signature: bytes) -> cose.Sign1Message:
+    return cose.Sign1Message(
+        msg.protected, msg.protected_bytes, msg.unprotected, msg.payload, signature
+    )
+
+
+def _openssl_accepts(key, signature: bytes, message: bytes) -> bool:
+    try:
+        key.verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seed=st.binary(min_size=32, max_size=32),
+    payload=st.binary(max_size=300),
+    flip=st.one_of(st.none(), st.integers(min_value=0, max_value=64 * 8 - 1)),
+)
+def test_ed25519_verdicts_agree_with_openssl(seed, payload, flip):
+    key = Ed25519PrivateKey.from_private_bytes(seed)
+    msg = cose.decode_sign1(cose.sign1(payload, key))
+    signature = bytearray(msg.signature)
+    if flip is not None:
+        signature[flip // 8] ^= 1 << (flip % 8)
+    tampered = _with_signature(msg, bytes(signature))
+    expected = _openssl_accepts(key.public_key(), bytes(signature), msg.to_be_signed())
+    assert expected is (flip is None)
+    if expected:
+        tampered.verify(key.public_key())
+    else:
+        with pytest.raises(SignatureError):
+            tampered.verify(key.public_key())
+
+
+def test_the_small_order_key_forgery_openssl_accepts_is_refused():
+    # The identity point as public key, R = identity, S = 0: [S]B = R + [k]A holds for every
+    # message, so OpenSSL accepts it (RFC 8032 does not forbid small-order keys). A device whose
+    # certificate carried such a key could be impersonated by anyone; libsodium refuses it.
+    identity = bytes([1]) + bytes(31)
+    key = Ed25519PublicKey.from_public_bytes(identity)
+    msg = cose.decode_sign1(cose.sign1(b"any event at all", ED_KEY))
+    forged = _with_signature(msg, identity + bytes(32))
+    assert _openssl_accepts(key, forged.signature, forged.to_be_signed())
+    with pytest.raises(SignatureError) as caught:
+        forged.verify(key)
+    assert caught.value.reason == "bad-signature"
+
+
+@pytest.mark.parametrize("length", [0, 63, 65, 128])
+def test_an_ed25519_signature_of_the_wrong_length_is_a_bad_signature(length):
+    msg = cose.decode_sign1(cose.sign1(b"p", ED_KEY))
+    # 65 bytes: the right signature plus one: must not be read as signature || message.
+    signature = (msg.signature + b"\x00" * 64)[:length]
+    with pytest.raises(SignatureError) as caught:
+        _with_signature(msg, signature).verify(ED_KEY.public_key())
+    assert caught.value.reason == "bad-signature"
