@@ -9,8 +9,9 @@ Ed25519, half P-256 devices, the simulator's event mix), batches of 500, CPU tim
 
 * the pipeline, from :data:`~gateway.service.verifier.RawDelivery` tuples to the acks, per
   message (a fresh database each repeat, every device enrolled first, outside the timing);
-* the same run's bare ``cryptography`` verify of the very same signatures over the very same
-  ``Sig_structure`` bytes: the part no Python change can remove;
+* the same run's bare verify (libsodium for Ed25519, ``cryptography`` for P-256) of the very
+  same signatures over the very same ``Sig_structure`` bytes: the part no Python change can
+  remove;
 * the difference: the non-crypto remainder (decoding, schema checks, SQLite), what the gateway
   itself adds to the signature check.
 
@@ -32,6 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from nacl.bindings import crypto_sign_open
 
 from bench._table import Row
 from device_sim.events import SimDevice, make_event
@@ -80,7 +82,11 @@ def _sign(pki: Path, count: int) -> tuple[list[Raw], list[Raw]]:
 
 
 def _bare_checks(pki: Path, enrol: list[Raw], events: list[Raw]) -> list[Callable[[], object]]:
-    """One closure per event: ``cryptography``'s verify of its signature, nothing else."""
+    """One closure per event: the bare verify of its signature, nothing else.
+
+    The library ``Sign1Message.verify`` uses: libsodium for Ed25519 (ADR 0001), OpenSSL through
+    ``cryptography`` for P-256.
+    """
     trust = load_trust_dir(pki / "trust")
     with tempfile.TemporaryDirectory() as tmp, Database(Path(tmp) / "keys.sqlite3") as db:
         pipeline = IngestPipeline(db, trust, ack=lambda _t, _q: None, metrics=_Discard())
@@ -93,7 +99,7 @@ def _bare_checks(pki: Path, enrol: list[Raw], events: list[Raw]) -> list[Callabl
             key = pipeline.registry.by_kid(msg.kid).public_key
             tbs, sig = msg.to_be_signed(), msg.signature
             if isinstance(key, Ed25519PublicKey):
-                checks.append(partial(key.verify, sig, tbs))
+                checks.append(partial(crypto_sign_open, sig + tbs, key.public_bytes_raw()))
             else:
                 assert isinstance(key, ec.EllipticCurvePublicKey)
                 der = encode_dss_signature(
