@@ -140,7 +140,7 @@ def test_a_backlog_released_onto_slow_verifiers_waits_in_the_broker_not_in_the_r
     device_id = gateway_site.devices[0]
     topic = event_topic(SITE, device_id, "custody")
     db = tmp_path / "gateway.sqlite3"
-    flood, size = 600, 60_000  # 36 MB: what the receiver would hold if nothing bounded it
+    flood, size = 900, 60_000  # 54 MB: what the receiver would hold if nothing bounded it
 
     def quarantined() -> int:
         with sqlite3.connect(db, timeout=30) as conn:
@@ -180,7 +180,8 @@ def test_a_backlog_released_onto_slow_verifiers_waits_in_the_broker_not_in_the_r
     finally:
         busy.set()
         disk.join()
-    assert peak < 16 * 1024 * 1024, f"the receiver grew by {peak / 2**20:.1f} MB"
+    # Bounded, it grows by ~9 MB (40 deliveries, a pickled batch, TLS and read buffers).
+    assert peak < 20 * 1024 * 1024, f"the receiver grew by {peak / 2**20:.1f} MB"
     # Then everything comes through, each message decided once: junk is quarantined, not lost.
     deadline = time.monotonic() + 60
     while quarantined() < flood and time.monotonic() < deadline:
