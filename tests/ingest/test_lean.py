@@ -24,6 +24,18 @@ ACME_1 = "09506000134352-A1001"
 ACME_REVOKED = "09506000134352-R9"
 
 
+def _subscriber(broker, creds) -> LeanSubscriber:
+    """A subscriber with *creds* (which the test expects the broker or the client to refuse)."""
+    return LeanSubscriber(
+        creds,
+        host=broker.host,
+        port=broker.port,
+        on_message=Inbox(),
+        session_expiry=60,
+        receive_maximum=10,
+    )
+
+
 def lean(broker, inbox, client_id="gateway-routine", **kwargs) -> LeanSubscriber:
     settings = {"session_expiry": 3600, "receive_maximum": 100} | kwargs
     return LeanSubscriber(
@@ -268,14 +280,7 @@ class TestAgainstMosquitto:
         self, mosquitto, broker_config, tmp_path
     ):
         creds = self_signed_credentials("gateway-routine", broker_config.config.site_ca, tmp_path)
-        gw = LeanSubscriber(
-            creds,
-            host=mosquitto.host,
-            port=mosquitto.port,
-            on_message=Inbox(),
-            session_expiry=60,
-            receive_maximum=10,
-        )
+        gw = _subscriber(mosquitto, creds)
         with pytest.raises(
             UnavailableError, match="did not accept client 'gateway-routine'"
         ) as err:
@@ -286,14 +291,7 @@ class TestAgainstMosquitto:
 
     def test_a_revoked_device_certificate_is_refused(self, mosquitto, broker_config):
         creds = broker_config.device(ACME_REVOKED)
-        gw = LeanSubscriber(
-            creds,
-            host=mosquitto.host,
-            port=mosquitto.port,
-            on_message=Inbox(),
-            session_expiry=60,
-            receive_maximum=10,
-        )
+        gw = _subscriber(mosquitto, creds)
         with pytest.raises(UnavailableError, match="did not accept") as err:
             gw.connect(timeout=3)
         assert err.value.reason == "broker-refused"
@@ -304,14 +302,7 @@ class TestAgainstMosquitto:
         real = broker_config.client("gateway-routine")
         wrong_ca = broker_config.pki / "trust" / "acme.root.pem"  # a CA, but not the site's
         creds = ClientCredentials(real.client_id, wrong_ca, real.certfile, real.keyfile)
-        gw = LeanSubscriber(
-            creds,
-            host=mosquitto.host,
-            port=mosquitto.port,
-            on_message=Inbox(),
-            session_expiry=60,
-            receive_maximum=10,
-        )
+        gw = _subscriber(mosquitto, creds)
         with pytest.raises(UnavailableError, match="does not vouch for") as err:
             gw.connect(timeout=3)
         assert err.value.reason == "tls-config"
