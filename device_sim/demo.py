@@ -134,6 +134,11 @@ class LocalMosquitto:
         _terminate(self.proc)
         self.proc = None
 
+    def restart(self) -> None:
+        """Stop and start again on the same port with the same persistence directory."""
+        self.stop()
+        self.start()
+
     def log(self) -> str:
         """Everything the broker logged so far."""
         try:

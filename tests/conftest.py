@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import getpass
 import json
 import os
-import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -29,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ec import (
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
+from device_sim.demo import LocalMosquitto
 from gateway.ingest.broker_config import BrokerConfig, ClientCredentials, write_broker_config
 from gateway.ingest.mqtt import MqttClient
 from gateway.store.db import Database
@@ -48,7 +46,6 @@ def db(tmp_path) -> Iterator[Database]:
 # manufacturers, one with Ed25519 keys and one with P-256, each root CA -> issuing CA -> devices.
 
 _NOW = dt.datetime.now(dt.UTC)
-MOSQUITTO_MISSING = "Mosquitto is not installed (no /usr/sbin/mosquitto); `make test` installs it."
 
 
 def _pki_key(kind: str) -> Ed25519PrivateKey | EllipticCurvePrivateKey:
@@ -198,74 +195,15 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class Mosquitto:
-    """A real Mosquitto on a random loopback port; `restart()` keeps its persistence directory."""
+class Mosquitto(LocalMosquitto):
+    """A real Mosquitto on a random loopback port (the demo's `LocalMosquitto`, which users run).
+
+    `restart()` keeps its port and persistence directory; `client()` / `device()` make adapters.
+    """
 
     def __init__(self, setup: BrokerSetup, workdir: Path) -> None:
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(exe).exists():
-            pytest.fail(MOSQUITTO_MISSING)
-        self.exe = exe
+        super().__init__(setup.config, workdir, port=_free_port())
         self.setup = setup
-        self.host = "127.0.0.1"
-        self.port = _free_port()
-        self.conf = workdir / "mosquitto.conf"
-        self.log_path = workdir / "mosquitto.log"
-        data = workdir / "data"
-        data.mkdir()
-        self.conf.write_text(
-            setup.config.mosquitto_conf(
-                port=self.port, persistence_dir=data, run_as=getpass.getuser()
-            ),
-            encoding="utf-8",
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 5.0) -> None:
-        """Start the broker and wait until it completes a TLS handshake with a client cert."""
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [self.exe, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
-            )
-        creds = self.setup.client("gateway-admin")
-        ctx = ssl.create_default_context(cafile=str(creds.cafile))
-        ctx.load_cert_chain(str(creds.certfile), str(creds.keyfile))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"mosquitto exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with (
-                    socket.create_connection((self.host, self.port), timeout=1) as raw,
-                    ctx.wrap_socket(raw, server_hostname=self.host),
-                ):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        pytest.fail(f"mosquitto did not accept TLS within {timeout} s:\n{self.log()}")
-
-    def stop(self) -> None:
-        """Stop cleanly (SIGTERM: Mosquitto writes its persistence file), kill if it hangs."""
-        if self.proc is None:
-            return
-        proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def restart(self) -> None:
-        """Stop and start again on the same port with the same persistence directory."""
-        self.stop()
-        self.start()
-
-    def log(self) -> str:
-        """Everything Mosquitto logged so far."""
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def client(self, client_id: str, **kwargs) -> MqttClient:
         """An (unconnected) adapter for a gateway or manufacturer identity on this broker."""
