@@ -26,12 +26,12 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from gateway.core.note import SignedCheckpoint
 from gateway.ledger.log import TransparencyLog
 
-__all__ = ["Batcher", "CheckpointHook", "in_thread"]
+__all__ = ["Batcher", "CheckpointHook", "in_thread", "stop_task"]
 
 #: A hook called with each new signed checkpoint, after it is stored.
 CheckpointHook = Callable[[SignedCheckpoint], Awaitable[None]]
@@ -57,6 +57,15 @@ async def in_thread(fn: Callable[[], _T]) -> _T:
         with contextlib.suppress(Exception):
             await work
         raise
+
+
+async def stop_task(task: asyncio.Task[Any] | None) -> None:
+    """Cancel *task* (if any) and wait until it has ended: what each ``__aexit__`` here does."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 class Batcher:
@@ -104,11 +113,7 @@ class Batcher:
         tb: TracebackType | None,
     ) -> None:
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_task(task)
 
     def notify(self, count: int = 1) -> None:
         """Tell the batcher *count* events were stored; it checks the backlog at once.

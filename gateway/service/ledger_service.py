@@ -60,7 +60,7 @@ from gateway.ledger.keys import (
 from gateway.ledger.log import TransparencyLog
 from gateway.ledger.witness import Witness
 from gateway.ledger.witness_client import WitnessClient, WitnessPool
-from gateway.service.batcher import Batcher, CheckpointHook, in_thread
+from gateway.service.batcher import Batcher, CheckpointHook, in_thread, stop_task
 from gateway.service.config import GatewayConfig, load_config
 from gateway.service.witness_server import WitnessServer
 from gateway.store.db import Database
@@ -355,10 +355,7 @@ class WitnessRounds:
         tb: TracebackType | None,
     ) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
 
 
 # -- the service ---------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from typing import Self
 from gateway.core.errors import MismatchError, ProvenanceError, UnavailableError
 from gateway.core.note import Checkpoint, SignedCheckpoint
 from gateway.ledger.anchor import Anchor, AnchorBackend, Confirmation, TxStatus, log_id
+from gateway.service.batcher import stop_task
 from gateway.store.db import Database
 
 __all__ = ["AnchorPolicy", "Backoff", "Outbox", "OutboxRow"]
@@ -514,7 +515,4 @@ class Outbox:
         tb: TracebackType | None,
     ) -> None:
         task, self._task, self._loop = self._task, None, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)

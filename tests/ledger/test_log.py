@@ -440,4 +440,4 @@ def test_public_api_of_the_log_and_batcher_is_pinned():
         "erase_event",
         "verify_log",
     ]
-    assert batcher.__all__ == ["Batcher", "CheckpointHook", "in_thread"]
+    assert batcher.__all__ == ["Batcher", "CheckpointHook", "in_thread", "stop_task"]
