@@ -72,7 +72,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -137,6 +137,14 @@ def _utc_now() -> datetime:
 
 def _ms(now: datetime) -> int:
     return int(now.timestamp() * 1000)
+
+
+def _track(tracker: RemediationTracker, offers: Sequence[_Sent], at_ms: int) -> None:
+    """Record *offers* (acknowledged by the broker) as offered in the remediation tracker."""
+    for sent in offers:
+        tracker.mark_offered(
+            sent.campaign, sent.device_id, sent.offer, manifest=sent.manifest, at_ms=at_ms
+        )
 
 
 @dataclass(frozen=True)
@@ -598,10 +606,7 @@ class UrgentLane:
         if job.manifest is not None:
             self.stats.manifests += 1
             # The offers were sent: track them whatever becomes of the manifest below.
-            for sent in job.offers:
-                tracker.mark_offered(
-                    sent.campaign, sent.device_id, sent.offer, manifest=sent.manifest, at_ms=at_ms
-                )
+            _track(tracker, job.offers, at_ms)
             try:
                 manifest = ManifestStore(self._db).accept(
                     job.data, trust=self._manifest_trust, now=job.now, check_sbom_quality=False
@@ -642,10 +647,7 @@ class UrgentLane:
                 QuarantineRecord.from_error(err, received_ms=at_ms, topic=job.topic, raw=job.data),
             )
             return
-        for sent in job.offers:
-            tracker.mark_offered(
-                sent.campaign, sent.device_id, sent.offer, manifest=sent.manifest, at_ms=at_ms
-            )
+        _track(tracker, job.offers, at_ms)
         self._client.ack(job.tag, job.qos)
 
     def _quarantine(self, job: _Job, refused: QuarantineRecord) -> None:
@@ -669,14 +671,7 @@ class UrgentLane:
                 cves=recall.fields.cves,
                 now=now,
             )
-            for sent in offers:
-                tracker.mark_offered(
-                    sent.campaign,
-                    sent.device_id,
-                    sent.offer,
-                    manifest=sent.manifest,
-                    at_ms=_ms(now),
-                )
+            _track(tracker, offers, _ms(now))
 
     def _retry_due(self, tracker: RemediationTracker) -> None:
         assert self._db is not None
@@ -709,15 +704,8 @@ class UrgentLane:
                 now=now,
                 attempt=retry.attempt,
             )
-            for sent in offers:
-                tracker.mark_offered(
-                    sent.campaign,
-                    sent.device_id,
-                    sent.offer,
-                    manifest=sent.manifest,
-                    at_ms=_ms(now),
-                )
-                self.stats.retries += 1
+            _track(tracker, offers, _ms(now))
+            self.stats.retries += len(offers)
 
     # -- full SBOM verdicts, after delivery -------------------------------------------------------
 
