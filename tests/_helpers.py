@@ -17,9 +17,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from gateway.core.merkle import (
+    consistency_proof,
+    leaf_hash,
+    root_from_leaf_hashes,
+    subtree_from_leaf_hashes,
+)
+from gateway.core.note import Checkpoint, Signer
 from gateway.ingest.broker_config import ClientCredentials
+from gateway.ledger.witness import AddCheckpointRequest
 
-__all__ = ["Inbox", "self_signed_credentials"]
+__all__ = ["Inbox", "ToyLog", "self_signed_credentials"]
 
 Delivery = tuple[str, bytes, int, int, dict]
 
@@ -97,3 +105,39 @@ def self_signed_credentials(client_id: str, cafile: Path, folder: Path) -> Clien
         )
     )
     return ClientCredentials(client_id, cafile, folder / "c.pem", folder / "k.pem")
+
+
+class ToyLog:
+    """An in-memory RFC 9162 log that signs checkpoints; ``fork`` rewrites one entry."""
+
+    def __init__(self, signer: Signer, size: int = 0, salt: bytes = b"") -> None:
+        self.signer = signer
+        self.salt = salt
+        self.leaves: list[bytes] = []
+        self.grow(size)
+
+    def grow(self, n: int) -> ToyLog:
+        start = len(self.leaves)
+        self.leaves += [leaf_hash(self.salt + str(i).encode()) for i in range(start, start + n)]
+        return self
+
+    def fork(self, index: int) -> ToyLog:
+        other = ToyLog(self.signer)
+        other.leaves = list(self.leaves)
+        other.leaves[index] = leaf_hash(b"rewritten history")
+        return other
+
+    def root(self, size: int | None = None) -> bytes:
+        return root_from_leaf_hashes(self.leaves[: len(self.leaves) if size is None else size])
+
+    def checkpoint(self, size: int | None = None) -> bytes:
+        size = len(self.leaves) if size is None else size
+        return Checkpoint(self.signer.name, size, self.root(size)).sign(self.signer)
+
+    def prove(self, old: int, new: int | None = None) -> list[bytes]:
+        new = len(self.leaves) if new is None else new
+        return consistency_proof(old, new, subtree_from_leaf_hashes(self.leaves))
+
+    def request(self, old: int, size: int | None = None) -> bytes:
+        proof = self.prove(old, size)
+        return AddCheckpointRequest(old, tuple(proof), self.checkpoint(size)).to_bytes()

@@ -13,38 +13,16 @@ from gateway.core.errors import (
     UnavailableError,
     UntrustedSignerError,
 )
-from gateway.core.merkle import (
-    consistency_proof,
-    leaf_hash,
-    root_from_leaf_hashes,
-    subtree_from_leaf_hashes,
-)
-from gateway.core.note import COSIGNATURE_V1, Checkpoint, Signer
+from gateway.core.note import COSIGNATURE_V1, Signer
 from gateway.ledger.quorum import require_quorum
 from gateway.ledger.witness import Witness
 from gateway.ledger.witness_client import WitnessClient, WitnessPool
 from gateway.service.witness_server import WitnessServer
 from gateway.store.witness import WitnessStore
+from tests._helpers import ToyLog
 
 ORIGIN = "gateway.example/log"
 NOW = 1_750_000_000
-
-
-class ToyLog:
-    def __init__(self, signer: Signer, size: int = 0, salt: bytes = b"") -> None:
-        self.signer = signer
-        self.leaves = [leaf_hash(salt + str(i).encode()) for i in range(size)]
-
-    def grow(self, n: int) -> None:
-        start = len(self.leaves)
-        self.leaves += [leaf_hash(str(i).encode()) for i in range(start, start + n)]
-
-    def checkpoint(self) -> bytes:
-        root = root_from_leaf_hashes(self.leaves)
-        return Checkpoint(self.signer.name, len(self.leaves), root).sign(self.signer)
-
-    def prove(self, old: int) -> list[bytes]:
-        return consistency_proof(old, len(self.leaves), subtree_from_leaf_hashes(self.leaves))
 
 
 @pytest.fixture
