@@ -174,6 +174,17 @@ def test_broker_restart_mid_stream_loses_nothing(gateway_site, site_broker, serv
     _assert_stored_exactly(db_path, publisher.acked)
 
 
+def _acking_member(broker, cid: str, sink: list[bytes]):
+    """A gateway client that appends every payload to *sink* and acknowledges it at once."""
+
+    def on_message(_topic, payload, mid, qos, _props):
+        sink.append(payload)
+        client.ack(mid, qos)
+
+    client = broker.client(cid, on_message=on_message, receive_maximum=1000)
+    return client
+
+
 def test_shared_subscription_queues_for_offline_members(gateway_site, site_broker):
     # The measurement behind gateway.service.workers' design: Mosquitto 2.0.11 hands shared-
     # subscription messages round-robin to members whose persistent session is OFFLINE too, and
@@ -181,12 +192,7 @@ def test_shared_subscription_queues_for_offline_members(gateway_site, site_broke
     received: dict[str, list[bytes]] = {"gateway-routine": [], "gateway-routine-2": []}
 
     def member(cid):
-        def on_message(_topic, payload, mid, qos, _props):
-            received[cid].append(payload)
-            client.ack(mid, qos)
-
-        client = site_broker.client(cid, on_message=on_message, receive_maximum=1000)
-        return client
+        return _acking_member(site_broker, cid, received[cid])
 
     for cid in received:
         with member(cid) as client:
@@ -225,12 +231,7 @@ def test_shared_subscription_drops_what_is_published_before_members_return_after
     share = {"gateway-routine": "provgw", "gateway-routine-2": None}
 
     def member(cid):
-        def on_message(_topic, payload, mid, qos, _props):
-            received[cid].append(payload)
-            client.ack(mid, qos)
-
-        client = site_broker.client(cid, on_message=on_message, receive_maximum=1000)
-        return client
+        return _acking_member(site_broker, cid, received[cid])
 
     for cid in received:
         with member(cid) as client:
