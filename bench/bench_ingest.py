@@ -360,8 +360,9 @@ def _wait_line(proc: subprocess.Popen[str], want: Callable[[str], bool], what: s
     raise RuntimeError(msg)
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
+def stop_process(proc: subprocess.Popen[str] | None) -> None:
+    """SIGTERM *proc* (if it runs) and wait for it; kill it after 30 s."""
+    if proc is not None and proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=30)
@@ -492,7 +493,7 @@ def measure(
         return Result(name, rates, saturated, paced, observer.peak, cpu)
     finally:
         observer.stop()
-        _stop(proc)
+        stop_process(proc)
 
 
 def run(quick: bool) -> list[Row]:  # noqa: FBT001 - the bench runner's interface

@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -49,7 +48,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench._table import Row
-from bench.bench_ingest import pct, start_gateway
+from bench.bench_ingest import pct, start_gateway, stop_process
 from device_sim.demo import LocalMosquitto
 from device_sim.fleet import device_credentials, raise_fd_limit
 from device_sim.pki import init_pki, load_devices
@@ -171,16 +170,6 @@ def _proc(*args: str, stdin: bool = False) -> subprocess.Popen[str]:
     return proc
 
 
-def _stop(proc: subprocess.Popen[str] | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _dead_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -242,7 +231,7 @@ def start_serve(
     assert proc.stdout is not None
     status = json.loads(proc.stdout.readline() or "{}")
     if status.get("status") != "running" or not (status.get("urgent") or {}).get("subscribed"):
-        _stop(proc)
+        stop_process(proc)
         msg = f"provgw serve did not start its urgent lane: {status} {log.read_text()[-2000:]}"
         raise RuntimeError(msg)
     if status["urgent"]["nice"] != LANE_NICE:
@@ -326,7 +315,7 @@ def max_ingest_rate(folder: Path, broker: LocalMosquitto, pki: Path, flood: Floo
             time.sleep(0.05)
         return _events(db) / (time.monotonic() - start)
     finally:
-        _stop(gateway)
+        stop_process(gateway)
 
 
 def patch_latencies(
@@ -394,8 +383,8 @@ def scenario(  # noqa: PLR0913, PLR0917 -- one scenario's parts
         if flood is not None:
             flood.wait()
     finally:
-        _stop(lane)
-        _stop(gateway)
+        stop_process(lane)
+        stop_process(gateway)
     done = [x for x in latencies if x != float("inf")]
     print(
         f"  {name}: p50 {pct(done, 0.5):.1f} ms, p99 {pct(done, 0.99):.1f} ms, max "

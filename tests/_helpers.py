@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import queue
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from gateway.core.note import Checkpoint, Signer
 from gateway.ingest.broker_config import ClientCredentials
 from gateway.ledger.witness import AddCheckpointRequest
 
-__all__ = ["Inbox", "ToyLog", "self_signed_credentials"]
+__all__ = ["Inbox", "ToyLog", "self_signed_credentials", "stored_count"]
 
 Delivery = tuple[str, bytes, int, int, dict]
 
@@ -141,3 +142,12 @@ class ToyLog:
     def request(self, old: int, size: int | None = None) -> bytes:
         proof = self.prove(old, size)
         return AddCheckpointRequest(old, tuple(proof), self.checkpoint(size)).to_bytes()
+
+
+def stored_count(db_path: Path) -> int:
+    """Events in a gateway database, read from outside; 0 before its tables exist."""
+    try:
+        with sqlite3.connect(db_path) as conn:
+            return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0

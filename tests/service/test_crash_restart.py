@@ -19,6 +19,7 @@ import pytest
 from device_sim.events import SimDevice, make_event
 from gateway.core.errors import UnavailableError
 from gateway.ingest.topics import EVENT_FILTER, event_topic
+from tests._helpers import stored_count
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
 
@@ -93,20 +94,12 @@ class Publisher:
         return sum(len(m) for m in self.messages.values())
 
 
-def _count(db_path) -> int:
-    try:
-        with sqlite3.connect(db_path) as conn:
-            return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
-
-
 def _wait_count(db_path, predicate, timeout=30.0) -> int:
     deadline = time.monotonic() + timeout
-    n = _count(db_path)
+    n = stored_count(db_path)
     while time.monotonic() < deadline and not predicate(n):
         time.sleep(0.02)
-        n = _count(db_path)
+        n = stored_count(db_path)
     return n
 
 
@@ -135,7 +128,7 @@ def test_kill_9_of_the_gateway_loses_no_acknowledged_event_and_stores_none_twice
     before = _wait_count(db_path, lambda n: n >= 300)
     assert before < publisher.total, "the kill must land during ingest"
     gateway.kill9()
-    at_kill = _count(db_path)
+    at_kill = stored_count(db_path)
     time.sleep(0.5)  # the publisher goes on: the broker queues for both workers' sessions
     gateway.start()
 
@@ -161,7 +154,7 @@ def test_broker_restart_mid_stream_loses_nothing(gateway_site, site_broker, serv
     # Mid-stream for both sides: publishers still sending, the gateway storing.
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and (
-        len(publisher.acked) < publisher.total // 3 or _count(db_path) < 100
+        len(publisher.acked) < publisher.total // 3 or stored_count(db_path) < 100
     ):
         time.sleep(0.005)
     site_broker.restart()  # SIGTERM: Mosquitto saves sessions and queues, then starts again

@@ -18,6 +18,7 @@ from device_sim.events import SimDevice, make_event
 from gateway.core.errors import UnavailableError
 from gateway.ingest.topics import event_topic
 from gateway.service.receiver import lane_of
+from tests._helpers import stored_count
 
 SITE = "ward-7"
 
@@ -35,14 +36,6 @@ def test_one_device_always_goes_to_the_same_verifier_and_devices_spread():
 def _children(pid: int) -> list[int]:
     text = Path(f"/proc/{pid}/task/{pid}/children").read_text(encoding="ascii")
     return [int(p) for p in text.split()]
-
-
-def _count(db_path) -> int:
-    try:
-        with sqlite3.connect(db_path) as conn:
-            return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
 
 
 @pytest.mark.broker
@@ -90,7 +83,7 @@ def test_a_killed_verifier_loses_no_acknowledged_event_and_stores_none_twice(
     for t in threads:
         t.start()
     deadline = time.monotonic() + 20
-    while _count(db_path) < 200 and time.monotonic() < deadline:
+    while stored_count(db_path) < 200 and time.monotonic() < deadline:
         time.sleep(0.01)
     os.kill(verifiers[0], signal.SIGKILL)  # mid-stream: batches in flight on both verifiers
     with lock:
@@ -99,7 +92,7 @@ def test_a_killed_verifier_loses_no_acknowledged_event_and_stores_none_twice(
         t.join(40)
     assert len(acked) == len(devices) * per_device
     deadline = time.monotonic() + 30
-    while _count(db_path) < len(acked) and time.monotonic() < deadline:
+    while stored_count(db_path) < len(acked) and time.monotonic() < deadline:
         time.sleep(0.05)
     stopped = gateway.stop()
     assert stopped["events_stored"] == len(acked)
@@ -187,4 +180,4 @@ def test_a_backlog_released_onto_slow_verifiers_waits_in_the_broker_not_in_the_r
     while quarantined() < flood and time.monotonic() < deadline:
         time.sleep(0.2)
     assert quarantined() == flood
-    assert _count(db) == 0
+    assert stored_count(db) == 0
