@@ -42,10 +42,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -69,6 +70,10 @@ from gateway.service.metrics import IngestMetrics
 from gateway.store.db import Database
 from gateway.store.devices import DeviceRow, DeviceStore
 from gateway.store.events import EventRecord, EventStore, QuarantineRecord
+from gateway.store.trust_files import load_trust_dir
+
+if TYPE_CHECKING:
+    from gateway.service.config import GatewayConfig
 
 __all__ = [
     "BatchOutcome",
@@ -77,6 +82,7 @@ __all__ = [
     "OutcomeRecorder",
     "StoreBackedRegistry",
     "commit_with_retry",
+    "open_pipeline",
 ]
 
 _log = logging.getLogger(__name__)
@@ -454,3 +460,26 @@ def commit_with_retry(
             delay = min(5.0, delay * 2)
         except VerificationError as err:
             _log.warning("%s: %s; verifying the batch again", who, err)
+
+
+@contextmanager
+def open_pipeline(
+    config: GatewayConfig,
+    *,
+    ack: Callable[[int, int], object],
+    metrics: OutcomeRecorder,
+) -> Iterator[IngestPipeline]:
+    """Open the pipeline an ingest process runs: *config*'s database, trust and grace period.
+
+    The database is closed when the block ends.
+    """
+    with Database(
+        config.database, durable_against_power_loss=config.durable_against_power_loss
+    ) as db:
+        yield IngestPipeline(
+            db,
+            load_trust_dir(config.trust_dir),
+            ack=ack,
+            metrics=metrics,
+            enrol_grace_s=config.ingest.enrol_grace_ms / 1000,
+        )

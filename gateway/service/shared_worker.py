@@ -15,11 +15,9 @@ from typing import Any
 
 from gateway.ingest.mqtt import MqttClient
 from gateway.service.config import GatewayConfig
-from gateway.service.ingest import Delivery, IngestPipeline, commit_with_retry
+from gateway.service.ingest import Delivery, IngestPipeline, commit_with_retry, open_pipeline
 from gateway.service.metrics import IngestMetrics
 from gateway.service.receiver import connect_and_subscribe
-from gateway.store.db import Database
-from gateway.store.trust_files import load_trust_dir
 
 __all__ = ["IngestWorker"]
 
@@ -74,16 +72,7 @@ class IngestWorker:
         cfg = self.config
         who = f"worker {self.index}"
         self._forget_queued()
-        with Database(
-            cfg.database, durable_against_power_loss=cfg.durable_against_power_loss
-        ) as db:
-            pipeline = IngestPipeline(
-                db,
-                load_trust_dir(cfg.trust_dir),
-                ack=self._client.ack,
-                metrics=self.metrics,
-                enrol_grace_s=cfg.ingest.enrol_grace_ms / 1000,
-            )
+        with open_pipeline(cfg, ack=self._client.ack, metrics=self.metrics) as pipeline:
             try:
                 connect_and_subscribe(
                     self._client, should_stop, who, share_group=cfg.broker.share_group

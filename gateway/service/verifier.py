@@ -63,12 +63,10 @@ def run_verifier(
     from gateway.service.config import load_config  # noqa: PLC0415
     from gateway.service.ingest import (  # noqa: PLC0415
         Delivery,
-        IngestPipeline,
         commit_with_retry,
+        open_pipeline,
     )
     from gateway.service.metrics import batch_stats  # noqa: PLC0415
-    from gateway.store.db import Database  # noqa: PLC0415
-    from gateway.store.trust_files import load_trust_dir  # noqa: PLC0415
 
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s verifier-{index} %(levelname)s %(message)s"
@@ -84,16 +82,9 @@ def run_verifier(
     def parent_gone() -> bool:
         return os.getppid() != parent_pid
 
-    with Database(
-        config.database, durable_against_power_loss=config.durable_against_power_loss
-    ) as db:
-        pipeline = IngestPipeline(
-            db,
-            load_trust_dir(config.trust_dir),
-            ack=lambda tag, qos: acks.append((tag, qos)),
-            metrics=_Discard(),
-            enrol_grace_s=config.ingest.enrol_grace_ms / 1000,
-        )
+    with open_pipeline(
+        config, ack=lambda tag, qos: acks.append((tag, qos)), metrics=_Discard()
+    ) as pipeline:
         # Kept unacknowledged for another try (IngestPipeline: unknown-kid in its grace period).
         pending: list[Delivery] = []
         retry_s = config.ingest.batch_ms / 1000
