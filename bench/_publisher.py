@@ -27,7 +27,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from gateway.core.errors import UnavailableError
 from gateway.ingest.broker_config import ClientCredentials
+from gateway.ingest.mqtt import client_tls_context
 
 _CONNECT, _CONNACK, _PUBLISH_QOS1, _PUBACK, _PINGREQ, _DISCONNECT = 0x10, 2, 0x32, 4, 0xC0, 14
 _PROPERTY_SIZES = {0x11: 4, 0x21: 2, 0x24: 1, 0x25: 1, 0x27: 4, 0x22: 2, 0x13: 2}
@@ -141,8 +143,7 @@ class LeanPublisher:
 
     def _handshake(self, index: int) -> tuple[_Device, int]:
         creds = self._creds[index]
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(creds.cafile))
-        ctx.load_cert_chain(str(creds.certfile), str(creds.keyfile))
+        ctx = client_tls_context(creds)
         raw = socket.create_connection((self.host, self.port), timeout=30)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock = ctx.wrap_socket(raw, server_hostname=self.host)
@@ -176,7 +177,7 @@ class LeanPublisher:
         def one(index: int) -> tuple[int, _Device | str, int]:
             try:
                 device, keepalive = self._handshake(index)
-            except (OSError, ssl.SSLError, ConnectionError) as exc:
+            except (OSError, ssl.SSLError, ConnectionError, UnavailableError) as exc:
                 return index, f"{type(exc).__name__}: {exc}", 0
             return index, device, keepalive
 

@@ -26,7 +26,6 @@ import shutil
 import signal
 import socket
 import sqlite3
-import ssl
 import subprocess
 import sys
 import threading
@@ -46,6 +45,7 @@ from device_sim.pki import DeviceRecord, init_pki
 from gateway.core import note
 from gateway.core.errors import ProvenanceError
 from gateway.ingest.broker_config import BrokerConfig, write_broker_config
+from gateway.ingest.mqtt import client_tls_context
 from gateway.ledger.commitments import leaf_for
 from gateway.ledger.receipts import verify_receipt
 
@@ -107,9 +107,7 @@ class LocalMosquitto:
             self.proc = subprocess.Popen(  # noqa: S603 - our own executable and config file
                 [exe, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
             )
-        creds = self.config.client("gateway-admin")
-        ctx = ssl.create_default_context(cafile=str(creds.cafile))
-        ctx.load_cert_chain(str(creds.certfile), str(creds.keyfile))
+        ctx = client_tls_context(self.config.client("gateway-admin"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

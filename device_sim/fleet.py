@@ -49,6 +49,7 @@ from device_sim.events import SimDevice, make_event
 from device_sim.pki import DeviceRecord, load_devices
 from gateway.core.errors import UnavailableError
 from gateway.ingest.broker_config import BrokerConfig, ClientCredentials
+from gateway.ingest.mqtt import client_tls_context
 from gateway.ingest.topics import event_topic
 
 __all__ = [
@@ -266,13 +267,6 @@ def _reason_text(rc: object) -> str:
     return str(rc)
 
 
-def _tls_context(creds: ClientCredentials) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(creds.cafile))
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(creds.certfile), str(creds.keyfile))
-    return ctx
-
-
 class ClientPool:
     """Many MQTT 5 clients (one TLS connection each) driven from one selector loop.
 
@@ -318,13 +312,7 @@ class ClientPool:
             protocol=paho.MQTTv5,
             userdata=index,
         )
-        try:
-            client.tls_set_context(_tls_context(creds))
-        except (OSError, ssl.SSLError) as exc:
-            raise UnavailableError(
-                f"The TLS files of MQTT client {creds.client_id!r} are unusable: {exc}.",
-                reason="tls-config",
-            ) from exc
+        client.tls_set_context(client_tls_context(creds))
         client.max_inflight_messages_set(self.max_inflight)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
