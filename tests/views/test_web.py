@@ -171,6 +171,8 @@ def test_overview_lists_every_device_with_totals_and_the_latest_checkpoint(site)
     assert data["quarantined_by_reason"] == {"bad-topic": 1, HOSTILE: 1}
     pump = next(d for d in data["devices"] if d["device_id"] == site.pump)
     assert (pump["events"], pump["model"], pump["firmware"]) == (9, "Volara LVP 3", "4.2.9")
+    newest = max(site.api(f"/api/devices/{site.pump}")["events"], key=lambda e: e["seq"])
+    assert pump["last_event_ms"] == newest["received_ms"]
     cp = data["checkpoint"]
     assert (cp["size"], cp["anchored"], cp["witnessed"], cp["state"]) == (
         9,
