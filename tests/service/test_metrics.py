@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from device_sim.events import SimDevice, make_event
+from device_sim.fleet import flip_signature_bit
 from gateway.ingest.topics import event_topic
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
@@ -53,7 +54,7 @@ def test_metrics_endpoint_serves_the_counts_of_every_worker(
                 raw = sim.sign(event, with_chain=seq == 1)
                 pub.publish(event_topic("icu", device_id, "custody"), raw)
             pub.publish(event_topic("icu", device_id, "custody"), raw)  # a duplicate
-            pub.publish(event_topic("icu", device_id, "custody"), raw[:-1] + b"\x00")
+            pub.publish(event_topic("icu", device_id, "custody"), flip_signature_bit(raw))
             with_bad += 1
 
     deadline = time.monotonic() + 20

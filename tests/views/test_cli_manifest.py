@@ -83,7 +83,8 @@ def test_manifest_for_another_model_exits_one_naming_the_check(run, devices):
 
 def test_tampered_image_exits_one(run, tmp_path):
     image = tmp_path / "image.bin"
-    image.write_bytes((VOLARA / "4.2.10" / "image.bin").read_bytes()[:-1] + b"\0")
+    original = (VOLARA / "4.2.10" / "image.bin").read_bytes()
+    image.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
     result = run(
         "validate", VOLARA / "4.2.10" / "manifest.cbor", "--trust", TRUST, "--image", image
     )
