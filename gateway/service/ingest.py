@@ -357,7 +357,8 @@ class IngestPipeline:
         # Step 4: one transaction for events, quarantine and device-key changes.
         start = time.perf_counter()
         try:
-            with self._db.atomic():
+            # No savepoint for insert_batch's own block: any failure fails the whole batch anyway.
+            with self._db.atomic(savepoints=False):
                 self.registry.persist(_now_ms())
                 result = self._events.insert_batch(records, quarantined)
         except ProvenanceError:

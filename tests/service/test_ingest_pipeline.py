@@ -54,6 +54,22 @@ def test_acks_are_sent_only_after_the_batch_commits(site):
     assert seen_at_ack == [2, 2]
 
 
+def test_a_batch_is_one_transaction_without_savepoints(site):
+    # A savepoint makes SQLite copy every page the batch changes into a statement journal (a
+    # temporary file past 64 KiB): measured as ~5 % of a verifier's CPU (docs/BENCHMARKS.md).
+    trust, _, message, path = site
+    with Database(path) as db:
+        statements: list[str] = []
+        db.conn.set_trace_callback(statements.append)
+        pipeline = IngestPipeline(db, trust, ack=_no_ack)
+        outcome = pipeline.process([message(1, with_chain=True), message(2, with_chain=False)])
+        db.conn.set_trace_callback(None)
+    assert outcome.stored == 2
+    control = [s.split()[0].upper() for s in statements if s.split()[0].upper() != "SELECT"]
+    assert "SAVEPOINT" not in control
+    assert control.count("BEGIN") == control.count("COMMIT") == 1
+
+
 def test_a_failed_commit_acknowledges_nothing_and_the_retry_stores_the_batch(site, monkeypatch):
     trust, device_id, message, path = site
     acked: list[int] = []

@@ -148,6 +148,8 @@ def test_exception_inside_atomic_rolls_back_everything(db):
 
 def test_failed_nested_block_undoes_only_its_own_writes(db):
     with db.atomic() as conn:
+        with db.atomic() as inner:  # a savepoint of its own (the default)
+            inner.execute("ROLLBACK TO sp1")  # it exists: no error
         _insert_quarantine(conn, 1)
         with pytest.raises(KeyError):
             _write_then_fail(db, 2)
@@ -160,6 +162,41 @@ def test_nested_block_is_undone_when_the_outer_block_fails(db):
         _write_then_fail(db, 2, nested_first=True)
     assert _markers(db) == []
     assert not db.conn.in_transaction
+
+
+def test_without_savepoints_a_nested_block_joins_the_transaction(db):
+    with db.atomic(savepoints=False) as conn:
+        _insert_quarantine(conn, 1)
+        with db.atomic() as inner:
+            _insert_quarantine(inner, 2)
+            # Joined: no SAVEPOINT was opened (so SQLite keeps no statement journal for it).
+            with pytest.raises(sqlite3.OperationalError, match="no such savepoint"):
+                inner.execute("RELEASE sp1")
+    assert _markers(db) == [1, 2]
+    with db.atomic() as conn:  # the next transaction has savepoints again
+        _insert_quarantine(conn, 3)
+        with pytest.raises(KeyError):
+            _write_then_fail(db, 4)
+    assert _markers(db) == [1, 2, 3]
+
+
+def _swallow_a_nested_failure(database: Database) -> None:
+    with database.atomic(savepoints=False) as conn:
+        _insert_quarantine(conn, 1)
+        with pytest.raises(KeyError):
+            _write_then_fail(database, 2)  # caught: its writes cannot be undone alone
+        _insert_quarantine(conn, 3)
+
+
+def test_without_savepoints_a_caught_nested_failure_rolls_everything_back(db):
+    with pytest.raises(UnavailableError) as info:
+        _swallow_a_nested_failure(db)
+    assert info.value.reason == "store-nested-failure"
+    assert _markers(db) == []
+    assert not db.conn.in_transaction
+    with db.atomic() as conn:
+        _insert_quarantine(conn, 4)
+    assert _markers(db) == [4]
 
 
 def test_writes_from_two_threads_are_all_committed(db):

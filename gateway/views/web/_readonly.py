@@ -76,8 +76,9 @@ class ReadOnlyDatabase(Database):
             raise UnavailableError(msg, reason="store-not-migrated")
 
     @contextmanager
-    def atomic(self) -> Iterator[sqlite3.Connection]:
+    def atomic(self, *, savepoints: bool = True) -> Iterator[sqlite3.Connection]:
         """Refuse: this connection only reads (``store-read-only``)."""
+        del savepoints
         yield from self._refuse_write()
 
     def _refuse_write(self) -> Iterator[sqlite3.Connection]:
