@@ -333,7 +333,8 @@ class ServeProcess:
 def serve_gateway(tmp_path) -> Iterator[Callable[..., ServeProcess]]:
     """`serve_gateway(site, broker, workers=2, metrics_port=0)`: write gateway.toml, start serve.
 
-    *broker_extra*: more `key = value` lines for the `[broker]` table, each ending in a newline.
+    *broker_extra*, *ingest_extra*: more `key = value` lines for the `[broker]` and `[ingest]`
+    tables, each ending in a newline.
 
     Every gateway still running after the test is killed.
     """
@@ -347,6 +348,7 @@ def serve_gateway(tmp_path) -> Iterator[Callable[..., ServeProcess]]:
         metrics_port=0,
         start=True,
         broker_extra="",
+        ingest_extra="",
     ):
         conf = tmp_path / "gateway.toml"
         conf.write_text(
@@ -354,7 +356,7 @@ def serve_gateway(tmp_path) -> Iterator[Callable[..., ServeProcess]]:
             f'config_dir = "{site.config.directory}"\n{broker_extra}'
             f'[trust]\ndir = "{site.pki / "trust"}"\n'
             f'[store]\npath = "{tmp_path / "gateway.sqlite3"}"\n'
-            f"[ingest]\nworkers = {workers}\n"
+            f"[ingest]\nworkers = {workers}\n{ingest_extra}"
             f'[metrics]\nhost = "127.0.0.1"\nport = {metrics_port}\n',
             encoding="utf-8",
         )

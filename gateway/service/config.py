@@ -109,6 +109,12 @@ class IngestSettings:
     #: long before it is quarantined as ``unknown-kid``. (``partitioned`` keeps a device's
     #: messages in one verifier, in order.)
     enrol_grace_ms: int = 2000
+    #: ``partitioned`` mode: MiB of messages the receiver may hold between reading them and their
+    #: acknowledgement, all verifiers together. Receive Maximum bounds the COUNT; this bounds the
+    #: bytes when devices flood large messages (the broker accepts packets up to
+    #: ``max_packet_size``, 8 MiB): past it the receiver stops reading and the broker keeps the
+    #: rest. A single larger message is still let through, alone.
+    in_flight_mb: int = 32
 
 
 #: Log origin used when the gateway generates its log key at first start (C2SP tlog-checkpoint:
@@ -434,6 +440,7 @@ def _ingest_settings(section: _Section) -> IngestSettings:
         batch_max=section.integer("batch_max"),
         batch_ms=section.integer("batch_ms"),
         enrol_grace_ms=section.integer("enrol_grace_ms", 0),
+        in_flight_mb=section.integer("in_flight_mb", 1, 4096),
     )
 
 

@@ -30,8 +30,11 @@ Memory is bounded: the receiver announces Receive Maximum (MQTT 5 §3.1.2.11.3) 
 ``broker.receive_maximum`` per verifier, so the broker never has more unacknowledged messages out
 to the gateway; and a credit counter of twice that (deliveries of a dropped connection may still
 be in the verifiers while the broker redelivers them) blocks the reader thread -- TCP back-pressure
-to the broker -- rather than let any buffer grow. Under a flood the backlog waits in the broker
-(Mosquitto ``max_queued_messages``, raised by ``provgw broker-config``).
+to the broker -- rather than let any buffer grow. The same counter bounds the bytes,
+``ingest.in_flight_mb`` (32 MiB by default): Receive Maximum counts messages, and the broker
+accepts packets of up to 8 MiB, so 2,000 large junk messages would otherwise be 16 GiB. Under a
+flood the backlog waits in the broker (Mosquitto ``max_queued_messages``, raised by
+``provgw broker-config``).
 
 Failure: if a verifier dies, the messages it held are neither stored nor acknowledged, and the
 broker resends them only after a reconnect. So the receiver stops (non-zero exit) and the
@@ -237,32 +240,43 @@ def _run_forked_verifier(
 
 
 class _Credits:
-    """At most *limit* deliveries between the MQTT reader thread and their acknowledgement.
+    """At most *limit* deliveries, and *byte_limit* payload bytes, awaiting acknowledgement.
+
+    Counted from the MQTT reader thread's hand-over to the acknowledgement; one delivery larger
+    than *byte_limit* may pass, alone.
 
     *report(used)* (the ``in_flight`` gauge) is called under the lock, so a report can never
     overwrite a newer one; it runs after each acknowledged batch and from :meth:`report`.
     """
 
-    def __init__(self, limit: int, report: Callable[[int], object]) -> None:
+    def __init__(self, limit: int, byte_limit: int, report: Callable[[int], object]) -> None:
         self.limit = limit
+        self.byte_limit = byte_limit
         self.used = 0
+        self.used_bytes = 0
         self.closed = False
         self._cond = threading.Condition()
         self._report = report
 
-    def take(self) -> bool:
-        """Take one credit, waiting while none is left; False once closed (do not forward)."""
+    def take(self, size: int) -> bool:
+        """Take one credit for *size* bytes, waiting while none is left; False once closed."""
         with self._cond:
-            while self.used >= self.limit and not self.closed:
+            while not self.closed and (
+                self.used >= self.limit
+                or (self.used_bytes and self.used_bytes + size > self.byte_limit)
+            ):
                 self._cond.wait()
             if self.closed:
                 return False
             self.used += 1
+            self.used_bytes += size
             return True
 
-    def give(self, n: int) -> None:
+    def give(self, n: int, size: int) -> None:
+        """Give back *n* credits holding *size* bytes (an acknowledged batch)."""
         with self._cond:
             self.used -= n
+            self.used_bytes -= size
             self._report(self.used)
             self._cond.notify_all()
 
@@ -305,7 +319,9 @@ class IngestReceiver:
         settings = config.broker
         self.lanes = config.ingest.workers
         receive_maximum = min(_RECEIVE_MAXIMUM_LIMIT, settings.receive_maximum * self.lanes)
-        self._credits = _Credits(2 * receive_maximum, metrics.in_flight.set)
+        self._credits = _Credits(
+            2 * receive_maximum, config.ingest.in_flight_mb * 2**20, metrics.in_flight.set
+        )
         self._client = LeanSubscriber(
             config.credentials(0),
             host=settings.host,
@@ -335,7 +351,7 @@ class IngestReceiver:
         self, topic: str, payload: bytes, tag: int, qos: int, properties: dict[str, Any]
     ) -> None:
         del properties
-        if not self._credits.take():
+        if not self._credits.take(len(payload)):
             return  # stopping: left unacknowledged, redelivered after the restart
         lane = self._lanes[lane_of(topic, self.lanes)]
         now = time.monotonic()
@@ -388,13 +404,13 @@ class IngestReceiver:
     def _ack_loop(self, lane: _Lane) -> None:
         while True:
             try:
-                acks, stats = lane.from_verifier.recv()
+                acks, stats, released = lane.from_verifier.recv()
             except (EOFError, OSError):
                 if not lane.draining:
                     self._fail(f"verifier {lane.index} (pid {lane.process.pid}) died")
                 return
             self._client.ack_many(acks)
-            self._credits.give(len(acks))
+            self._credits.give(len(acks), released)
             self.metrics.record_stats(stats)
 
     def _fail(self, why: str) -> None:

@@ -10,9 +10,10 @@ for the metrics.
 Two one-way pipes (:func:`multiprocessing.Pipe`), so neither side can block the other's reads:
 
 - receiver -> verifier: a list of :data:`RawDelivery` tuples, or ``None``: finish and exit;
-- verifier -> receiver: ``(acks, stats)`` after each commit, *stats* being
+- verifier -> receiver: ``(acks, stats, released)`` after each commit, *stats* being
   :data:`~gateway.service.metrics.BatchStats` (plain values: the receiver need not import the
-  pipeline to unpickle them).
+  pipeline to unpickle them) and *released* the payload bytes of the messages the commit decided
+  (the receiver's byte budget, ``ingest.in_flight_mb``).
 
 The receiver forks its verifiers (:meth:`~gateway.service.receiver.IngestReceiver._start_lanes`)
 after loading the modules :func:`run_verifier` imports, so that all of them share those pages
@@ -106,7 +107,8 @@ def run_verifier(
             if outcome is None:
                 return
             pending = outcome.deferred
+            released = sum(len(d.payload) for d in batch) - sum(len(d.payload) for d in pending)
             try:
-                results.send((list(acks), batch_stats(outcome)))
+                results.send((list(acks), batch_stats(outcome), released))
             except OSError:
                 return

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.core.errors import MalformedError
 from gateway.service.config import (
     BrokerSettings,
     ChainSettings,
@@ -79,9 +80,16 @@ def test_an_explicit_receive_maximum_wins_over_the_derived_default(write_config)
     assert config.broker.receive_maximum == 300
 
 
+def test_the_receivers_byte_budget_is_at_least_one_mebibyte(write_config):
+    assert write_config(ingest="in_flight_mb = 1\n").ingest.in_flight_mb == 1
+    with pytest.raises(MalformedError, match="in_flight_mb"):
+        write_config(ingest="in_flight_mb = 0\n")
+
+
 def test_the_example_file_states_the_defaults(write_config):
     example = tomllib.loads((ROOT / "gateway.example.toml").read_text(encoding="utf-8"))
     defaults = write_config()
     assert example["ingest"]["batch_max"] == defaults.ingest.batch_max
+    assert example["ingest"]["in_flight_mb"] == defaults.ingest.in_flight_mb
     assert example["broker"]["receive_maximum"] == defaults.broker.receive_maximum
     assert example["urgent"]["receive_maximum"] == defaults.urgent.receive_maximum

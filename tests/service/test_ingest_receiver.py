@@ -181,3 +181,54 @@ def test_a_backlog_released_onto_slow_verifiers_waits_in_the_broker_not_in_the_r
         time.sleep(0.2)
     assert quarantined() == flood
     assert stored_count(db) == 0
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(120)
+def test_a_flood_of_large_messages_is_bounded_by_bytes_not_only_by_count(
+    gateway_site, site_broker, serve_gateway, tmp_path
+):
+    # Receive Maximum (1,000 a verifier by default) counts messages; the broker accepts packets of
+    # up to 8 MiB. 24 junk messages of 3 MiB (72 MiB) fit the count many times over, so only the
+    # byte budget (in_flight_mb = 4) keeps them in the broker while the verifiers are stopped.
+    gateway = serve_gateway(gateway_site, site_broker, workers=2, ingest_extra="in_flight_mb = 4\n")
+    assert gateway.proc is not None
+    receivers = [p for p in _children(gateway.proc.pid) if len(_children(p)) == 2]
+    assert len(receivers) == 1
+    receiver = receivers[0]
+    verifiers = _children(receiver)
+    device_id = gateway_site.devices[0]
+    topic = event_topic(SITE, device_id, "custody")
+    db = tmp_path / "gateway.sqlite3"
+    flood, size = 24, 3 * 2**20
+
+    rss_before = _rss(receiver)
+    for pid in verifiers:
+        os.kill(pid, signal.SIGSTOP)
+    peak = 0
+    try:
+        with site_broker.device(device_id) as pub:
+            for _ in range(flood // 4):
+                batch = [(topic, os.urandom(size)) for _ in range(4)]
+                assert pub.publish_many(batch, timeout=30) == [None] * 4  # the broker has them
+                peak = max(peak, _rss(receiver) - rss_before)
+        until = time.monotonic() + 3
+        while time.monotonic() < until:
+            peak = max(peak, _rss(receiver) - rss_before)
+            time.sleep(0.05)
+    finally:
+        for pid in verifiers:
+            os.kill(pid, signal.SIGCONT)
+    # Bounded: 4 MiB held (+ one message over), a pickled copy on its way to a verifier, a packet
+    # being reassembled, TLS buffers: 17 MB measured. Unbounded, it grew by 100 MB.
+    assert peak < 30 * 2**20, f"the receiver grew by {peak / 2**20:.1f} MB"
+    # Then every message is decided once: each is over the device message limit and quarantined.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with sqlite3.connect(db, timeout=30) as conn:
+            reasons = [r for (r,) in conn.execute("SELECT reason FROM quarantine")]
+        if len(reasons) >= flood:
+            break
+        time.sleep(0.2)
+    assert reasons == ["oversize"] * flood
+    assert stored_count(db) == 0
