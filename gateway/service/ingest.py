@@ -350,6 +350,7 @@ class IngestPipeline:
                         topic=delivery.topic,
                         raw=delivery.payload,
                         device_hint=_topic_device(delivery.topic),
+                        keep_bytes=self._policy.cose.max_size,
                     )
                 )
             done.append(delivery)

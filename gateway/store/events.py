@@ -109,7 +109,7 @@ class QuarantineRecord:
     device_hint: str | None = None
 
     @classmethod
-    def from_error(
+    def from_error(  # noqa: PLR0913 -- the row's columns, keyword-only, and the size cap
         cls,
         error: VerificationError,
         *,
@@ -117,9 +117,22 @@ class QuarantineRecord:
         topic: str,
         raw: bytes,
         device_hint: str | None = None,
+        keep_bytes: int | None = None,
     ) -> QuarantineRecord:
-        """Quarantine *raw* for the reason and sentence *error* carries."""
-        return cls(received_ms, topic, raw, error.reason, error.message, device_hint)
+        """Quarantine *raw* for the reason and sentence *error* carries.
+
+        *keep_bytes*: keep at most this many of *raw*'s bytes, saying so in the detail with the
+        SHA-256 of all of them. Input over a size limit is refused unread, and a flood of it must
+        not fill the disk through the quarantine (the broker passes packets of up to 8 MiB).
+        """
+        detail = error.message
+        if keep_bytes is not None and len(raw) > keep_bytes:
+            detail += (
+                f" The quarantine keeps its first {keep_bytes:,} of {len(raw):,} bytes (SHA-256 "
+                f"of all of them: {hashlib.sha256(raw).hexdigest()})."
+            )
+            raw = raw[:keep_bytes]
+        return cls(received_ms, topic, raw, error.reason, detail, device_hint)
 
 
 @dataclass(frozen=True)

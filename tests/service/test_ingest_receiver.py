@@ -222,13 +222,15 @@ def test_a_flood_of_large_messages_is_bounded_by_bytes_not_only_by_count(
     # Bounded: 4 MiB held (+ one message over), a pickled copy on its way to a verifier, a packet
     # being reassembled, TLS buffers: 17 MB measured. Unbounded, it grew by 100 MB.
     assert peak < 30 * 2**20, f"the receiver grew by {peak / 2**20:.1f} MB"
-    # Then every message is decided once: each is over the device message limit and quarantined.
+    # Then every message is decided once: each is over the device message limit and quarantined,
+    # with its first 64 KiB kept (the flood must not fill the disk through the quarantine).
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         with sqlite3.connect(db, timeout=30) as conn:
-            reasons = [r for (r,) in conn.execute("SELECT reason FROM quarantine")]
-        if len(reasons) >= flood:
+            rows = conn.execute("SELECT reason, length(raw), detail FROM quarantine").fetchall()
+        if len(rows) >= flood:
             break
         time.sleep(0.2)
-    assert reasons == ["oversize"] * flood
+    assert [(reason, kept) for reason, kept, _ in rows] == [("oversize", 64 * 1024)] * flood
+    assert all(f"first 65,536 of {size:,} bytes (SHA-256" in detail for *_, detail in rows)
     assert stored_count(db) == 0

@@ -183,6 +183,22 @@ def test_quarantine_record_from_error_keeps_reason_and_sentence():
     assert (q.reason, q.detail, q.device_hint) == ("bad-signature", error.message, "d")
 
 
+def test_quarantine_record_keeps_at_most_keep_bytes_and_names_the_whole_digest():
+    error = SignatureError("The signature does not verify over the bytes received.")
+    raw = bytes(range(256)) * 40  # 10,240 bytes
+    q = QuarantineRecord.from_error(error, received_ms=5, topic="t", raw=raw, keep_bytes=1000)
+    assert q.raw == raw[:1000]
+    assert q.detail.startswith(error.message)
+    assert (
+        f"first 1,000 of 10,240 bytes (SHA-256 of all of them: {hashlib.sha256(raw).hexdigest()})"
+        in (q.detail)
+    )
+    whole = QuarantineRecord.from_error(
+        error, received_ms=5, topic="t", raw=raw[:1000], keep_bytes=1000
+    )
+    assert (whole.raw, whole.detail) == (raw[:1000], error.message)  # at the cap: kept whole
+
+
 def test_enrolled_device_last_seq_follows_the_highest_stored_seq(db, store):
     devices = DeviceStore(db)
     devices.enrol(
