@@ -17,7 +17,10 @@ checkpoints. Ed25519 is deterministic, so a seal repeated after a crash re-creat
 :func:`verify_log` re-derives everything from the store (``provgw log verify``).
 
 Witnesses and the chain outbox record what they achieved per checkpoint with
-:meth:`~TransparencyLog.add_cosignatures` and :meth:`~TransparencyLog.record_anchor`.
+:meth:`~TransparencyLog.add_cosignatures` (every cosignature line kept, whoever sent it),
+:meth:`~TransparencyLog.mark_witnessed` (the moment the cosignatures reached the consortium's
+witness quorum, ``[witnesses] quorum``: only then is a checkpoint *witnessed*) and
+:meth:`~TransparencyLog.record_anchor`.
 """
 
 from __future__ import annotations
@@ -103,7 +106,11 @@ class Anchor:
 
 @dataclass(frozen=True)
 class CheckpointStatus:
-    """How strong a checkpoint is: witness cosignature lines and the chain anchor, if any."""
+    """How strong a checkpoint is: witness cosignature lines, the quorum moment, the anchor.
+
+    ``cosignatures`` holds every line kept, also while they are fewer than the quorum;
+    ``witnessed_ms`` is when they reached the witness quorum (``None``: not reached).
+    """
 
     size: int
     cosignatures: tuple[str, ...]
@@ -112,11 +119,24 @@ class CheckpointStatus:
     anchored_ms: int | None
 
     @property
+    def witnessed(self) -> bool:
+        """True once the checkpoint reached the witness quorum (k of n), as recorded.
+
+        Any cosignature below the quorum does not count: one witness alone may be lagging,
+        or colluding with the log, and a split view is only stopped by a quorum of them
+        (C2SP tlog-cosignature).
+        """
+        return self.witnessed_ms is not None
+
+    @property
     def state(self) -> str:
-        """``"anchored"``, ``"witnessed"`` or ``"logged"`` (as recorded, not yet verified)."""
+        """``"anchored"``, ``"witnessed"`` (reached the witness quorum) or ``"logged"``.
+
+        As recorded by the gateway, not verified here (the verifier holds the witness keys).
+        """
         if self.anchor is not None:
             return "anchored"
-        return "witnessed" if self.cosignatures else "logged"
+        return "witnessed" if self.witnessed else "logged"
 
     def note_with_cosignatures(self, checkpoint: StoredCheckpoint) -> bytes:
         """Return the checkpoint's signed note with the witnesses' cosignature lines appended."""
@@ -142,18 +162,19 @@ _SELECT_STATUS = (
 
 
 #: Sizes of the newest anchored-and-witnessed, anchored, witnessed and plain checkpoints, strongest
-#: first (covering_checkpoint): each a max() SQLite reads from one end of an index. INDEXED BY
-#: names the partial indexes of migration log_0102 (whose WHERE terms these repeat): left to
+#: first (covering_checkpoint): each a max() SQLite reads from one end of an index. Witnessed
+#: means reached the quorum (witnessed_ms set), not "has a cosignature". INDEXED BY names the
+#: partial indexes of migrations log_0102 and log_0103 (whose WHERE terms these repeat): left to
 #: itself, with no statistics, the planner may read the first max() from the witnessed index and
 #: walk every witnessed checkpoint that is not anchored (all of them with the chain off).
 _STRONGEST_SIZES = (
     "SELECT (SELECT max(size) FROM checkpoint_status"
     " INDEXED BY checkpoint_status_anchored_witnessed"
-    " WHERE anchored_tx IS NOT NULL AND cosignatures != ''),"
+    " WHERE anchored_tx IS NOT NULL AND witnessed_ms IS NOT NULL),"
     " (SELECT max(size) FROM checkpoint_status INDEXED BY checkpoint_status_anchored"
     " WHERE anchored_tx IS NOT NULL),"
     " (SELECT max(size) FROM checkpoint_status INDEXED BY checkpoint_status_witnessed"
-    " WHERE cosignatures != ''),"
+    " WHERE witnessed_ms IS NOT NULL),"
     " (SELECT max(size) FROM checkpoint_status)"
 )
 _SELECT_COVERING = (
@@ -362,14 +383,16 @@ class TransparencyLog:
 
         Receipts are issued under it, so a receipt's state only ever rises. Strength is what
         :meth:`status` records (not verified here: the verifier holds the witness keys), ranked
-        anchored first, then witnessed, then size: an anchored and witnessed checkpoint wins
-        over a newer one that is only anchored.
+        anchored first, then witnessed (reached the witness quorum: :meth:`mark_witnessed`),
+        then size: an anchored and witnessed checkpoint wins over a newer one that is only
+        anchored, and a witnessed one over a newer one cosigned by fewer than the quorum.
 
         The log only grows, and a checkpoint of *n* entries holds leaves ``0 .. n - 1``, so the
         newest checkpoint of a kind holds every leaf any checkpoint of that kind holds. The
         answer is therefore the first of the newest anchored-and-witnessed, newest anchored,
         newest witnessed and newest checkpoint that holds the leaf, or ``None``: four max()
-        reads from indexes (migration ``log_0102``), O(log n) however many checkpoints exist.
+        reads from indexes (migrations ``log_0102``, ``log_0103``), O(log n) however many
+        checkpoints exist.
         """
         candidates = self._db.query(_STRONGEST_SIZES)[0]
         size = next((s for s in candidates if s is not None and s > index), None)
@@ -380,13 +403,14 @@ class TransparencyLog:
 
     # -- witnesses and chain ----------------------------------------------------------------------
 
-    def add_cosignatures(self, size: int, lines: Iterable[str], now: datetime) -> CheckpointStatus:
+    def add_cosignatures(self, size: int, lines: Iterable[str]) -> CheckpointStatus:
         """Keep witness cosignature lines (C2SP tlog-cosignature) for the checkpoint at *size*.
 
         Each line is a signed-note signature line (``— name base64``). The lines are parsed as
         part of the note before they are kept, so a receipt built from them always opens;
         whether they verify is the verifier's business (it holds the witness keys). Lines
-        already kept are not repeated.
+        already kept are not repeated. Keeping lines does not make the checkpoint *witnessed*:
+        that is :meth:`mark_witnessed`, once the witness quorum is met.
         """
         stored = self.checkpoint(size)
         if stored is None:
@@ -407,11 +431,40 @@ class TransparencyLog:
             # signature is verified here.
             note.open_note(stored.note + "".join(kept).encode(), [self.verifier])
             self._db.conn.execute(
-                "UPDATE checkpoint_status SET cosignatures = ?,"
-                " witnessed_ms = coalesce(witnessed_ms, ?) WHERE size = ?",
-                ("".join(kept), _ms(now) if len(kept) > len(current.cosignatures) else None, size),
+                "UPDATE checkpoint_status SET cosignatures = ? WHERE size = ?",
+                ("".join(kept), size),
             )
             return self.status(size)
+
+    def mark_witnessed(self, size: int, now: datetime) -> CheckpointStatus:
+        """Record that the checkpoint at *size* reached the witness quorum at *now*.
+
+        The caller counted the quorum (the ledger service's witness task, against the
+        configured witnesses and ``[witnesses] quorum``; C2SP tlog-cosignature: verifiers
+        "verify a quorum of cosignatures"). Idempotent: the first moment is kept, so a repeated
+        round or a restart never moves it.
+        """
+        at_ms = _ms(now)
+        with self._db.atomic() as conn:
+            self.status(size)  # raises for an unknown checkpoint
+            conn.execute(
+                "UPDATE checkpoint_status SET witnessed_ms = coalesce(witnessed_ms, ?)"
+                " WHERE size = ?",
+                (at_ms, size),
+            )
+            return self.status(size)
+
+    def cosigned_below_quorum(self) -> list[CheckpointStatus]:
+        """Return every checkpoint with cosignatures kept but not recorded as witnessed.
+
+        Neither anchored (an anchor is recorded only after the quorum) nor witnessed: what the
+        ledger service re-counts at start (see migration ``log_0103``), oldest first.
+        """
+        rows = self._db.query(
+            _SELECT_STATUS + " WHERE cosignatures != '' AND witnessed_ms IS NULL"
+            " AND anchored_tx IS NULL ORDER BY size"
+        )
+        return [_status(row) for row in rows]
 
     def record_anchor(
         self, size: int, *, chain: str, tx: bytes, block: int, now: datetime

@@ -12,9 +12,11 @@ Inside the process, three asyncio tasks, each owned by ``async with`` and named:
 - ``batcher`` (:class:`~gateway.service.batcher.Batcher`): appends pending events and seals a
   C2SP checkpoint every ``log.interval_s`` or ``log.max_pending`` events;
 - ``witness``: submits the newest sealed checkpoint to every configured witness (C2SP
-  tlog-witness) and keeps their cosignatures on the checkpoint. It only ever works on the newest
-  head (a head commits to every earlier one, RFC 9162 §2.1.4), so a dead witness delays nothing
-  but itself; a round short of the quorum is retried with backoff until a newer head arrives;
+  tlog-witness) and keeps their cosignatures on the checkpoint; once they reach the quorum
+  (``[witnesses] quorum``, k of n) it records the checkpoint as witnessed. It only ever works on
+  the newest head (a head commits to every earlier one, RFC 9162 §2.1.4), so a dead witness
+  delays nothing but itself; a round short of the quorum is retried with backoff until a newer
+  head arrives;
 - ``outbox`` (:class:`~gateway.service.outbox.Outbox`, when ``[chain] enabled``): anchors heads
   that reached the witness quorum (DESIGN: "the cosigned checkpoint ... goes to a small anchor
   contract"), so a receipt's state only rises: logged, then witnessed, then anchored. Each
@@ -41,7 +43,7 @@ import logging
 import multiprocessing.synchronize
 import os
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -188,18 +190,23 @@ def prepare_ledger(config: GatewayConfig) -> LedgerKeys:
 
 
 def ledger_summary(db: Database) -> dict[str, Any]:
-    """Entries, checkpoints, and how many checkpoints are witnessed and anchored (status lines)."""
+    """Entries, checkpoints, and how many checkpoints are witnessed and anchored (status lines).
+
+    ``witnessed`` counts checkpoints that reached the witness quorum; ``cosigned`` those with
+    any cosignature kept (the quorum reached or not).
+    """
     leaves = db.query("SELECT count(*) FROM log_leaves")[0][0]
     row = db.query(
-        "SELECT count(*), coalesce(max(size), 0), count(nullif(cosignatures, '')),"
-        " count(anchored_tx) FROM checkpoint_status"
+        "SELECT count(*), coalesce(max(size), 0), count(witnessed_ms),"
+        " count(nullif(cosignatures, '')), count(anchored_tx) FROM checkpoint_status"
     )[0]
     return {
         "entries": int(leaves),
         "checkpoints": int(row[0]),
         "size": int(row[1]),
         "witnessed": int(row[2]),
-        "anchored": int(row[3]),
+        "cosigned": int(row[3]),
+        "anchored": int(row[4]),
     }
 
 
@@ -215,7 +222,12 @@ class WitnessRounds:
     """The task ``witness``: cosign the newest sealed checkpoint by a quorum of witnesses.
 
     :meth:`offer` is the batcher hook (it only records the head and wakes the task, so sealing
-    never waits for a witness). *on_witnessed* runs once per head that reached the quorum.
+    never waits for a witness). A head is witnessed when at least *quorum* of the witnesses
+    named *names* cosigned it: the log records that moment
+    (:meth:`~gateway.ledger.log.TransparencyLog.mark_witnessed`), then *on_witnessed* runs
+    (once per head that reached the quorum). Cosignatures below the quorum are kept, not
+    called witnessed. A quorum of 0 (no witness configured) lets heads through to the anchor
+    but records none as witnessed: no witness saw them.
     """
 
     def __init__(  # noqa: PLR0913 -- each collaborator is a keyword-only, documented knob
@@ -301,9 +313,9 @@ class WitnessRounds:
             got = result.cosignatures
             lines = [line for name in sorted(got) for line in got[name]]
             if lines:
-                await in_thread(lambda: log.add_cosignatures(size, lines, self._clock()))
+                await in_thread(lambda: log.add_cosignatures(size, lines))
         status = await in_thread(lambda: log.status(size))
-        cosigners = {_cosigner(line) for line in status.cosignatures} & self._names
+        cosigners = self._counted(status.cosignatures)
         if len(cosigners) < self._quorum:
             _log.info(
                 "checkpoint %d cosigned by %d of the %d witnesses required",
@@ -312,10 +324,18 @@ class WitnessRounds:
                 self._quorum,
             )
             return False
+        # Recorded before the anchor is queued: an anchored checkpoint is always witnessed, and
+        # a crash in between leaves it witnessed, offered again by recover().
+        if self._quorum > 0:
+            await in_thread(lambda: log.mark_witnessed(size, self._clock()))
         self.witnessed_size = max(self.witnessed_size, size)
         if self._on_witnessed is not None:
             await self._on_witnessed(head)
         return True
+
+    def _counted(self, lines: Sequence[str]) -> set[str]:
+        """Return the configured witnesses among the signers of *lines* (each counts once)."""
+        return {_cosigner(line) for line in lines} & self._names
 
     def _report(self, size: int, failures: Mapping[str, ProvenanceError]) -> None:
         # One line per change (down, back), not one per round: a witness down for hours would
@@ -329,18 +349,44 @@ class WitnessRounds:
         self._down = set(failures)
 
     async def recover(self) -> None:
-        """After a (re)start: offer the newest checkpoint again if it never reached the quorum.
+        """After a (re)start: re-count kept cosignatures, then offer the newest head again.
 
-        The previous run may have died between sealing and cosigning, or between cosigning and
-        queueing the anchor (both idempotent: a witness re-cosigns the head it holds, the outbox
-        keeps one row per head).
+        1. Every checkpoint with cosignatures kept but not recorded as witnessed (nor
+           anchored) is counted against the configured witnesses and quorum, and marked
+           witnessed if it reaches it. Migration ``log_0103`` cleared the quorum moment of
+           checkpoints whose quorum it could not know; this restores the ones that reached it
+           (and any whose run died between cosigning and marking).
+        2. The newest checkpoint is offered again: the previous run may have died between
+           sealing and cosigning, or between cosigning and queueing the anchor (both
+           idempotent: a witness re-cosigns the head it holds, the outbox keeps one row per
+           head).
         """
         log = self._log
+        # Step 1 — re-count; a quorum of 0 witnesses nothing (see the class docstring).
+        if self._quorum > 0:
+            reached = await in_thread(self._recount)
+            if reached:
+                _log.info("%d checkpoints re-counted at start reached the witness quorum", reached)
+        # Step 2 — the newest head again.
         latest = await in_thread(log.latest_checkpoint)
         if latest is None:
             return
         signed = note.open_checkpoint(latest.note, log.verifier)
         await self.offer(signed)
+
+    def _recount(self) -> int:
+        """Mark witnessed every kept-but-unwitnessed checkpoint that meets the quorum; how many."""
+        log = self._log
+        now = self._clock()
+        reached = [
+            status.size
+            for status in log.cosigned_below_quorum()
+            if len(self._counted(status.cosignatures)) >= self._quorum
+        ]
+        with log.db.atomic():  # one commit, however many checkpoints a migrated file holds
+            for size in reached:
+                log.mark_witnessed(size, now)
+        return len(reached)
 
     async def __aenter__(self) -> Self:
         if self._task is not None:

@@ -152,3 +152,38 @@ def _checkpoint_strength_indexes(conn: sqlite3.Connection) -> None:
         conn.execute(
             f"CREATE INDEX checkpoint_status_{name} ON checkpoint_status (size) WHERE {where}"
         )
+
+
+@migration("log_0103_witnessed_means_quorum")
+def _witnessed_means_quorum(conn: sqlite3.Connection) -> None:
+    # "Witnessed" means the checkpoint reached the consortium's witness quorum ([witnesses]
+    # quorum, k of n: C2SP tlog-cosignature, a split view is only stopped by a quorum), not "has
+    # a cosignature". Until now witnessed_ms was set at the FIRST cosignature kept, and the
+    # partial indexes of log_0102 selected rows by "cosignatures != ''", so a checkpoint cosigned
+    # by 1 of 3 required witnesses was called witnessed. From now on witnessed_ms is the moment
+    # the quorum was reached (TransparencyLog.mark_witnessed); cosignature lines below the quorum
+    # are still kept, just not counted as witnessed.
+    #
+    # Existing rows: the quorum a row's cosignatures reached is unknown here (the witness names
+    # and the quorum live in gateway.toml, not in this file), so:
+    # - anchored rows keep witnessed_ms: the ledger service queues an anchor only after the
+    #   quorum is met, so they certainly reached it;
+    # - every other row loses witnessed_ms (it is "logged" until re-counted), because claiming a
+    #   quorum that may never have been reached is the error being fixed; under-claiming for a
+    #   while is the safe side. Their cosignature lines are kept untouched.
+    # The ledger service re-counts them at its next start (WitnessRounds.recover): each
+    # non-anchored checkpoint with cosignatures is counted against the configured witness names
+    # and quorum, and marked witnessed (at that start's time) when it reaches it, so nothing that
+    # truly reached the quorum stays downgraded after a restart. Until then a receipt's verified
+    # state (provgw log prove with the witness keys) is unaffected: it never read witnessed_ms.
+    conn.execute("UPDATE checkpoint_status SET witnessed_ms = NULL WHERE anchored_tx IS NULL")
+    # Same index names as log_0102 (TransparencyLog's _STRONGEST_SIZES names them in INDEXED BY),
+    # new WHERE terms: max(size) over quorum-witnessed rows stays one read from an index end.
+    for name, where in (
+        ("anchored_witnessed", "anchored_tx IS NOT NULL AND witnessed_ms IS NOT NULL"),
+        ("witnessed", "witnessed_ms IS NOT NULL"),
+    ):
+        conn.execute(f"DROP INDEX checkpoint_status_{name}")
+        conn.execute(
+            f"CREATE INDEX checkpoint_status_{name} ON checkpoint_status (size) WHERE {where}"
+        )

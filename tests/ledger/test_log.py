@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -168,22 +168,66 @@ def test_log_origin_must_be_the_signer_name(db, key):
 # -- witnesses and chain status -------------------------------------------------------------------
 
 
-def test_cosignatures_and_anchor_raise_the_checkpoint_state(log, store):
+def _cosignature(log, size: int, witness: note.Signer) -> str:
+    text = log.checkpoint(size).note.decode().split("\n\n")[0] + "\n"
+    return witness.sign(text, timestamp=1_700_000_000 + size).line
+
+
+def _witnesses(count: int) -> list[note.Signer]:
+    return [note.Signer.generate(f"w{i}.test", note.COSIGNATURE_V1) for i in range(count)]
+
+
+def test_cosignatures_below_the_quorum_are_kept_but_the_checkpoint_stays_logged(log, store):
     store.insert_batch(_records(0, 3))
     log.append_pending()
-    signed = log.seal(NOW)
-    assert signed is not None
+    assert log.seal(NOW) is not None
     assert log.status(3).state == "logged"
-    witness = note.Signer.generate("witness.test", note.COSIGNATURE_V1)
-    line = witness.sign(signed.note.text, timestamp=1_700_000_000).line
-    status = log.add_cosignatures(3, [line, line], NOW)
-    assert status.cosignatures == (line,)
-    assert status.state == "witnessed"
+    w0, w1, _ = _witnesses(3)
+    line0, line1 = _cosignature(log, 3, w0), _cosignature(log, 3, w1)
+    status = log.add_cosignatures(3, [line0, line0])
+    assert status.cosignatures == (line0,)
+    status = log.add_cosignatures(3, [line1])
+    # Two cosignatures kept, in order, repeats dropped: still not witnessed (the quorum is the
+    # ledger service's to count), and nothing says when it was.
+    assert status.cosignatures == (line0, line1)
+    assert (status.state, status.witnessed, status.witnessed_ms) == ("logged", False, None)
+    assert log.status(3) == status
+
+
+def test_mark_witnessed_records_the_quorum_moment_once_and_anchor_raises_it(log, store):
+    store.insert_batch(_records(0, 3))
+    log.append_pending()
+    log.seal(NOW)
+    [w0] = _witnesses(1)
+    log.add_cosignatures(3, [_cosignature(log, 3, w0)])
+    status = log.mark_witnessed(3, NOW)
+    assert (status.state, status.witnessed) == ("witnessed", True)
     assert status.witnessed_ms == int(NOW.timestamp() * 1000)
+    # Idempotent: a repeated round or a restart never moves the moment.
+    again = log.mark_witnessed(3, NOW + timedelta(minutes=5))
+    assert again == status
     status = log.record_anchor(3, chain="besu:1337", tx=b"\x01" * 32, block=9, now=NOW)
-    assert status.state == "anchored"
+    assert (status.state, status.witnessed_ms) == ("anchored", again.witnessed_ms)
     assert status.anchor is not None
     assert status.anchor.block == 9
+    with pytest.raises(MalformedError) as info:
+        log.mark_witnessed(4, NOW)
+    assert info.value.reason == "unknown-checkpoint"
+
+
+def test_cosigned_below_quorum_lists_only_cosigned_unwitnessed_unanchored_checkpoints(log, store):
+    w0, w1, _ = _witnesses(3)
+    for seq in range(5):  # checkpoints of 1 .. 5 entries
+        store.insert_batch(_records(seq, 1))
+        log.append_pending()
+        log.seal(NOW)
+    for size in (1, 2, 3, 4):
+        log.add_cosignatures(size, [_cosignature(log, size, w0)])
+    log.add_cosignatures(4, [_cosignature(log, 4, w1)])
+    log.mark_witnessed(2, NOW)
+    log.record_anchor(3, chain="besu:1337", tx=b"\x03" * 32, block=3, now=NOW)
+    assert [s.size for s in log.cosigned_below_quorum()] == [1, 4]
+    assert log.cosigned_below_quorum()[1].cosignatures == log.status(4).cosignatures
 
 
 def test_malformed_cosignature_lines_are_refused(log, store):
@@ -191,9 +235,9 @@ def test_malformed_cosignature_lines_are_refused(log, store):
     log.append_pending()
     log.seal(NOW)
     with pytest.raises(MalformedError):
-        log.add_cosignatures(1, ["not a signature line"], NOW)
+        log.add_cosignatures(1, ["not a signature line"])
     with pytest.raises(MalformedError):
-        log.add_cosignatures(1, ["\u2014 witness.test !!!notbase64"], NOW)
+        log.add_cosignatures(1, ["\u2014 witness.test !!!notbase64"])
     assert log.status(1).cosignatures == ()
 
 
@@ -331,11 +375,12 @@ def test_verify_log_refuses_a_forged_checkpoint_in_the_store(sealed, key):
 # -- the checkpoint a receipt is issued under ----------------------------------------------------
 
 #: covering_checkpoint before it read indexes: sort every checkpoint holding the leaf by
-#: (anchored, witnessed, size). Kept as the reference answer the indexed version must give.
+#: (anchored, witnessed, size). Kept as the reference answer the indexed version must give;
+#: witnessed means the quorum was reached (witnessed_ms), not "has a cosignature".
 _SORTED_COVERING = (
     "SELECT c.size FROM checkpoints c JOIN checkpoint_status s ON s.size = c.size"
     " WHERE c.size > ? ORDER BY (s.anchored_tx IS NOT NULL) DESC,"
-    " (s.cosignatures != '') DESC, c.size DESC LIMIT 1"
+    " (s.witnessed_ms IS NOT NULL) DESC, c.size DESC LIMIT 1"
 )
 
 
@@ -364,13 +409,14 @@ def test_covering_checkpoint_gives_the_answer_of_sorting_every_checkpoint(log, s
         signed = log.seal(NOW)
         assert signed is not None
         sizes.append(signed.checkpoint.size)
-        # Strength arrives late and out of order: any earlier checkpoint may become witnessed
-        # and/or anchored (an anchor without a cosignature too), the newest may stay plain.
+        # Strength arrives late and out of order: any earlier checkpoint may be cosigned (below
+        # the quorum or reaching it), witnessed and/or anchored (an anchor without a
+        # cosignature too), the newest may stay plain.
         for size in rng.sample(sizes, k=min(len(sizes), rng.randint(0, 2))):
             if rng.random() < 0.6:
-                text = log.checkpoint(size).note.decode().split("\n\n")[0] + "\n"
-                line = witness.sign(text, timestamp=1_700_000_000 + size).line
-                log.add_cosignatures(size, [line], NOW)
+                log.add_cosignatures(size, [_cosignature(log, size, witness)])
+                if rng.random() < 0.5:
+                    log.mark_witnessed(size, NOW)
             if rng.random() < 0.3:
                 log.record_anchor(
                     size, chain="besu:1337", tx=bytes([size % 256]) * 32, block=size, now=NOW
@@ -379,7 +425,31 @@ def test_covering_checkpoint_gives_the_answer_of_sorting_every_checkpoint(log, s
             _assert_covering_matches_the_full_sort(log, db)
     states = {log.status(size).state for size in sizes}
     assert states == {"logged", "witnessed", "anchored"}
+    # Some checkpoints are cosigned but below the quorum: they must not count as witnessed.
+    assert log.cosigned_below_quorum()
     _assert_covering_matches_the_full_sort(log, db)
+
+
+def test_covering_checkpoint_prefers_the_quorum_over_a_newer_cosignature_below_it(log, store, key):
+    w0, w1, w2 = _witnesses(3)
+    store.insert_batch(_records(0, 4))
+    log.append_pending()
+    log.seal(NOW)
+    store.insert_batch(_records(4, 4))
+    log.append_pending()
+    log.seal(NOW)
+    # Checkpoint 4 reached a 2-of-3 quorum; the newer checkpoint 8 has 1 of the 3 witnesses.
+    log.add_cosignatures(4, [_cosignature(log, 4, w0), _cosignature(log, 4, w1)])
+    log.mark_witnessed(4, NOW)
+    log.add_cosignatures(8, [_cosignature(log, 8, w2)])
+    checkpoint, status = log.covering_checkpoint(2)
+    assert (checkpoint.size, status.state, len(status.cosignatures)) == (4, "witnessed", 2)
+    # A receipt is issued under the witnessed checkpoint: it carries the quorum's lines.
+    bundle = issue_receipt(log, key, 3)
+    assert _cosignature(log, 4, w1).encode() in bundle
+    # A leaf only the newer checkpoint holds is covered by it, below the quorum: "logged".
+    checkpoint, status = log.covering_checkpoint(6)
+    assert (checkpoint.size, status.state) == (8, "logged")
 
 
 def test_issuing_a_receipt_reads_only_index_lookups(log, store, db, key):

@@ -70,7 +70,7 @@ def test_no_leaf_checkpoint_note_or_receipt_contains_a_fleet_identifier(db):
     signed = log.seal(NOW)
     assert signed is not None
     witness = note.Signer.generate("witness.example", note.COSIGNATURE_V1)
-    log.add_cosignatures(15, [witness.sign(signed.note.text, timestamp=1_700_000_000).line], NOW)
+    log.add_cosignatures(15, [witness.sign(signed.note.text, timestamp=1_700_000_000).line])
     erase_event(db, 4, f"request about {FLEET[0][1]}", NOW)
     log.seal(NOW)
 

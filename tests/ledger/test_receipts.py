@@ -182,14 +182,14 @@ def test_receipt_state_rises_from_logged_to_witnessed_to_anchored(log, key):
     leaf = _leaf(log, 6)
     assert verify_receipt(issue_receipt(log, key, 6), leaf, key.verifier).state == "logged"
 
-    log.add_cosignatures(13, [witnesses[0].sign(text, timestamp=1_700_000_000).line], NOW)
+    log.add_cosignatures(13, [witnesses[0].sign(text, timestamp=1_700_000_000).line])
     bundle = issue_receipt(log, key, 6)
     one = verify_receipt(bundle, leaf, key.verifier, witnesses=verifiers, witness_quorum=2)
     assert (one.state, one.witnesses) == ("logged", ("w0.test",))
     # Without the witness keys the verifier cannot count the cosignature.
     assert verify_receipt(bundle, leaf, key.verifier).state == "logged"
 
-    log.add_cosignatures(13, [witnesses[1].sign(text, timestamp=1_700_000_001).line], NOW)
+    log.add_cosignatures(13, [witnesses[1].sign(text, timestamp=1_700_000_001).line])
     two = verify_receipt(
         issue_receipt(log, key, 6), leaf, key.verifier, witnesses=verifiers, witness_quorum=2
     )
@@ -208,7 +208,7 @@ def test_a_forged_cosignature_makes_the_receipt_fail(log, key):
     witness = note.Signer.generate("w0.test", note.COSIGNATURE_V1)
     # The witness cosigned another head of the same size: its line does not verify here.
     other = note.Checkpoint(ORIGIN, 13, hashlib.sha256(b"fork").digest()).to_text()
-    log.add_cosignatures(13, [witness.sign(other, timestamp=1_700_000_000).line], NOW)
+    log.add_cosignatures(13, [witness.sign(other, timestamp=1_700_000_000).line])
     bundle = issue_receipt(log, key, 6)
     with pytest.raises(SignatureError):
         verify_receipt(bundle, _leaf(log, 6), key.verifier, witnesses=[witness.verifier])

@@ -171,8 +171,14 @@ def _witness(name: str) -> note.Signer:
     return note.Signer.generate(name, note.COSIGNATURE_V1)
 
 
-def _cosign(db_path, key_path, *witnesses: note.Signer, timestamp: int = 1_700_000_000) -> None:
-    """Seal the 12 events and keep a cosignature by each of *witnesses* (as `provgw serve` does)."""
+def _cosign(
+    db_path, key_path, *witnesses: note.Signer, timestamp: int = 1_700_000_000, quorum: int = 1
+) -> None:
+    """Seal the 12 events and keep a cosignature by each of *witnesses* (as `provgw serve` does).
+
+    Like `provgw serve` with ``[witnesses] quorum`` = *quorum*, the checkpoint is recorded as
+    witnessed only when that many witnesses cosigned.
+    """
     assert _run("log", "checkpoint", "--db", str(db_path), "--key", str(key_path)).exit_code == 0
     key = load_gateway_key(key_path)
     with Database(db_path) as db:
@@ -180,7 +186,9 @@ def _cosign(db_path, key_path, *witnesses: note.Signer, timestamp: int = 1_700_0
         text = note.open_checkpoint(log.checkpoint(_CHECKPOINT_SIZE).note, key.verifier).note.text
         lines = [w.sign(text, timestamp=timestamp).line for w in witnesses]
         if lines:
-            log.add_cosignatures(_CHECKPOINT_SIZE, lines, NOW)
+            log.add_cosignatures(_CHECKPOINT_SIZE, lines)
+        if len(lines) >= quorum:
+            log.mark_witnessed(_CHECKPOINT_SIZE, NOW)
 
 
 def _prove(db_path, key_path, *options: str):
@@ -213,6 +221,41 @@ def test_prove_says_witnessed_only_when_the_given_witness_keys_verify(gateway):
     assert "state recorded by the gateway: witnessed" in text.stdout
 
 
+def test_recorded_state_is_logged_while_the_cosignatures_are_below_the_quorum(gateway):
+    db_path, key_path, _ = gateway
+    w1, w2, w3 = _witness("w1.test"), _witness("w2.test"), _witness("w3.test")
+    _cosign(db_path, key_path, w1, quorum=2)  # `provgw serve` with 3 witnesses, quorum 2
+    keys = ("--witness-vkey", w1.verifier.vkey, "--witness-vkey", w2.verifier.vkey,
+            "--witness-vkey", w3.verifier.vkey)  # fmt: skip
+    code, out = _prove(db_path, key_path, *keys, "--quorum", "2")
+    assert (code, out["state"], out["recorded_state"]) == (0, "logged", "logged")
+    # The cosignature is kept in the receipt all the same: a verifier satisfied by one counts it.
+    code, out = _prove(db_path, key_path, *keys, "--quorum", "1")
+    assert (code, out["state"], out["witnesses"], out["recorded_state"]) == (
+        0,
+        "witnessed",
+        ["w1.test"],
+        "logged",
+    )
+    text = _run("log", "prove", "5", "--db", str(db_path), "--key", str(key_path))
+    assert "state recorded by the gateway: logged" in text.stdout
+    # The second cosignature reaches the quorum: the service records it, both states agree.
+    key = load_gateway_key(key_path)
+    with Database(db_path) as db:
+        log = TransparencyLog(db, key.signer)
+        signed = note.open_checkpoint(log.checkpoint(_CHECKPOINT_SIZE).note, key.verifier)
+        line = w3.sign(signed.note.text, timestamp=1_700_000_001).line
+        log.add_cosignatures(_CHECKPOINT_SIZE, [line])
+        log.mark_witnessed(_CHECKPOINT_SIZE, NOW)
+    code, out = _prove(db_path, key_path, *keys, "--quorum", "2")
+    assert (code, out["state"], out["witnesses"], out["recorded_state"]) == (
+        0,
+        "witnessed",
+        ["w1.test", "w3.test"],
+        "witnessed",
+    )
+
+
 def test_a_wrong_witness_key_never_yields_witnessed(gateway, tmp_path):
     db_path, key_path, _ = gateway
     w1 = _witness("w1.test")
@@ -241,7 +284,7 @@ def test_a_forged_cosignature_by_a_given_witness_refuses_the_receipt(gateway):
     fork = note.Checkpoint("provgw.test/log", _CHECKPOINT_SIZE, b"\x07" * 32).to_text()
     with Database(db_path) as db:
         log = TransparencyLog(db, load_gateway_key(key_path).signer)
-        log.add_cosignatures(_CHECKPOINT_SIZE, [w1.sign(fork, timestamp=1_700_000_000).line], NOW)
+        log.add_cosignatures(_CHECKPOINT_SIZE, [w1.sign(fork, timestamp=1_700_000_000).line])
     code, out = _prove(db_path, key_path, "--witness-vkey", w1.verifier.vkey)
     assert (code, out["reason"]) == (1, "bad-signature")
 

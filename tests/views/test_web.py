@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 from device_sim.events import SimDevice, make_event
 from gateway.core.errors import UnavailableError
+from gateway.core.note import COSIGNATURE_V1, Signer
 from gateway.core.recall import Recall
 from gateway.ingest.topics import event_topic
 from gateway.ledger.commitments import leaf_for
@@ -30,7 +31,7 @@ from gateway.ledger.receipts import verify_receipt
 from gateway.service.ingest import Delivery, IngestPipeline
 from gateway.service.remediation import RemediationTracker
 from gateway.store.db import Database
-from gateway.store.events import EventStore, QuarantineRecord
+from gateway.store.events import EventRecord, EventStore, QuarantineRecord
 from gateway.store.inventory import Inventory
 from gateway.store.offers import ManifestOffers
 from gateway.store.recalls import RecallStore, load_recall_trust
@@ -397,3 +398,49 @@ def test_provgw_ui_prints_its_url_serves_and_stops_on_sigterm(site, gateway_site
         proc.stdout.close()
         proc.stderr.close()
     assert code == 0
+
+
+def test_overview_calls_a_checkpoint_witnessed_only_once_it_reached_the_quorum(tmp_path):
+    db_path, key = tmp_path / "gw.sqlite3", GatewayKey.generate("provgw.local/log")
+    witnesses = [Signer.generate(f"w{i}.test", COSIGNATURE_V1) for i in range(3)]
+    with Database(db_path) as db:
+        EventStore(db).insert_batch(
+            [
+                EventRecord("dev-1", s, "custody", 0, 0, "icu", "t", b"m%d" % s, b"p")
+                for s in range(3)
+            ]
+        )
+        log = TransparencyLog(db, key.signer)
+        log.append_pending()
+        signed = log.seal(NOW)
+        # 2 of 3 witnesses cosigned, below a quorum of 3: kept, counted, not "witnessed".
+        log.add_cosignatures(3, [w.sign(signed.note.text, timestamp=1).line for w in witnesses[:2]])
+    server = make_server(db_path, key, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = int(server.server_address[1])
+
+        def get(path: str) -> bytes:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                conn.request("GET", path)
+                return conn.getresponse().read()
+            finally:
+                conn.close()
+
+        def overview():
+            return json.loads(get("/api/overview"))["checkpoint"], get("/").decode()
+
+        cp, page = overview()
+        assert (cp["state"], cp["witnessed"], cp["cosignatures"]) == ("logged", False, 2)
+        assert "no (2 cosignatures, quorum not reached)" in page
+        with Database(db_path) as db:  # the ledger service counted the third: quorum reached
+            log = TransparencyLog(db, key.signer)
+            log.add_cosignatures(3, [witnesses[2].sign(signed.note.text, timestamp=2).line])
+            log.mark_witnessed(3, NOW)
+        cp, page = overview()
+        assert (cp["state"], cp["witnessed"], cp["cosignatures"]) == ("witnessed", True, 3)
+        assert "yes (3 cosignatures, quorum reached)" in page
+    finally:
+        server.shutdown()
+        server.server_close()

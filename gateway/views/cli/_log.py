@@ -271,10 +271,11 @@ def prove(  # noqa: PLR0913 -- one parameter per command-line option
     or "witnessed" when at least the quorum of the witness keys given (--witness-vkey, --config)
     cosigned it; without witness keys it is never more than "logged", and a wrong key never
     counts. "recorded_state" is what the gateway's database records for that checkpoint
-    (logged, witnessed: any cosignature kept, anchored: a chain transaction recorded), not
-    verified here; a chain anchor is shown as claimed, for lookup on the chain. Exit 1 if the
-    event is not logged under a checkpoint yet, has been erased (then it can no longer be
-    linked to the log), or a cosignature by a given witness key does not verify.
+    (logged; witnessed: its cosignatures reached the configured witness quorum, fewer do not
+    count; anchored: a chain transaction recorded), not verified here; a chain anchor is shown
+    as claimed, for lookup on the chain. Exit 1 if the event is not logged under a checkpoint
+    yet, has been erased (then it can no longer be linked to the log), or a cosignature by a
+    given witness key does not verify.
     """
     key = _load_key(key_path)
     witnesses, required = _witness_policy(witness_vkeys, config_path, quorum)

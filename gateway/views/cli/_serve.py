@@ -51,7 +51,7 @@ def _line(data: dict[str, Any], *, as_json: bool) -> None:
         if log:
             click.echo(
                 f"transparency log: {log['entries']} entries, {log['checkpoints']} checkpoints "
-                f"({log['witnessed']} witnessed, {log['anchored']} anchored)"
+                f"({log['witnessed']} reached the witness quorum, {log['anchored']} anchored)"
             )
     sys.stdout.flush()
 

@@ -13,8 +13,9 @@
 - quarantine: :meth:`EventStore.quarantine_rows` and :meth:`EventStore.quarantine_counts`.
 
 Proof states are the ones the gateway *recorded* (:attr:`CheckpointStatus.state`: witnessed once
-any cosignature is kept, anchored once a chain transaction is recorded), not verified by the UI,
-which holds no witness keys and does not query the chain; the pages say so
+the cosignatures kept reached the witness quorum, anchored once a chain transaction is recorded;
+cosignatures below the quorum are counted and shown, not called witnessed), not verified by the
+UI, which holds no witness keys and does not query the chain; the pages say so
 (``"proof_source": "recorded"``). ``provgw log prove EVENT_ID --config gateway.toml`` reports the
 state verified with the witnesses' keys beside the recorded one.
 
@@ -66,9 +67,9 @@ PROOF_STATES = ("erased", "stored", "appended", "logged", "witnessed", "anchored
 #: verification by the UI (see the module docstring).
 _PROOF_SOURCE = "recorded"
 _PROOF_NOTE = (
-    "Proof states are those recorded by the gateway (witness cosignatures kept, chain anchor "
-    "recorded), not verified by this page; `provgw log prove EVENT_ID --config gateway.toml` "
-    "verifies a receipt with the witnesses' keys."
+    "Proof states are those recorded by the gateway (witnessed: the witness quorum reached; "
+    "anchored: a chain anchor recorded), not verified by this page; "
+    "`provgw log prove EVENT_ID --config gateway.toml` verifies a receipt with the witnesses' keys."
 )
 
 
@@ -127,7 +128,9 @@ def _checkpoint(page: Page) -> dict[str, Any] | None:
         "signed": iso(latest.signed_ms),
         "state": status.state,
         "state_source": _PROOF_SOURCE,
-        "witnessed": bool(status.cosignatures),
+        # Witnessed means the quorum was reached; cosignatures below it are counted, not
+        # called witnessed (C2SP tlog-cosignature: verifiers require a quorum).
+        "witnessed": status.witnessed,
         "cosignatures": len(status.cosignatures),
         "anchored": anchor is not None,
         "anchor": None

@@ -97,6 +97,15 @@ def _pairs(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{esc(n)} {esc(k)}" for k, n in sorted(counts.items())) or "none"
 
 
+def _witnessed_cell(cp: Mapping[str, Any]) -> str:
+    # Witnessed = the witness quorum reached; fewer cosignatures are shown, not called witnessed.
+    count = cp["cosignatures"]
+    cosignatures = f"{esc(count)} cosignature{'' if count == 1 else 's'}"
+    if cp["witnessed"]:
+        return f"yes ({cosignatures}, quorum reached)"
+    return f"no ({cosignatures}, quorum not reached)" if count else "no"
+
+
 def _checkpoint_html(cp: Mapping[str, Any] | None) -> str:
     if cp is None:
         return '<p class="muted">The log key is not available: no checkpoint to show.</p>'
@@ -114,7 +123,7 @@ def _checkpoint_html(cp: Mapping[str, Any] | None) -> str:
                 f"<code>{esc(cp['origin'])}</code>",
                 esc(cp["size"]),
                 esc(cp["signed"]),
-                f"yes ({esc(cp['cosignatures'])} cosignatures)" if cp["witnessed"] else "no",
+                _witnessed_cell(cp),
                 anchored,
                 _state(cp["state"]),
                 f'<span class="mono">{esc(cp["root"])}</span>',
@@ -229,7 +238,7 @@ def device_html(data: Mapping[str, Any]) -> str:
         facts
         + f"<h2>History ({esc(data['events_total'])} events)</h2>"
         + '<p class="muted">Proof: stored &rarr; appended (in the log) &rarr; logged (under a '
-        "signed checkpoint) &rarr; witnessed &rarr; anchored. "
+        "signed checkpoint) &rarr; witnessed (the witness quorum reached) &rarr; anchored. "
         + esc(data["proof_note"])
         + "</p>"
         + _table(
