@@ -11,6 +11,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -19,6 +20,9 @@ from gateway.core.errors import UnavailableError
 from gateway.ingest.topics import event_topic
 from gateway.service.receiver import lane_of
 from tests._helpers import stored_count
+
+if TYPE_CHECKING:
+    from tests.conftest import ServeProcess
 
 SITE = "ward-7"
 
@@ -104,6 +108,14 @@ def test_a_killed_verifier_loses_no_acknowledged_event_and_stores_none_twice(
     assert "died" in gateway.log()  # the receiver noticed and was restarted
 
 
+def _receiver_and_verifiers(gateway: ServeProcess) -> tuple[int, list[int]]:
+    """The pids of a 2-verifier gateway's receiver process and of its verifiers."""
+    assert gateway.proc is not None
+    receivers = [p for p in _children(gateway.proc.pid) if len(_children(p)) == 2]
+    assert len(receivers) == 1
+    return receivers[0], _children(receivers[0])
+
+
 def _rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
         if line.startswith("VmRSS:"):
@@ -125,11 +137,7 @@ def test_a_backlog_released_onto_slow_verifiers_waits_in_the_broker_not_in_the_r
     gateway = serve_gateway(
         gateway_site, site_broker, workers=2, broker_extra="receive_maximum = 10\n"
     )
-    assert gateway.proc is not None
-    receivers = [p for p in _children(gateway.proc.pid) if len(_children(p)) == 2]
-    assert len(receivers) == 1
-    receiver = receivers[0]
-    verifiers = _children(receiver)
+    receiver, verifiers = _receiver_and_verifiers(gateway)
     device_id = gateway_site.devices[0]
     topic = event_topic(SITE, device_id, "custody")
     db = tmp_path / "gateway.sqlite3"
@@ -192,11 +200,7 @@ def test_a_flood_of_large_messages_is_bounded_by_bytes_not_only_by_count(
     # up to 8 MiB. 24 junk messages of 3 MiB (72 MiB) fit the count many times over, so only the
     # byte budget (in_flight_mb = 4) keeps them in the broker while the verifiers are stopped.
     gateway = serve_gateway(gateway_site, site_broker, workers=2, ingest_extra="in_flight_mb = 4\n")
-    assert gateway.proc is not None
-    receivers = [p for p in _children(gateway.proc.pid) if len(_children(p)) == 2]
-    assert len(receivers) == 1
-    receiver = receivers[0]
-    verifiers = _children(receiver)
+    receiver, verifiers = _receiver_and_verifiers(gateway)
     device_id = gateway_site.devices[0]
     topic = event_topic(SITE, device_id, "custody")
     db = tmp_path / "gateway.sqlite3"
