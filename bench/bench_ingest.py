@@ -516,7 +516,7 @@ def run(quick: bool) -> list[Row]:  # noqa: FBT001 - the bench runner's interfac
             return _contest(folder, broker, pki, records, work)
 
 
-def _pool(
+def connect_pool(
     broker: LocalMosquitto, pki: Path, records: list[DeviceRecord], parallel: int
 ) -> tuple[LeanPublisher, float]:
     pool = LeanPublisher(broker.host, broker.port)
@@ -533,9 +533,9 @@ def _pool(
 def _contest(
     folder: Path, broker: LocalMosquitto, pki: Path, records: list[DeviceRecord], work: Workload
 ) -> list[Row]:
-    sequential_pool, sequential_s = _pool(broker, pki, records, 1)
+    sequential_pool, sequential_s = connect_pool(broker, pki, records, 1)
     sequential_pool.close()
-    pool, parallel_s = _pool(broker, pki, records, 4)
+    pool, parallel_s = connect_pool(broker, pki, records, 4)
     results: dict[str, Result] = {}
     assert broker.proc is not None  # started by the caller's `with`
     broker_pid = broker.proc.pid
