@@ -10,7 +10,7 @@ endpoint reads and adds them up (:class:`prometheus_client.multiprocess.MultiPro
 Cost on the hot path: every update of a multiprocess value takes a lock and writes a memory-mapped
 file (~0.7 us a counter, ~1.6 us a histogram observation, measured here). So the pipeline never
 touches a metric per message: it returns a :class:`~gateway.service.ingest.BatchOutcome` and
-:meth:`IngestMetrics.record` adds a whole batch at once (one lag observation per event remains).
+:meth:`IngestMetrics.record` adds a whole batch at once, its lags already counted into buckets.
 Verifier processes do not import prometheus_client at all (it is imported here only when an
 :class:`IngestMetrics` or :class:`MetricsServer` is made); they ship their outcomes to the MQTT
 receiver process, which records them.
@@ -33,7 +33,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from threading import Thread
     from wsgiref.simple_server import WSGIServer
 
-    from prometheus_client import CollectorRegistry
+    from prometheus_client import CollectorRegistry, Histogram
 
     from gateway.service.ingest import BatchOutcome
 
@@ -51,6 +52,7 @@ __all__ = [
     "IngestMetrics",
     "MetricsServer",
     "batch_stats",
+    "lag_counts",
     "mark_worker_dead",
     "prepare_multiprocess_dir",
 ]
@@ -58,27 +60,56 @@ __all__ = [
 #: The environment variable prometheus_client's multiprocess mode reads.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
+#: A batch's lag observations, counted: events per ``lag_seconds`` bucket (``+Inf`` last), sum.
+LagCounts = tuple[list[int], float]
+
 #: What a verifier process sends the receiver about one committed batch, as plain values:
-#: ``(stored, duplicates, rejected by reason, commit seconds, batch size, lag seconds per event)``.
-BatchStats = tuple[int, int, dict[str, int], float, int, list[float]]
+#: ``(stored, duplicates, rejected by reason, commit seconds, batch size, lag counts)``.
+BatchStats = tuple[int, int, dict[str, int], float, int, LagCounts]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Lag spans a healthy stream (tens of ms) to devices uploading what they buffered offline (days).
+_LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400)
+_BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000)
+
+
+def lag_counts(lags: Sequence[float]) -> LagCounts:
+    """Count *lags* into the ``lag_seconds`` buckets as ``Histogram.observe`` would (``<=``)."""
+    counts = [0] * (len(_LAG_BUCKETS) + 1)
+    for lag in lags:
+        counts[bisect_left(_LAG_BUCKETS, lag)] += 1
+    return counts, sum(lags)
 
 
 def batch_stats(outcome: BatchOutcome) -> BatchStats:
-    """Return the :data:`BatchStats` of *outcome*."""
+    """Return the :data:`BatchStats` of *outcome* (its lags counted into buckets here)."""
     return (
         outcome.stored,
         outcome.duplicates,
         outcome.rejected,
         outcome.commit_seconds,
         outcome.size,
-        outcome.lag_seconds,
+        lag_counts(outcome.lag_seconds),
     )
 
 
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-# Lag spans a healthy stream (tens of ms) to devices uploading what they buffered offline (days).
-_LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400)
-_BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000)
+def _observe_counts(histogram: Histogram, counts: LagCounts) -> None:
+    """Add a batch of counted observations to *histogram*: one update per non-empty bucket.
+
+    prometheus_client has no bulk observe, and in multiprocess mode each ``observe`` is two
+    locked memory-mapped writes (1.67 us measured): 0.8 ms of the receiver's CPU per batch of
+    500. This increments the very values ``observe`` does (its ``_sum`` and ``_buckets``, in
+    the order of its upper bounds, ``+Inf`` last); a test compares the exposition with one
+    ``observe`` per event, so a prometheus_client that changes them fails there.
+    """
+    per_bucket, total = counts
+    if not any(per_bucket):
+        return
+    # prometheus_client's own fields (private), pinned by the test named above.
+    histogram._sum.inc(total)  # noqa: SLF001
+    for bucket, n in zip(histogram._buckets, per_bucket, strict=True):  # noqa: SLF001
+        if n:
+            bucket.inc(n)
 
 
 class IngestMetrics:
@@ -154,9 +185,7 @@ class IngestMetrics:
         self.batch_size.observe(size)
         # Every verified message, stored or absorbed as a redelivery: lag is how far behind the
         # device's clock the gateway's durable state is, whatever the copy.
-        observe = self.lag_seconds.observe
-        for lag in lags:
-            observe(lag)
+        _observe_counts(self.lag_seconds, lags)
 
 
 def prepare_multiprocess_dir() -> Path:

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from device_sim.events import SimDevice, make_event
 from device_sim.fleet import flip_signature_bit
 from gateway.ingest.topics import event_topic
+from gateway.service.metrics import IngestMetrics, lag_counts
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
 
@@ -76,3 +77,29 @@ def test_metrics_endpoint_serves_the_counts_of_every_worker(
     assert samples[("provgw_ingest_batch_size_sum", ())] == 20  # every message, once
     stopped = gateway.stop()
     assert stopped["events_stored"] == 12
+
+
+def _lag_exposition(metrics: IngestMetrics) -> dict[str, float]:
+    exposed = {}
+    for family in metrics.registry.collect():
+        if family.name == "provgw_ingest_lag_seconds":
+            for sample in family.samples:
+                exposed[sample.name + repr(sorted(sample.labels.items()))] = sample.value
+    return exposed
+
+
+def test_a_batch_of_counted_lags_exposes_what_one_observe_per_event_would():
+    # The receiver adds a batch's lags as bucket counts (one update per bucket, not two locked
+    # writes per event); the exposition must be exactly that of observe() per event, bounds
+    # included (a bucket holds values <= its bound), for every batch.
+    rng = random.Random(11)
+    bounds = [0.0, 0.01, 0.025, 1, 2.5, 86400, 1e9]
+    one_by_one, counted = IngestMetrics(), IngestMetrics()
+    for _ in range(20):
+        lags = [rng.choice(bounds) if rng.random() < 0.3 else rng.expovariate(2) for _ in range(50)]
+        for lag in lags:
+            one_by_one.lag_seconds.observe(lag)
+        counted.record_stats((0, 0, {}, 0.0, len(lags), lag_counts(lags)))
+    counted.record_stats((0, 0, {}, 0.0, 0, lag_counts([])))  # an empty batch adds nothing
+    assert _lag_exposition(counted) == pytest.approx(_lag_exposition(one_by_one))
+    assert _lag_exposition(counted)["provgw_ingest_lag_seconds_count[]"] == 1000
