@@ -18,7 +18,7 @@ import pytest
 from device_sim.events import SimDevice, make_event
 from gateway.core.errors import UnavailableError
 from gateway.ingest.topics import event_topic
-from gateway.service.receiver import lane_of
+from gateway.service.receiver import LaneMemo, lane_of
 from tests._helpers import stored_count
 
 if TYPE_CHECKING:
@@ -40,6 +40,14 @@ def test_one_device_always_goes_to_the_same_verifier_and_devices_spread():
 def _children(pid: int) -> list[int]:
     text = Path(f"/proc/{pid}/task/{pid}/children").read_text(encoding="ascii")
     return [int(p) for p in text.split()]
+
+
+def test_the_lane_memo_answers_as_lane_of_and_stays_bounded():
+    memo = LaneMemo(3, limit=50)
+    topics = [event_topic(SITE, f"dev-{i}", "custody") for i in range(200)] + ["junk", "a/b"]
+    for _ in range(2):  # the second pass is answered from memory, or after a restart of it
+        assert [memo(t) for t in topics] == [lane_of(t, 3) for t in topics]
+        assert len(memo.known) <= 50
 
 
 @pytest.mark.broker
