@@ -368,3 +368,15 @@ def _revocation_counts(conn: sqlite3.Connection) -> None:
     conn.execute(
         "CREATE INDEX devices_revoked ON devices (revoked_ms) WHERE revoked_ms IS NOT NULL"
     )
+
+
+@migration("0011_recall_impacts_by_device")
+def _recall_impacts_by_device(conn: sqlite3.Connection) -> None:
+    # Every firmware report the urgent lane applies looks up the device's open recalls
+    # (gateway.service.remediation, RemediationTracker._apply). The primary key starts with
+    # recall_id, so without this index that was a scan of every impact row, inside the lane's
+    # write transaction: 1.44 ms a report with three recalls of 20,000 devices each (measured),
+    # more than a second of CPU a second at 1,300 reports/s, with ingest waiting on the write
+    # lock. With it: 6.8 us. (device_id, state): the query reads recall_id and state only, and
+    # an index of a WITHOUT ROWID table carries the primary key, so it is covering.
+    conn.execute("CREATE INDEX recall_impacts_device ON recall_impacts (device_id, state)")

@@ -177,4 +177,23 @@ def test_remediation_records_reach_the_transparency_log_and_the_log_verifies(db,
     kinds = db.query("SELECT kind, count(*) FROM log_leaves GROUP BY kind")
     assert kinds == [("remediation", 2)]
     log.seal(T0)
-    assert verify_log(db, key.verifier).other_records == 2
+    report = verify_log(db, key.verifier)
+    assert (report.urgent_records, report.other_records) == (2, 0)
+
+
+def test_applying_a_report_looks_up_the_devices_recalls_by_index_not_by_scan(db, tracker):
+    # During a recall every firmware report looks up the reporting device's open recalls, inside
+    # the urgent lane's write transaction: a scan of every impact row (1.44 ms a report with
+    # 60,000 rows, measured) would hold ingest's write lock for seconds a second.
+    tracker.mark_offered("Z-0412-2026", "pump-1", b"offer", manifest=REMEDY, at_ms=_ms(T0))
+    _report(db, "pump-1", "installed")
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    assert tracker.apply_reports() == 1
+    db.conn.set_trace_callback(None)
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    lookups = [s for s in reads if "recall_impacts" in s and "device_id =" in s]
+    assert lookups  # the query this test is about ran
+    for sql in reads:
+        plan = " ".join(row[3] for row in db.conn.execute("EXPLAIN QUERY PLAN " + sql))
+        assert "SCAN recall_impacts" not in plan, (sql, plan)
