@@ -94,11 +94,16 @@ class ManifestOffers:
         )
         return [(bytes(m), str(s)) for m, s in rows]
 
-    def offered(self) -> list[tuple[bytes, str, int, int]]:
-        """Return (manifest, device, attempts, offered_ms) of every offer awaiting a report."""
+    def offered(self, *, sent_before: int | None = None) -> list[tuple[bytes, str, int, int]]:
+        """Return (manifest, device, attempts, offered_ms) of every offer awaiting a report.
+
+        *sent_before*: only offers sent at or before this time (ms), read from the
+        ``(state, offered_ms)`` index.
+        """
         rows = self._db.query(
             "SELECT manifest, device_id, attempts, offered_ms FROM manifest_offers"
-            " WHERE state = 'offered' ORDER BY offered_ms"
+            " WHERE state = 'offered' AND offered_ms <= ? ORDER BY offered_ms",
+            (2**63 - 1 if sent_before is None else sent_before,),
         )
         return [(bytes(m), str(d), int(a), int(o)) for m, d, a, o in rows]
 

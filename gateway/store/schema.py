@@ -380,3 +380,15 @@ def _recall_impacts_by_device(conn: sqlite3.Connection) -> None:
     # lock. With it: 6.8 us. (device_id, state): the query reads recall_id and state only, and
     # an index of a WITHOUT ROWID table carries the primary key, so it is covering.
     conn.execute("CREATE INDEX recall_impacts_device ON recall_impacts (device_id, state)")
+
+
+@migration("0012_offers_awaiting_a_report")
+def _offers_awaiting_a_report(conn: sqlite3.Connection) -> None:
+    # The urgent lane asks every tick (0.25 s) which recall offers timed out
+    # (gateway.service.remediation, RemediationTracker.due). That read every impact row: 16.6 ms a
+    # tick with 20,000 offers awaiting a report (measured), 7 % of a core for as long as a campaign
+    # lasts. With this it reads only the offers sent at least one timeout ago, the only ones that
+    # can be due. (Manifest offers have their (state, offered_ms) index since 0008.)
+    conn.execute(
+        "CREATE INDEX recall_impacts_offered ON recall_impacts (offered_ms) WHERE state = 'offered'"
+    )

@@ -181,19 +181,39 @@ def test_remediation_records_reach_the_transparency_log_and_the_log_verifies(db,
     assert (report.urgent_records, report.other_records) == (2, 0)
 
 
+def _read_plans(db, action) -> list[tuple[str, str]]:
+    """Run *action*; return each SELECT it ran with SQLite's query plan for it."""
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    try:
+        action()
+    finally:
+        db.conn.set_trace_callback(None)
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    return [
+        (sql, " ".join(row[3] for row in db.conn.execute("EXPLAIN QUERY PLAN " + sql)))
+        for sql in reads
+    ]
+
+
 def test_applying_a_report_looks_up_the_devices_recalls_by_index_not_by_scan(db, tracker):
     # During a recall every firmware report looks up the reporting device's open recalls, inside
     # the urgent lane's write transaction: a scan of every impact row (1.44 ms a report with
     # 60,000 rows, measured) would hold ingest's write lock for seconds a second.
     tracker.mark_offered("Z-0412-2026", "pump-1", b"offer", manifest=REMEDY, at_ms=_ms(T0))
     _report(db, "pump-1", "installed")
-    statements: list[str] = []
-    db.conn.set_trace_callback(statements.append)
-    assert tracker.apply_reports() == 1
-    db.conn.set_trace_callback(None)
-    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
-    lookups = [s for s in reads if "recall_impacts" in s and "device_id =" in s]
-    assert lookups  # the query this test is about ran
-    for sql in reads:
-        plan = " ".join(row[3] for row in db.conn.execute("EXPLAIN QUERY PLAN " + sql))
-        assert "SCAN recall_impacts" not in plan, (sql, plan)
+    plans = _read_plans(db, tracker.apply_reports)
+    assert any("recall_impacts" in sql and "device_id =" in sql for sql, _ in plans)
+    assert not [(sql, plan) for sql, plan in plans if "SCAN recall_impacts" in plan]
+
+
+def test_the_timeout_check_reads_only_offers_old_enough_to_be_due(db, tracker):
+    # Every tick (0.25 s) the lane asks which offers timed out; with 20,000 fresh offers of a
+    # campaign, reading them all cost 16.6 ms a tick (measured). Only offers sent at least one
+    # timeout ago (10 s here) can be due, and only they are read.
+    _offer_all(tracker)  # offered at T0
+    assert tracker.due(T0 + timedelta(seconds=9)) == []
+    plans = _read_plans(db, lambda: tracker.due(T0 + timedelta(seconds=9)))
+    assert any("recall_impacts" in sql for sql, _ in plans)
+    assert not [(sql, plan) for sql, plan in plans if "SCAN" in plan]
+    assert {r.device_id for r in tracker.due(T0 + timedelta(seconds=11))} == set(DEVICES)
