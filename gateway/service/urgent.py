@@ -209,6 +209,7 @@ class _Clock:
 
 
 _STOP = object()
+_SITE_CHUNK = 500  # devices per site lookup (SQLite allows 32,766 parameters; stay far below)
 
 
 class UrgentLane:
@@ -681,7 +682,18 @@ class UrgentLane:
             return
         recalls = RecallStore(self._db)
         manifests = ManifestStore(self._db)
-        sites = dict(self._db.query("SELECT device_id, site FROM inventory"))
+        # The sites of these devices only, not the whole inventory at every tick that has retries.
+        devices = sorted({retry.device_id for retry in retries})
+        sites: dict[str, str] = {}
+        for start in range(0, len(devices), _SITE_CHUNK):
+            chunk = devices[start : start + _SITE_CHUNK]
+            sites.update(
+                self._db.query(
+                    "SELECT device_id, site FROM inventory WHERE device_id IN"  # noqa: S608
+                    f" ({','.join('?' * len(chunk))})",  # only "?" placeholders
+                    chunk,
+                )
+            )
         for retry in retries:
             campaign = campaign_manifest(retry.recall_id)
             cves: tuple[str, ...] = ()
