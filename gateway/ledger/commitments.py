@@ -31,6 +31,7 @@ from gateway.core.cbor import dumps
 __all__ = [
     "DOMAINS",
     "SALT_SIZE",
+    "URGENT_LOG_KINDS",
     "commitment",
     "erasure_digest",
     "leaf_for",
@@ -49,6 +50,16 @@ DOMAINS: Mapping[str, bytes] = MappingProxyType(
         "recall": b"provgw/v1/recall\0",
         "remediation": b"provgw/v1/remediation\0",
     }
+)
+
+
+#: ``urgent_records`` kind (store migration 0007) -> the record kind its leaf is logged under.
+#: The one definition: the urgent lane logs rows with it
+#: (:func:`gateway.service.remediation.log_pending_records`) and ``verify_log`` checks each leaf
+#: against it. An SBOM verdict is a remediation step, so it shares that domain; shipped entries
+#: never change (a leaf logged under one kind is re-derived under the same one forever).
+URGENT_LOG_KINDS: Mapping[str, str] = MappingProxyType(
+    {"recall": "recall", "remediation": "remediation", "sbom-verdict": "remediation"}
 )
 
 

@@ -40,7 +40,7 @@ from gateway.core.errors import (
     UnavailableError,
     VerificationError,
 )
-from gateway.ledger.commitments import commitment, erasure_digest
+from gateway.ledger.commitments import URGENT_LOG_KINDS, commitment, erasure_digest
 from gateway.ledger.tree import Frontier, MerkleTree
 from gateway.store.db import Database
 
@@ -255,7 +255,10 @@ class TransparencyLog:
         """Log a record of *kind* (``"manifest"``, ``"recall"``…); return its leaf index.
 
         *digest* is SHA-256 of the exact signed bytes, *salt* 32 random bytes the caller keeps
-        beside the record (destroying it later crypto-shreds the record).
+        beside the record (destroying it later crypto-shreds the record). A ``"recall"`` or
+        ``"remediation"`` leaf stands for the ``urgent_records`` row *ref_id* (see
+        :data:`~gateway.ledger.commitments.URGENT_LOG_KINDS`): :func:`verify_log` re-derives it
+        from that row.
         """
         value = commitment(kind, salt, digest)
         with self._db.atomic() as conn:
@@ -607,6 +610,7 @@ class LogReport:
     events: int
     erased_events: int
     erasures: int
+    urgent_records: int
     other_records: int
     checkpoints: int
     pending_events: int
@@ -658,20 +662,31 @@ def _mismatch(message: str, reason: str) -> MismatchError:
     return MismatchError(message, reason=reason)
 
 
+#: Log kinds whose leaves stand for ``urgent_records`` rows (the urgent lane's records).
+_URGENT_KINDS = tuple(sorted(set(URGENT_LOG_KINDS.values())))
+
+#: One query per chunk of leaves: each leaf with its tree node and the record it stands for, every
+#: join a primary-key lookup. The urgent_records columns are read only for the kinds in
+#: _URGENT_KINDS (the join leaves out just the two kinds that have their own table).
 _VERIFY_LEAVES = (
     "SELECT l.idx, l.kind, l.ref_id, l.commitment, n.hash,"
-    " e.id, e.digest, e.salt, e.raw, x.event_id, x.reason_digest, x.erased_ms, x.salt"
+    " e.id, e.digest, e.salt, e.raw, x.event_id, x.reason_digest, x.erased_ms, x.salt,"
+    " u.id, u.kind, u.digest, u.salt, u.leaf"
     " FROM log_leaves l"
     " LEFT JOIN log_nodes n ON n.level = 0 AND n.idx = l.idx"
     " LEFT JOIN events e ON l.kind = 'event' AND e.id = l.ref_id"
     " LEFT JOIN erasures x ON l.kind = 'erasure' AND x.id = l.ref_id"
+    " LEFT JOIN urgent_records u ON l.kind NOT IN ('event', 'erasure') AND u.id = l.ref_id"
     " WHERE l.idx >= ? AND l.idx < ? ORDER BY l.idx"
 )
 
 
 def _check_leaf(row: Sequence[object]) -> tuple[str, bytes]:
     """Re-derive one leaf from the store; return (what it was, its leaf hash)."""
-    idx, kind, ref_id, stored, node, e_id, digest, salt, raw, x_event, x_reason, x_ms, x_salt = row
+    idx, kind, ref_id, stored, node = row[:5]
+    assert isinstance(idx, int)
+    assert isinstance(kind, str)
+    assert isinstance(ref_id, int)
     assert isinstance(stored, bytes)
     leaf = merkle.leaf_hash(stored)
     if node != leaf:
@@ -681,43 +696,103 @@ def _check_leaf(row: Sequence[object]) -> tuple[str, bytes]:
             "leaf-mismatch",
         )
     if kind == "event":
-        if e_id is None:
-            raise _mismatch(
-                f"Log entry {idx} refers to event {ref_id}, which is not stored.", "missing-record"
-            )
-        if salt is None:
-            return "erased", leaf  # crypto-shredded: only the commitment remains (checked below)
-        assert isinstance(raw, bytes)
-        assert isinstance(digest, bytes)
-        assert isinstance(salt, bytes)
-        if hashlib.sha256(raw).digest() != digest:
-            raise _mismatch(
-                f"Event {ref_id}: its stored bytes do not match its digest.", "digest-mismatch"
-            )
-        if commitment("event", salt, digest) != stored:
-            raise _mismatch(
-                f"Log entry {idx}: the commitment recomputed from event {ref_id} (salt and "
-                "digest) differs from the one logged; the event or its salt was altered.",
-                "commitment-mismatch",
-            )
-        return "event", leaf
+        return _check_event(idx, ref_id, stored, row[5:9]), leaf
     if kind == "erasure":
-        if x_event is None:
-            raise _mismatch(
-                f"Log entry {idx} refers to erasure {ref_id}, which is not stored.",
-                "missing-record",
-            )
-        assert isinstance(x_event, int)
-        assert isinstance(x_reason, bytes)
-        assert isinstance(x_ms, int)
-        assert isinstance(x_salt, bytes)
-        if commitment("erasure", x_salt, erasure_digest(x_event, x_reason, x_ms)) != stored:
-            raise _mismatch(
-                f"Log entry {idx}: the erasure record {ref_id} does not match its commitment.",
-                "commitment-mismatch",
-            )
+        _check_erasure(idx, ref_id, stored, row[9:13])
         return "erasure", leaf
+    if kind in _URGENT_KINDS:
+        _check_urgent(idx, kind, ref_id, stored, row[13:18])
+        return "urgent", leaf
     return "other", leaf
+
+
+def _check_event(idx: int, ref_id: int, stored: bytes, columns: Sequence[object]) -> str:
+    """Re-derive an event leaf from its row; return ``"event"``, or ``"erased"`` if shredded."""
+    e_id, digest, salt, raw = columns
+    if e_id is None:
+        raise _mismatch(
+            f"Log entry {idx} refers to event {ref_id}, which is not stored.", "missing-record"
+        )
+    if salt is None:
+        return "erased"  # crypto-shredded: only the commitment remains (checked in step 3)
+    assert isinstance(raw, bytes)
+    assert isinstance(digest, bytes)
+    assert isinstance(salt, bytes)
+    if hashlib.sha256(raw).digest() != digest:
+        raise _mismatch(
+            f"Event {ref_id}: its stored bytes do not match its digest.", "digest-mismatch"
+        )
+    if commitment("event", salt, digest) != stored:
+        raise _mismatch(
+            f"Log entry {idx}: the commitment recomputed from event {ref_id} (salt and "
+            "digest) differs from the one logged; the event or its salt was altered.",
+            "commitment-mismatch",
+        )
+    return "event"
+
+
+def _check_erasure(idx: int, ref_id: int, stored: bytes, columns: Sequence[object]) -> None:
+    """Re-derive an erasure leaf from its record."""
+    x_event, x_reason, x_ms, x_salt = columns
+    if x_event is None:
+        raise _mismatch(
+            f"Log entry {idx} refers to erasure {ref_id}, which is not stored.",
+            "missing-record",
+        )
+    assert isinstance(x_event, int)
+    assert isinstance(x_reason, bytes)
+    assert isinstance(x_ms, int)
+    assert isinstance(x_salt, bytes)
+    if commitment("erasure", x_salt, erasure_digest(x_event, x_reason, x_ms)) != stored:
+        raise _mismatch(
+            f"Log entry {idx}: the erasure record {ref_id} does not match its commitment.",
+            "commitment-mismatch",
+        )
+
+
+def _check_urgent(
+    idx: int, kind: str, ref_id: int, stored: bytes, columns: Sequence[object]
+) -> None:
+    """Re-derive an urgent-lane leaf (a recall, offer, report or SBOM verdict) from its row.
+
+    The row is in ``urgent_records`` (store migration 0007); it keeps the digest of the bytes
+    it stands for, its salt, and the index of the leaf it was logged at.
+    """
+    u_id, u_kind, digest, salt, u_leaf = columns
+    # (a) A leaf whose record was deleted: the log vouches for a recall or remediation step the
+    # gateway no longer shows.
+    if u_id is None:
+        raise _mismatch(
+            f"Log entry {idx} refers to urgent-lane record {ref_id} ({kind}), which is not "
+            "stored; the record was deleted.",
+            "missing-record",
+        )
+    # (b) The row names another leaf: rows swapped or re-pointed, so a proof of one record
+    # would be shown for another.
+    if u_leaf != idx:
+        where = "no log entry" if u_leaf is None else f"log entry {u_leaf}"
+        raise _mismatch(
+            f"Log entry {idx} holds urgent-lane record {ref_id}, but the record names {where}; "
+            "records were swapped or re-pointed.",
+            "order-mismatch",
+        )
+    # (c) The row's kind logs under another domain: a recall shown as a remediation step, or
+    # the reverse (the domains of gateway.ledger.commitments keep record kinds apart).
+    if URGENT_LOG_KINDS.get(str(u_kind)) != kind:
+        raise _mismatch(
+            f"Log entry {idx} logs urgent-lane record {ref_id} as a {kind} record, but the "
+            f"record says it is a {u_kind} record; its kind was altered.",
+            "kind-mismatch",
+        )
+    # (d) The commitment from the row's salt and digest: an altered or swapped salt or digest.
+    assert isinstance(digest, bytes)
+    assert isinstance(salt, bytes)
+    if commitment(kind, salt, digest) != stored:
+        raise _mismatch(
+            f"Log entry {idx}: the commitment recomputed from urgent-lane record {ref_id} (salt "
+            "and digest) differs from the one logged; the record or its salt was altered.",
+            "commitment-mismatch",
+        )
 
 
 def verify_log(
@@ -733,9 +808,13 @@ def verify_log(
     2. Every leaf, in order: its stored leaf hash is the hash of its commitment; for a
        non-erased event the commitment is recomputed from salt and digest, and the digest from
        the stored bytes; an erased event has an erasure record; an erasure leaf is recomputed
-       from its record (altered records, salts, leaves).
-    3. Event leaves follow event ids upwards and no event below the tail is missing (a record
-       dropped from, or slipped into, the log).
+       from its record; an urgent-lane leaf (``recall``, ``remediation``) has its
+       ``urgent_records`` row, which names this leaf, has a kind logged under this leaf's kind
+       (:data:`~gateway.ledger.commitments.URGENT_LOG_KINDS`), and gives this commitment from
+       its salt and digest (altered, deleted or swapped records, salts, leaves).
+    3. Event leaves follow event ids upwards and no event below the tail is missing, and every
+       ``urgent_records`` row that names a leaf is one of the urgent-lane leaves checked in
+       step 2 (a record dropped from, or slipped into, the log).
     4. Every stored complete subtree equals the one rebuilt from the leaves, and so do the roots
        at every checkpoint size and at the current size (altered interior nodes, which would
        make proofs through them fail).
@@ -765,6 +844,7 @@ def verify_log(
     # Steps 2-3 — every leaf, then the events below the tail.
     counts, last_event, rebuilt, final = _walk_leaves(db, size, wanted, progress)
     _check_events_complete(db, last_event, counts)
+    _check_urgent_complete(db, counts)
     # Step 4 — rebuilt roots equal the stored tree's.
     for at, root in [*rebuilt.items(), (size, final)]:
         if tree.root(at) != root:
@@ -781,6 +861,7 @@ def verify_log(
         events=counts["event"],
         erased_events=counts["erased"],
         erasures=counts["erasure"],
+        urgent_records=counts["urgent"],
         other_records=counts["other"],
         checkpoints=len(checkpoints),
         pending_events=int(pending),
@@ -797,7 +878,7 @@ def _walk_leaves(
     """Check each leaf and rebuild the roots at *wanted* sizes (verify_log steps 2-3)."""
     rebuilt: dict[int, bytes] = {}
     builder = _RootBuilder()
-    counts = {"event": 0, "erased": 0, "erasure": 0, "other": 0}
+    counts = {"event": 0, "erased": 0, "erasure": 0, "urgent": 0, "other": 0}
     last_event = 0
     sizes = iter(wanted)
     next_size = next(sizes, None)
@@ -838,6 +919,24 @@ def _check_events_complete(db: Database, last_event: int, counts: dict[str, int]
     if unexplained:
         raise _mismatch(
             f"{unexplained} events lost their salt without an erasure record.", "missing-record"
+        )
+
+
+def _check_urgent_complete(db: Database, counts: dict[str, int]) -> None:
+    """Step 3 of :func:`verify_log`: every urgent-lane record that names a leaf is in the log.
+
+    Step 2 matched each urgent-lane leaf to a distinct row naming that very leaf, so equal counts
+    mean no other row claims to be logged (a forged or copied record, or a leaf re-labelled as
+    another kind to escape step 2). Rows with no leaf yet are pending, not missing: the recorder
+    thread appends them off the urgent path.
+    """
+    claimed = db.query("SELECT count(*) FROM urgent_records WHERE leaf IS NOT NULL")[0][0]
+    if claimed != counts["urgent"]:
+        raise _mismatch(
+            f"{claimed} urgent-lane records (recalls, offers, reports, SBOM verdicts) say they "
+            f"are logged, but the log holds {counts['urgent']} of them; records were inserted, "
+            "copied or re-pointed outside the gateway.",
+            "missing-record",
         )
 
 

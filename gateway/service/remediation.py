@@ -21,7 +21,8 @@ manifest moves its row.
 Every move is also an ``urgent_records`` row with the SHA-256 of the bytes it stands for (the
 device's signed report, the gateway's signed offer) and a fresh salt; :func:`log_pending_records`
 appends those rows to the transparency log later, off the urgent path (kind ``recall`` for
-recalls, ``remediation`` for the rest).
+recalls, ``remediation`` for the rest: :data:`gateway.ledger.commitments.URGENT_LOG_KINDS`, which
+``provgw log verify`` re-derives every such leaf with).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from gateway.core.errors import (
     UnavailableError,
     VerificationError,
 )
+from gateway.ledger.commitments import URGENT_LOG_KINDS
 from gateway.ledger.log import TransparencyLog
 from gateway.store.db import Database
 from gateway.store.inventory import Inventory
@@ -63,8 +65,6 @@ __all__ = [
 _log = logging.getLogger(__name__)
 _EVENT_CHUNK = 2000
 _LOG_CHUNK = 500
-#: urgent_records kind -> transparency-log record kind (gateway.ledger.commitments.DOMAINS).
-_LOG_KIND = {"recall": "recall", "remediation": "remediation", "sbom-verdict": "remediation"}
 
 
 def _ms(now: datetime) -> int:
@@ -153,7 +153,9 @@ def log_pending_records(db: Database, log: TransparencyLog, *, limit: int = _LOG
             (limit,),
         ).fetchall()
         for row_id, kind, digest, salt in rows:
-            leaf = log.append_record(_LOG_KIND[kind], int(row_id), bytes(digest), bytes(salt))
+            leaf = log.append_record(
+                URGENT_LOG_KINDS[kind], int(row_id), bytes(digest), bytes(salt)
+            )
             conn.execute("UPDATE urgent_records SET leaf = ? WHERE id = ?", (leaf, row_id))
     return len(rows)
 

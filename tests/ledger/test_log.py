@@ -12,6 +12,7 @@ from gateway.ledger import commitments
 from gateway.ledger.keys import GatewayKey
 from gateway.ledger.log import TransparencyLog, append_pending, erase_event, verify_log
 from gateway.ledger.receipts import issue_receipt
+from gateway.service import remediation
 from gateway.store.events import EventRecord, EventStore
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -354,6 +355,104 @@ def test_verify_log_names_the_first_mismatch(sealed, key, tamper, reason):
     with pytest.raises(VerificationError) as info:
         verify_log(sealed, key.verifier)
     assert info.value.reason == reason
+
+
+# -- log verify: the urgent lane's records --------------------------------------------------------
+
+#: One urgent_records row per kind, logged through the urgent lane's own path: (kind, state).
+_URGENT = (("recall", "ongoing"), ("remediation", "offered"), ("sbom-verdict", "pass"))
+
+
+@pytest.fixture
+def urgent(sealed, log):
+    """The sealed log, then urgent records 1-3 at leaves 40-42, then 10 more events (43-52)."""
+    for i, (kind, state) in enumerate(_URGENT):
+        remediation.record(
+            sealed,
+            kind,
+            state=state,
+            digest=hashlib.sha256(b"urgent-%d" % i).digest(),
+            at_ms=1_000 + i,
+            recall_id="Z-0412-2026",
+        )
+    assert remediation.log_pending_records(sealed, log) == len(_URGENT)
+    EventStore(sealed).insert_batch(_records(40, 10))
+    log.append_pending()
+    log.seal(NOW)
+    return sealed
+
+
+def test_urgent_records_are_logged_at_the_leaf_they_name_under_their_log_kind(urgent, log):
+    rows = urgent.query("SELECT id, kind, leaf FROM urgent_records ORDER BY id")
+    assert rows == [(1, "recall", 40), (2, "remediation", 41), (3, "sbom-verdict", 42)]
+    for row_id, kind, leaf in rows:
+        assert (log.leaf(leaf).kind, log.leaf(leaf).ref_id) == (
+            commitments.URGENT_LOG_KINDS[kind],
+            row_id,
+        )
+
+
+def test_verify_log_rederives_urgent_records_and_counts_them(urgent, key):
+    report = verify_log(urgent, key.verifier)
+    assert (report.leaves, report.events, report.checkpoints) == (53, 50, 5)
+    assert (report.urgent_records, report.other_records) == (3, 0)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        ("UPDATE urgent_records SET salt = randomblob(32) WHERE id = 1", "commitment-mismatch"),
+        ("UPDATE urgent_records SET digest = randomblob(32) WHERE id = 2", "commitment-mismatch"),
+        ("UPDATE urgent_records SET salt = randomblob(32) WHERE id = 3", "commitment-mismatch"),
+        (
+            (
+                "UPDATE urgent_records SET salt = (SELECT salt FROM urgent_records WHERE id = 3)"
+                " WHERE id = 2"
+            ),
+            "commitment-mismatch",
+        ),
+        ("DELETE FROM urgent_records WHERE id = 2", "missing-record"),
+        ("UPDATE urgent_records SET leaf = 7 WHERE id = 1", "order-mismatch"),
+        ("UPDATE urgent_records SET leaf = NULL WHERE id = 3", "order-mismatch"),
+        (
+            "UPDATE urgent_records SET leaf = CASE id WHEN 2 THEN 42 ELSE 41 END WHERE id > 1",
+            "order-mismatch",
+        ),
+        ("UPDATE urgent_records SET kind = 'recall' WHERE id = 2", "kind-mismatch"),
+        ("UPDATE urgent_records SET kind = 'sbom-verdict' WHERE id = 1", "kind-mismatch"),
+        # The log's leaf records re-pointed: to no row, to a row of another kind, or out of the
+        # urgent lane altogether (its row is then unaccounted for).
+        ("UPDATE log_leaves SET ref_id = 99 WHERE idx = 41", "missing-record"),
+        ("UPDATE log_leaves SET kind = 'recall' WHERE idx = 41", "kind-mismatch"),
+        ("UPDATE log_leaves SET kind = 'manifest' WHERE idx = 41", "missing-record"),
+        # Rows claiming a leaf the log does not hold for them: a forged record, a copied one.
+        (
+            (
+                "INSERT INTO urgent_records (kind, state, at_ms, digest, salt, leaf)"
+                " VALUES ('remediation', 'installed', 0, randomblob(32), randomblob(32), 99)"
+            ),
+            "missing-record",
+        ),
+        (
+            (
+                "INSERT INTO urgent_records (kind, state, at_ms, digest, salt, leaf)"
+                " SELECT kind, state, at_ms, digest, salt, leaf FROM urgent_records WHERE id = 2"
+            ),
+            "missing-record",
+        ),
+    ],
+)
+def test_verify_log_names_the_first_urgent_record_mismatch(urgent, key, tamper, reason):
+    urgent.conn.execute(tamper)
+    with pytest.raises(VerificationError) as info:
+        verify_log(urgent, key.verifier)
+    assert info.value.reason == reason
+
+
+def test_unlogged_urgent_records_do_not_fail_verify(urgent, key):
+    # A row the recorder thread has not appended yet (leaf NULL) is pending, not missing.
+    remediation.record(urgent, "remediation", state="offered", digest=bytes(32), at_ms=5)
+    assert verify_log(urgent, key.verifier).urgent_records == 3
 
 
 def test_verify_log_refuses_a_checkpoint_signed_by_another_key(sealed):

@@ -13,6 +13,7 @@ from gateway.ledger.commitments import leaf_for
 from gateway.ledger.keys import load_gateway_key
 from gateway.ledger.log import TransparencyLog
 from gateway.ledger.receipts import verify_receipt
+from gateway.service.remediation import log_pending_records, record
 from gateway.store.db import Database
 from gateway.store.events import EventRecord, EventStore
 from gateway.views.cli._main import _register, cli
@@ -137,6 +138,24 @@ def test_verify_passes_then_fails_with_a_reason_after_tampering(gateway):
     code, out = _json("log", "verify", "--db", str(db_path), "--key", str(key_path))
     assert code == 1
     assert out["reason"] == "commitment-mismatch"
+
+
+def test_verify_counts_the_urgent_lane_records_and_names_a_tampered_one(gateway):
+    db_path, key_path, vkey = gateway
+    with Database(db_path) as db:
+        for i, kind in enumerate(("recall", "remediation", "sbom-verdict")):
+            record(db, kind, state="offered", digest=bytes([i]) * 32, at_ms=i)
+        log_pending_records(db, TransparencyLog(db, load_gateway_key(key_path).signer))
+    _run("log", "checkpoint", "--db", str(db_path), "--key", str(key_path))
+    code, out = _json("log", "verify", "--db", str(db_path), "--key", vkey)
+    assert (code, out["leaves"], out["events"]) == (0, 15, 12)
+    assert (out["urgent_records"], out["other_records"]) == (3, 0)
+    result = _run("log", "verify", "--db", str(db_path), "--key", vkey, "--quiet")
+    assert "3 urgent-lane records" in result.stdout
+    with Database(db_path) as db:
+        db.conn.execute("UPDATE urgent_records SET digest = randomblob(32) WHERE id = 2")
+    code, out = _json("log", "verify", "--db", str(db_path), "--key", vkey)
+    assert (code, out["reason"]) == (1, "commitment-mismatch")
 
 
 def test_erase_keeps_verify_green_and_makes_the_event_unprovable(gateway):

@@ -379,9 +379,11 @@ def _progress(quiet: bool) -> Callable[[int, int], None] | None:  # noqa: FBT001
 def verify(db_path: Path, key_ref: str, *, quiet: bool, as_json: bool) -> None:
     """Re-derive the whole log from the store and check every checkpoint.
 
-    Recomputes each commitment from salt and digest (erased events keep only their
-    commitment), rebuilds the roots, and checks every signed checkpoint's signature, root and
-    consistency with the one before. Exit 0: the log is intact; 1: the first mismatch is named.
+    Recomputes each commitment from salt and digest, for events (erased events keep only
+    their commitment) and for the urgent lane's records (recalls, offers, device reports, SBOM
+    verdicts), checks that no stored record is missing from the log, rebuilds the roots, and
+    checks every signed checkpoint's signature, root and consistency with the one before.
+    Exit 0: the log is intact; 1: the first mismatch is named.
     """
     try:
         verifier = load_verifier(key_ref)
@@ -396,6 +398,7 @@ def verify(db_path: Path, key_ref: str, *, quiet: bool, as_json: bool) -> None:
                 "events": report.events,
                 "erased_events": report.erased_events,
                 "erasures": report.erasures,
+                "urgent_records": report.urgent_records,
                 "other_records": report.other_records,
                 "checkpoints": report.checkpoints,
                 "pending_events": report.pending_events,
@@ -405,7 +408,8 @@ def verify(db_path: Path, key_ref: str, *, quiet: bool, as_json: bool) -> None:
             text=(
                 f"log OK: {report.leaves} entries ({report.events} events, "
                 f"{report.erased_events} erased, {report.erasures} erasures, "
-                f"{report.other_records} other), {report.checkpoints} checkpoints verified, "
+                f"{report.urgent_records} urgent-lane records, {report.other_records} other), "
+                f"{report.checkpoints} checkpoints verified, "
                 f"{report.pending_events} events pending"
             ),
         )
