@@ -7,6 +7,7 @@ Tests are not a package (pytest runs with ``--import-mode=importlib``); the repo
 from __future__ import annotations
 
 import datetime as dt
+import os
 import queue
 import sqlite3
 import threading
@@ -28,7 +29,7 @@ from gateway.core.note import Checkpoint, Signer
 from gateway.ingest.broker_config import ClientCredentials
 from gateway.ledger.witness import AddCheckpointRequest
 
-__all__ = ["Inbox", "ToyLog", "self_signed_credentials", "stored_count"]
+__all__ = ["Inbox", "ToyLog", "outside_vectors", "self_signed_credentials", "stored_count"]
 
 Delivery = tuple[str, bytes, int, int, dict]
 
@@ -151,3 +152,23 @@ def stored_count(db_path: Path) -> int:
             return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
     except sqlite3.OperationalError:
         return 0
+
+
+def outside_vectors(name: str) -> Path:
+    """The folder *name* of the outside test vectors (COSE, Merkle, SBOMs, signed notes).
+
+    They live beside the checkout (``<root>/shared/testvectors``, the layout CI clones into) or
+    wherever ``PROVGW_TESTVECTORS`` points. Missing, this fails loudly, never skips: a green run
+    without them would hold the code against nothing.
+    """
+    root = os.environ.get("PROVGW_TESTVECTORS")
+    base = Path(root) if root else Path(__file__).resolve().parents[2] / "shared" / "testvectors"
+    folder = base / name
+    if not folder.is_dir():
+        msg = (
+            f"The outside test vectors are missing: {folder} does not exist. Clone the project "
+            "beside its shared/ folder (<root>/main and <root>/shared/testvectors), or point "
+            "PROVGW_TESTVECTORS at a copy of testvectors/."
+        )
+        raise FileNotFoundError(msg)
+    return folder

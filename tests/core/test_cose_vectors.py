@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.core import cose
 from gateway.core.errors import MalformedError, PolicyError, SignatureError
+from tests._helpers import outside_vectors
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "testvectors" / "cose"
+VECTORS = outside_vectors("cose")
 FILES = sorted(VECTORS.glob("*/*.json"))
 PASS = [f for f in FILES if not json.loads(f.read_text()).get("fail")]
 FAIL = [f for f in FILES if json.loads(f.read_text()).get("fail")]

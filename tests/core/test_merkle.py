@@ -3,7 +3,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -11,9 +10,9 @@ from hypothesis import strategies as st
 
 from gateway.core import merkle
 from gateway.core.errors import MalformedError, MismatchError, VerificationError
+from tests._helpers import outside_vectors
 
-# The shared vectors sit beside the checkout: <root>/main/tests/core -> <root>/shared/testvectors.
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "testvectors" / "merkle"
+VECTORS = outside_vectors("merkle")
 
 # The leaves transparency-dev/merkle (and RFC 6962's CT tests) build their reference tree from;
 # the happy-path vectors are proofs in this tree.

@@ -3,7 +3,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,16 +24,9 @@ from gateway.core.note import (
     open_note,
     sign_note,
 )
+from tests._helpers import outside_vectors
 
-VECTOR = json.loads(
-    (
-        Path(__file__).resolve().parents[3]
-        / "shared"
-        / "testvectors"
-        / "signed-note"
-        / "go-sumdb-note.json"
-    ).read_text()
-)
+VECTOR = json.loads((outside_vectors("signed-note") / "go-sumdb-note.json").read_text())
 
 ORIGIN = "gateway.example/log"
 ROOT = hashlib.sha256(b"root").digest()

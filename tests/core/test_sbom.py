@@ -6,7 +6,6 @@ import json
 import sys
 import time
 from functools import cache
-from pathlib import Path
 
 import pytest
 from cyclonedx.schema import SchemaVersion
@@ -26,8 +25,9 @@ from gateway.core.sbom import (
     sbom_digest,
     verify_sbom,
 )
+from tests._helpers import outside_vectors
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "testvectors" / "sbom"
+VECTORS = outside_vectors("sbom")
 VECTOR_FILES = sorted(VECTORS.rglob("*.json"))
 
 

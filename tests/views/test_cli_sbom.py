@@ -10,8 +10,9 @@ from click.testing import CliRunner
 
 from bench.bench_sbom import generate_sbom
 from gateway.views.cli._main import _register, cli
+from tests._helpers import outside_vectors
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "testvectors" / "sbom"
+VECTORS = outside_vectors("sbom")
 
 
 @pytest.fixture
