@@ -16,9 +16,10 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
+from gateway.core import cose
 from gateway.core.merkle import (
     consistency_proof,
     leaf_hash,
@@ -29,7 +30,14 @@ from gateway.core.note import Checkpoint, Signer
 from gateway.ingest.broker_config import ClientCredentials
 from gateway.ledger.witness import AddCheckpointRequest
 
-__all__ = ["Inbox", "ToyLog", "outside_vectors", "self_signed_credentials", "stored_count"]
+__all__ = [
+    "Inbox",
+    "ToyLog",
+    "cose_signed",
+    "outside_vectors",
+    "self_signed_credentials",
+    "stored_count",
+]
 
 Delivery = tuple[str, bytes, int, int, dict]
 
@@ -172,3 +180,12 @@ def outside_vectors(name: str) -> Path:
         )
         raise FileNotFoundError(msg)
     return folder
+
+
+_TEST_DEVICE_KEY = ed25519.Ed25519PrivateKey.generate()
+
+
+def cose_signed(payload: bytes) -> bytes:
+    """*payload* as a device's COSE_Sign1 (a throwaway Ed25519 key, kid ``test``): what the events
+    table keeps as ``raw``, for tests that store events without running the ingest pipeline."""
+    return cose.sign1(payload, _TEST_DEVICE_KEY, kid=b"test")

@@ -95,7 +95,6 @@ from gateway.core.identity import kid_for
 from gateway.core.manifest import Manifest, ManifestTrust, unsafe_read_manifest
 from gateway.core.offer import Offer, make_offer, sever_sbom
 from gateway.core.recall import Recall, RecallTrust
-from gateway.core.sbom import check_sbom
 from gateway.core.semver import Version
 from gateway.ingest.broker_config import ClientCredentials
 from gateway.ingest.mqtt import MqttClient
@@ -107,7 +106,7 @@ from gateway.ledger.keys import (
     write_secret_file,
 )
 from gateway.service.config import GatewayConfig, load_config
-from gateway.service.remediation import RemediationTracker, RetryPolicy, record
+from gateway.service.remediation import RemediationTracker, RetryPolicy, record, sbom_verdict
 from gateway.store.db import Database
 from gateway.store.events import EventStore, QuarantineRecord
 from gateway.store.manifests import ManifestStore, load_manifest_trust
@@ -729,11 +728,8 @@ class UrgentLane:
                 return
             assert isinstance(item, tuple)
             digest, sbom = item
-            try:
-                report = check_sbom(sbom)
-                state, detail = ("pass" if report.ok else "fail"), report.summary()
-            except VerificationError as err:
-                state, detail = "fail", str(err)
+            # The same verdict `provgw log verify` re-checks (remediation.verify_urgent_claims).
+            state, detail = sbom_verdict(sbom)
             with contextlib.suppress(ProvenanceError):
                 record(
                     self._db,

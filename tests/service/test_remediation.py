@@ -9,17 +9,24 @@ from pathlib import Path
 import pytest
 
 from gateway.core.cbor import dumps
+from gateway.core.errors import MismatchError
 from gateway.core.recall import Recall
 from gateway.ledger.keys import GatewayKey
-from gateway.ledger.log import TransparencyLog, verify_log
+from gateway.ledger.log import TransparencyLog, append_pending, erase_event, verify_log
 from gateway.service.remediation import (
     RemediationTracker,
     Retry,
     RetryPolicy,
     log_pending_records,
+    record,
+    sbom_verdict,
+    verify_urgent_claims,
 )
 from gateway.store.inventory import Inventory
+from gateway.store.manifests import ManifestStore, load_manifest_trust
+from gateway.store.offers import campaign_id
 from gateway.store.recalls import RecallStore, load_recall_trust
+from tests._helpers import cose_signed
 
 RECALLS = Path(__file__).resolve().parents[2] / "firmware_manifests" / "recalls"
 RECALL = Recall.from_bytes(
@@ -76,7 +83,7 @@ def _report(db, device, result, *, trigger="recall", ref="Z-0412-2026", manifest
     payload = dumps(
         {"v": 1, "type": "firmware_update", "device": device, "seq": seq, "time": 1, "body": body}
     )
-    raw = b"signed:" + payload
+    raw = cose_signed(payload)
     with db.atomic() as conn:
         conn.execute(
             "INSERT INTO events (device_id, seq, type, event_time_ms, received_ms, site, topic,"
@@ -217,3 +224,183 @@ def test_the_timeout_check_reads_only_offers_old_enough_to_be_due(db, tracker):
     assert any("recall_impacts" in sql for sql, _ in plans)
     assert not [(sql, plan) for sql, plan in plans if "SCAN" in plan]
     assert {r.device_id for r in tracker.due(T0 + timedelta(seconds=11))} == set(DEVICES)
+
+
+# -- provgw log verify: what each urgent-lane record claims ---------------------------------------
+
+MANIFESTS = Path(__file__).resolve().parents[2] / "firmware_manifests"
+URGENT_MANIFEST = (
+    MANIFESTS / "samples/acme-infusion/volara-lvp-3/4.2.10/manifest.cbor"
+).read_bytes()
+CAMPAIGN = campaign_id(b"\x07" * 32)
+
+
+def _urgent_lane(db, tracker):
+    """Every kind of urgent-lane record, written the way the urgent lane writes it.
+
+    pump-1 installed and pump-2 failed (device reports), pump-3 unreachable (urgent-manifest
+    campaign, two timed-out offers), three offers in all, the recall accepted, the SBOM verdict.
+    """
+    # The recall row and the SBOM verdict, as gateway/service/urgent.py records them.
+    record(db, "recall", state=RECALL.fields.status, digest=hashlib.sha256(RECALL.raw).digest(),
+           at_ms=_ms(T0), recall_id=RECALL.recall_id, manifest=REMEDY)  # fmt: skip
+    manifest = ManifestStore(db).accept(
+        URGENT_MANIFEST, trust=load_manifest_trust(MANIFESTS / "trust"), now=T0,
+        check_sbom_quality=False,
+    )  # fmt: skip
+    state, detail = sbom_verdict(manifest.sbom)
+    record(db, "sbom-verdict", state=state, digest=hashlib.sha256(manifest.sbom).digest(),
+           at_ms=_ms(T0), manifest=manifest.digest, detail=detail)  # fmt: skip
+    _offer_all(tracker)
+    _report(db, "pump-1", "installed")
+    _report(db, "pump-2", "failed")
+    assert tracker.apply_reports() == 2
+    tracker.mark_offered(CAMPAIGN, "pump-3", b"offer 3", manifest=b"\x07" * 32, at_ms=_ms(T0))
+    t1 = T0 + timedelta(seconds=10)
+    assert tracker.due(t1) == [Retry(CAMPAIGN, "pump-3", 2)]
+    tracker.mark_offered(CAMPAIGN, "pump-3", b"offer 4", manifest=b"\x07" * 32, at_ms=_ms(t1))
+    assert tracker.due(t1 + timedelta(seconds=30)) == []
+
+
+def _row_id(db, kind, state, device=None):
+    return db.query(
+        "SELECT id FROM urgent_records WHERE kind = ? AND state = ? AND device_id IS ?",
+        (kind, state, device),
+    )[0][0]
+
+
+def _log_everything(db):
+    key = GatewayKey.generate("claims-test.example/log")
+    log = TransparencyLog(db, key.signer)
+    append_pending(db)
+    log_pending_records(db, log)
+    log.seal(T0)
+    return key
+
+
+def test_intact_urgent_records_pass_with_counts_per_kind_and_state(db, tracker):
+    _urgent_lane(db, tracker)
+    key = _log_everything(db)
+    assert verify_log(db, key.verifier).urgent_records == 9
+    report = verify_urgent_claims(db)
+    assert report.checked == {
+        "recall/ongoing": 1,
+        "remediation/failed": 1,
+        "remediation/installed": 1,
+        "remediation/unreachable": 1,
+        "sbom-verdict/pass": 1,
+    }
+    assert report.erased == 0
+    assert report.not_recomputable == {"offered (offer bytes not kept)": 4}
+    assert report.to_json()["checked_total"] == 5
+    assert "5 recomputed" in report.summary()
+
+
+def _other_report_digest(db):
+    return db.query("SELECT digest FROM events WHERE device_id = 'pump-2'")[0][0]
+
+
+# Each edit an insider could make to a row; the log commits to whatever the row says when the
+# recorder thread logs it, so verify_log alone passes every one of them (asserted below).
+TAMPERING = {
+    "installed shown as failed": (
+        ("remediation", "installed", "pump-1"), "state = 'failed'", "reported 'installed'"
+    ),
+    "failed shown as installed": (
+        ("remediation", "failed", "pump-2"), "state = 'installed'", "reported 'failed'"
+    ),
+    "install moved to another device": (
+        ("remediation", "installed", "pump-1"), "device_id = 'pump-2'", "a report of device pump-1"
+    ),
+    "another manifest claimed": (
+        ("remediation", "installed", "pump-1"), "manifest = zeroblob(32)", "reported manifest"
+    ),
+    "install moved in time": (
+        ("remediation", "installed", "pump-1"), "at_ms = at_ms - 3600000", "was received at"
+    ),
+    "install claimed for another recall": (
+        ("remediation", "installed", "pump-1"), "recall_id = 'Z-0413-2026'", "recall Z-0413-2026"
+    ),
+    "failure detail rewritten": (
+        ("remediation", "failed", "pump-2"), "detail = 'device reported installed'", "detail"
+    ),
+    "digest pointed at another device's report": (
+        ("remediation", "installed", "pump-1"), None, "a report of device pump-2"
+    ),
+    "timeout moved in time": (
+        ("remediation", "unreachable", "pump-3"), "at_ms = at_ms + 1", "is not what its digest"
+    ),
+    "timeout moved to another device": (
+        ("remediation", "unreachable", "pump-3"), "device_id = 'pump-1'", "is not what its digest"
+    ),
+    "recall shown as terminated": (
+        ("recall", "ongoing", None), "state = 'terminated'", "has status 'ongoing'"
+    ),
+    "failed SBOM shown as passing": (
+        ("sbom-verdict", "pass", None), "state = 'fail'", "gives 'pass'"
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERING))
+def test_a_tampered_urgent_record_is_named_though_the_log_verifies(db, tracker, case):
+    row, assignment, says = TAMPERING[case]
+    _urgent_lane(db, tracker)
+    row_id = _row_id(db, *row)
+    if assignment is None:
+        db.conn.execute(
+            "UPDATE urgent_records SET digest = ? WHERE id = ?", (_other_report_digest(db), row_id)
+        )
+    else:
+        db.conn.execute(f"UPDATE urgent_records SET {assignment} WHERE id = ?", (row_id,))  # noqa: S608 -- fixed test text
+    key = _log_everything(db)
+    verify_log(db, key.verifier)  # the commitment binds the digest and salt only
+    with pytest.raises(MismatchError) as caught:
+        verify_urgent_claims(db)
+    assert caught.value.reason == "claim-mismatch"
+    assert f"Urgent-lane record {row_id} " in caught.value.message
+    assert says in caught.value.message
+
+
+def test_a_failure_shown_as_installed_in_the_record_and_the_stored_payload_is_named(db, tracker):
+    # The payload column is the gateway's re-encoding, not what the device signed: an insider who
+    # edits it together with the record must still be caught by the signed bytes (raw).
+    _urgent_lane(db, tracker)
+    row_id = _row_id(db, "remediation", "failed", "pump-2")
+    db.conn.execute(f"UPDATE urgent_records SET {TAMPERING['failure detail rewritten'][1]},"  # noqa: S608 -- fixed test text
+                    " state = 'installed' WHERE id = ?", (row_id,))  # fmt: skip
+    payload = db.query("SELECT payload FROM events WHERE device_id = 'pump-2'")[0][0]
+    edited = bytes(payload).replace(b"failed", b"instal")  # same length: a valid CBOR text
+    assert edited != bytes(payload)
+    db.conn.execute("UPDATE events SET payload = ? WHERE device_id = 'pump-2'", (edited,))
+    key = _log_everything(db)
+    verify_log(db, key.verifier)  # raw, digest and salt are untouched
+    with pytest.raises(MismatchError) as caught:
+        verify_urgent_claims(db)
+    assert "reported 'failed'" in caught.value.message
+
+
+def test_a_record_whose_report_was_erased_counts_as_unverifiable_not_failed(db, tracker):
+    _urgent_lane(db, tracker)
+    _log_everything(db)
+    event_id = db.query("SELECT id FROM events WHERE device_id = 'pump-1'")[0][0]
+    erase_event(db, event_id, "device returned to the manufacturer", T0)
+    report = verify_urgent_claims(db)
+    assert report.erased == 1
+    assert "remediation/installed" not in report.checked
+    assert report.checked["remediation/failed"] == 1
+    # The erased report's time is still kept, and still binds the record's.
+    db.conn.execute(
+        "UPDATE urgent_records SET at_ms = 0 WHERE id = ?",
+        (_row_id(db, "remediation", "installed", "pump-1"),),
+    )
+    with pytest.raises(MismatchError, match="was received at"):
+        verify_urgent_claims(db)
+
+
+def test_a_recall_revision_replaced_since_is_counted_not_recomputable(db, tracker):
+    _urgent_lane(db, tracker)
+    db.conn.execute("UPDATE urgent_records SET digest = zeroblob(32) WHERE kind = 'recall'")
+    report = verify_urgent_claims(db)
+    assert "recall/ongoing" not in report.checked
+    assert report.not_recomputable["recall (revision replaced, its bytes not kept)"] == 1

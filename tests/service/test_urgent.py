@@ -31,7 +31,7 @@ from gateway.ledger.log import TransparencyLog
 from gateway.ledger.witness_client import WitnessClient, WitnessPool
 from gateway.service.batcher import Batcher
 from gateway.service.outbox import Outbox
-from gateway.service.remediation import RecordLogger, RemediationTracker
+from gateway.service.remediation import RecordLogger, RemediationTracker, verify_urgent_claims
 from gateway.service.urgent import URGENT_CLIENT_ID, UrgentLane
 from gateway.store.db import Database
 from gateway.store.inventory import Inventory
@@ -165,7 +165,11 @@ def test_recall_remediation_tracks_installed_failed_and_unreachable_devices(site
             " GROUP BY state"
         )
         unreachable = RemediationTracker(db).status("Z-0412-2026")
+        # What each record claims recomputes from the real reports, recall and timeout.
+        claims = verify_urgent_claims(db).checked
     counts = dict(rows)
+    assert (claims["recall/ongoing"], claims["remediation/unreachable"]) == (1, 1)
+    assert (claims["remediation/installed"], claims["remediation/failed"]) == (2, 1)
     assert counts["ongoing"] == 1  # the recall itself
     assert counts["installed"] == 2
     assert counts["failed"] == 1
@@ -377,6 +381,9 @@ def test_urgent_manifest_without_a_recall_is_tracked_per_device(site, serve_gate
             )
         )
     assert states == {"offered": 4, "installed": 3, "failed": 1}
+    with Database(db_path) as db:
+        claims = verify_urgent_claims(db).checked
+    assert (claims["remediation/installed"], claims["remediation/failed"]) == (3, 1)
 
 
 @pytest.mark.slow

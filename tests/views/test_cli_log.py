@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from datetime import UTC, datetime
@@ -9,14 +10,17 @@ import pytest
 from click.testing import CliRunner
 
 from gateway.core import merkle, note
+from gateway.core.cbor import dumps
 from gateway.ledger.commitments import leaf_for
 from gateway.ledger.keys import load_gateway_key
 from gateway.ledger.log import TransparencyLog
 from gateway.ledger.receipts import verify_receipt
-from gateway.service.remediation import log_pending_records, record
+from gateway.service.remediation import RemediationTracker, log_pending_records, record
 from gateway.store.db import Database
 from gateway.store.events import EventRecord, EventStore
+from gateway.store.offers import campaign_id
 from gateway.views.cli._main import _register, cli
+from tests._helpers import cose_signed
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -143,8 +147,12 @@ def test_verify_passes_then_fails_with_a_reason_after_tampering(gateway):
 def test_verify_counts_the_urgent_lane_records_and_names_a_tampered_one(gateway):
     db_path, key_path, vkey = gateway
     with Database(db_path) as db:
-        for i, kind in enumerate(("recall", "remediation", "sbom-verdict")):
-            record(db, kind, state="offered", digest=bytes([i]) * 32, at_ms=i)
+        for i in range(2):
+            record(db, "remediation", state="offered", digest=bytes([i]) * 32, at_ms=i)
+        # A timeout's digest is made from its campaign, device and time (RemediationTracker.due).
+        timeout = hashlib.sha256(dumps([CAMPAIGN, "pump-9", "unreachable", 5])).digest()
+        record(db, "remediation", state="unreachable", digest=timeout, at_ms=5,
+               device_id="pump-9", manifest=MANIFEST)  # fmt: skip
         log_pending_records(db, TransparencyLog(db, load_gateway_key(key_path).signer))
     _run("log", "checkpoint", "--db", str(db_path), "--key", str(key_path))
     code, out = _json("log", "verify", "--db", str(db_path), "--key", vkey)
@@ -152,10 +160,58 @@ def test_verify_counts_the_urgent_lane_records_and_names_a_tampered_one(gateway)
     assert (out["urgent_records"], out["other_records"]) == (3, 0)
     result = _run("log", "verify", "--db", str(db_path), "--key", vkey, "--quiet")
     assert "3 urgent-lane records" in result.stdout
+    assert "urgent-lane claims OK: 1 recomputed (remediation/unreachable 1)" in result.stdout
     with Database(db_path) as db:
         db.conn.execute("UPDATE urgent_records SET digest = randomblob(32) WHERE id = 2")
     code, out = _json("log", "verify", "--db", str(db_path), "--key", vkey)
     assert (code, out["reason"]) == (1, "commitment-mismatch")
+
+
+MANIFEST = b"\x07" * 32
+CAMPAIGN = campaign_id(MANIFEST)
+
+
+def _firmware_report(db, device: str, result: str, received_ms: int) -> None:
+    """Store a device's firmware_update report of MANIFEST, as ingest does."""
+    body = {"from_version": "1.0.0", "to_version": "1.0.1", "manifest_digest": MANIFEST,
+            "image_digest": b"\x01" * 32, "result": result, "trigger": "routine",
+            "cycle": "out_of_cycle"}  # fmt: skip
+    payload = dumps({"v": 1, "type": "firmware_update", "device": device, "seq": 1, "time": 1,
+                     "body": body})  # fmt: skip
+    raw = cose_signed(payload)
+    event = EventRecord(device, 1, "firmware_update", 1, received_ms, "site-a", "t", raw, payload)
+    EventStore(db).insert_batch([event])
+
+
+def test_verify_checks_what_a_device_report_record_claims_and_names_a_flipped_state(gateway):
+    db_path, key_path, vkey = gateway
+    with Database(db_path) as db:
+        tracker = RemediationTracker(db)
+        for device in ("pump-1", "pump-2"):
+            tracker.mark_offered(CAMPAIGN, device, b"offer", manifest=MANIFEST, at_ms=1)
+        _firmware_report(db, "pump-1", "installed", 10)
+        _firmware_report(db, "pump-2", "failed", 20)
+        assert tracker.apply_reports() == 2
+        # An insider shows the failed install as installed before the recorder logs the row:
+        # the log then commits to the altered row, and only the report behind it tells.
+        failed = db.query("SELECT id FROM urgent_records WHERE state = 'failed'")[0][0]
+    code, out = _json("log", "verify", "--db", str(db_path), "--key", vkey)
+    assert (code, out["urgent_claims"]["checked"]) == (
+        0, {"remediation/failed": 1, "remediation/installed": 1},
+    )  # fmt: skip
+    assert out["urgent_claims"]["not_recomputable"] == {"offered (offer bytes not kept)": 2}
+    with Database(db_path) as db:
+        db.conn.execute("UPDATE urgent_records SET state = 'installed' WHERE id = ?", (failed,))
+        log_pending_records(db, TransparencyLog(db, load_gateway_key(key_path).signer))
+    _run("log", "checkpoint", "--db", str(db_path), "--key", str(key_path))
+    code, out = _json("log", "verify", "--db", str(db_path), "--key", vkey)
+    assert (code, out["reason"]) == (1, "claim-mismatch")
+    result = _run("log", "verify", "--db", str(db_path), "--key", vkey, "--quiet")
+    assert result.exit_code == 1
+    assert f"Urgent-lane record {failed} (remediation 'installed' of device pump-2)" in (
+        result.output
+    )
+    assert "the device reported 'failed'" in result.output
 
 
 def test_erase_keeps_verify_green_and_makes_the_event_unprovable(gateway):

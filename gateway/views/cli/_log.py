@@ -19,6 +19,7 @@ from gateway.ledger.quorum import require_quorum
 from gateway.ledger.receipts import ReceiptInfo, issue_receipt, verify_receipt
 from gateway.ledger.tree import MerkleTree
 from gateway.service.config import load_config
+from gateway.service.remediation import verify_urgent_claims
 from gateway.store.events import EventStore
 from gateway.views.cli._output import emit, fail, json_option, open_existing_db, refusals
 
@@ -383,6 +384,9 @@ def verify(db_path: Path, key_ref: str, *, quiet: bool, as_json: bool) -> None:
     their commitment) and for the urgent lane's records (recalls, offers, device reports, SBOM
     verdicts), checks that no stored record is missing from the log, rebuilds the roots, and
     checks every signed checkpoint's signature, root and consistency with the one before.
+    Then checks what each urgent-lane record claims (a device's installed / failed state, its
+    recall, manifest and time; a timeout; a recall's status; an SBOM verdict) against the stored
+    bytes behind its digest; offers are counted, their bytes are not kept.
     Exit 0: the log is intact; 1: the first mismatch is named.
     """
     try:
@@ -391,6 +395,9 @@ def verify(db_path: Path, key_ref: str, *, quiet: bool, as_json: bool) -> None:
         fail(f"cannot read the gateway public key {key_ref!r}: {err}")
     with refusals(as_json=as_json), open_existing_db(db_path) as db:
         report = verify_log(db, verifier, _progress(quiet or as_json))
+        # The log binds each urgent-lane record's digest; this binds what the record claims
+        # (state, device, recall, manifest, time) to the bytes behind that digest.
+        claims = verify_urgent_claims(db)
         emit(
             {
                 "ok": True,
@@ -403,6 +410,7 @@ def verify(db_path: Path, key_ref: str, *, quiet: bool, as_json: bool) -> None:
                 "checkpoints": report.checkpoints,
                 "pending_events": report.pending_events,
                 "root": _b64(report.root),
+                "urgent_claims": claims.to_json(),
             },
             as_json=as_json,
             text=(
@@ -410,7 +418,7 @@ def verify(db_path: Path, key_ref: str, *, quiet: bool, as_json: bool) -> None:
                 f"{report.erased_events} erased, {report.erasures} erasures, "
                 f"{report.urgent_records} urgent-lane records, {report.other_records} other), "
                 f"{report.checkpoints} checkpoints verified, "
-                f"{report.pending_events} events pending"
+                f"{report.pending_events} events pending\n{claims.summary()}"
             ),
         )
 
