@@ -13,6 +13,7 @@ from gateway.core.errors import MismatchError
 from gateway.core.recall import Recall
 from gateway.ledger.keys import GatewayKey
 from gateway.ledger.log import TransparencyLog, append_pending, erase_event, verify_log
+from gateway.service.claims import verify_urgent_claims
 from gateway.service.remediation import (
     RemediationTracker,
     Retry,
@@ -20,7 +21,6 @@ from gateway.service.remediation import (
     log_pending_records,
     record,
     sbom_verdict,
-    verify_urgent_claims,
 )
 from gateway.store.inventory import Inventory
 from gateway.store.manifests import ManifestStore, load_manifest_trust

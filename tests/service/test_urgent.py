@@ -30,8 +30,9 @@ from gateway.ledger.keys import GatewayKey
 from gateway.ledger.log import TransparencyLog
 from gateway.ledger.witness_client import WitnessClient, WitnessPool
 from gateway.service.batcher import Batcher
+from gateway.service.claims import verify_urgent_claims
 from gateway.service.outbox import Outbox
-from gateway.service.remediation import RecordLogger, RemediationTracker, verify_urgent_claims
+from gateway.service.remediation import RecordLogger, RemediationTracker
 from gateway.service.urgent import URGENT_CLIENT_ID, UrgentLane
 from gateway.store.db import Database
 from gateway.store.inventory import Inventory

@@ -18,8 +18,8 @@ from gateway.ledger.log import TransparencyLog, erase_event, verify_log
 from gateway.ledger.quorum import require_quorum
 from gateway.ledger.receipts import ReceiptInfo, issue_receipt, verify_receipt
 from gateway.ledger.tree import MerkleTree
+from gateway.service.claims import verify_urgent_claims
 from gateway.service.config import load_config
-from gateway.service.remediation import verify_urgent_claims
 from gateway.store.events import EventStore
 from gateway.views.cli._output import emit, fail, json_option, open_existing_db, refusals
 
