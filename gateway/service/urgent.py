@@ -728,7 +728,7 @@ class UrgentLane:
                 return
             assert isinstance(item, tuple)
             digest, sbom = item
-            # The same verdict `provgw log verify` re-checks (remediation.verify_urgent_claims).
+            # The same verdict `provgw log verify` re-checks (claims.verify_urgent_claims).
             state, detail = sbom_verdict(sbom)
             with contextlib.suppress(ProvenanceError):
                 record(
