@@ -38,6 +38,7 @@ _REPORT_STATES = ("failed", "installed")
 #: Why a record's claim cannot be recomputed from the store, per kind of record.
 _OFFER_NOT_KEPT = "offered (offer bytes not kept)"
 _RECALL_REPLACED = "recall (revision replaced, its bytes not kept)"
+_REMEDY_REVISED = "remediation by an earlier revision's remedy (that revision not kept)"
 _CLAIMS_CHUNK = 2000
 
 # One query per chunk of records: each record with the event its digest names, when it claims to
@@ -120,7 +121,7 @@ class _ClaimChecker:
         self.checked: dict[str, int] = {}
         self.erased = 0
         self.not_recomputable: dict[str, int] = {}
-        self._recalls: dict[str, tuple[bytes, str, bytes | None, int] | None] = {}
+        self._recalls: dict[str, tuple[bytes, str, bytes | None, int, int] | None] = {}
         self._sboms: dict[bytes, tuple[bytes, str] | str] = {}
 
     def check(self, claim: _Claim, event: Sequence[object]) -> None:
@@ -151,7 +152,7 @@ class _ClaimChecker:
     # Step 1 -----------------------------------------------------------------------------------
 
     def _report(self, claim: _Claim, event: Sequence[object]) -> bool:
-        """Check a report-derived record; False if the report was erased (unverifiable)."""
+        """Check a report-derived record; False if erased (unverifiable) or not recomputable."""
         e_id, e_type, e_received, e_raw, e_salt = event
         # (a) The digest names a stored event of this device (a state with no report behind it,
         # or a report moved to another device).
@@ -182,10 +183,15 @@ class _ClaimChecker:
             payload = decode_sign1(e_raw).payload
         except VerificationError:
             payload = b""
-        self._report_body(claim, e_id, e_received, payload)
+        if not self._report_body(claim, e_id, e_received, payload):
+            self.not_recomputable[_REMEDY_REVISED] = (
+                self.not_recomputable.get(_REMEDY_REVISED, 0) + 1
+            )
+            return False
         return True
 
-    def _report_body(self, claim: _Claim, e_id: object, received: object, payload: bytes) -> None:
+    def _report_body(self, claim: _Claim, e_id: object, received: object, payload: bytes) -> bool:
+        """Check the report's body against the record; False if the recall was revised since."""
         report = read_report((e_id, claim.device_id, received, payload, claim.digest))
         if report is None:
             raise _claim_mismatch(claim, f"event {e_id} does not read as a firmware report")
@@ -218,11 +224,16 @@ class _ClaimChecker:
             if held is None or not report_moves_recall(
                 report, claim.state, claim.recall_id, remedy
             ):
+                if held is not None and held[4] > 1 and report.trigger_ref != claim.recall_id:
+                    # Counted for the recall by the remedy of a revision since replaced (only
+                    # the latest revision is kept): the rule cannot be re-applied, not refuted.
+                    return False
                 raise _claim_mismatch(
                     claim,
                     f"the device's report (event {e_id}) does not remediate recall "
                     f"{claim.recall_id}",
                 )
+        return True
 
     def _whose_digest(self, claim: _Claim) -> str:
         # Error path only: a scan of the events for the digest, to name whose it is.
@@ -252,21 +263,23 @@ class _ClaimChecker:
 
     # Step 3 -----------------------------------------------------------------------------------
 
-    def _held_recall(self, recall_id: str) -> tuple[bytes, str, bytes | None, int] | None:
-        """(SHA-256 of the kept bytes, status, remedy manifest, received_ms) of a kept recall."""
+    def _held_recall(self, recall_id: str) -> tuple[bytes, str, bytes | None, int, int] | None:
+        """(SHA-256 of the kept bytes, status, remedy, received_ms, revision) of a kept recall."""
         if recall_id not in self._recalls:
             rows = self._db.query(
-                "SELECT raw, payload, received_ms FROM recalls WHERE recall_id = ?", (recall_id,)
+                "SELECT raw, payload, received_ms, revision FROM recalls WHERE recall_id = ?",
+                (recall_id,),
             )
             held = None
             if rows:
-                raw, payload, received_ms = rows[0]
+                raw, payload, received_ms, revision = rows[0]
                 fields = RecallFields.from_cbor(bytes(payload))
                 held = (
                     hashlib.sha256(bytes(raw)).digest(),
                     fields.status,
                     fields.remedy.manifest,
                     int(received_ms),
+                    int(revision),
                 )
             self._recalls[recall_id] = held
         return self._recalls[recall_id]
@@ -276,7 +289,7 @@ class _ClaimChecker:
         held = None if claim.recall_id is None else self._held_recall(claim.recall_id)
         if held is None:
             raise _claim_mismatch(claim, f"the gateway holds no recall {claim.recall_id}")
-        digest, status, remedy, received_ms = held
+        digest, status, remedy, received_ms, _ = held
         if digest != claim.digest:
             # A later revision replaced the kept bytes (RecallStore.accept keeps the latest).
             self.not_recomputable[_RECALL_REPLACED] = (

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.core.cbor import dumps
+from gateway.core.cbor import dumps, strict_loads
 from gateway.core.errors import MismatchError
 from gateway.core.recall import Recall
 from gateway.ledger.keys import GatewayKey
@@ -404,3 +404,39 @@ def test_a_recall_revision_replaced_since_is_counted_not_recomputable(db, tracke
     report = verify_urgent_claims(db)
     assert "recall/ongoing" not in report.checked
     assert report.not_recomputable["recall (revision replaced, its bytes not kept)"] == 1
+
+
+def _revise_recall_remedy(db, revision: int) -> None:
+    """The kept recall becomes a later revision whose remedy is another manifest."""
+    fields = dict(strict_loads(RECALL.fields.to_cbor()))
+    fields["revision"] = revision
+    fields["remedy"] = {**fields["remedy"], "manifest": b"\x09" * 32}
+    db.conn.execute(
+        "UPDATE recalls SET revision = ?, payload = ? WHERE recall_id = ?",
+        (revision, dumps(fields), RECALL.recall_id),
+    )
+
+
+@pytest.mark.parametrize(("revision", "flagged"), [(1, True), (2, False)])
+def test_an_install_counted_by_a_remedy_since_revised_is_not_recomputable(
+    db, tracker, revision, flagged
+):
+    # A routine install of the remedy (not naming the recall) counted for the recall. If the kept
+    # recall is a later revision with another remedy, the rule cannot be re-applied: counted, not
+    # called tampering. The same row under revision 1 (the remedy edited in place) is flagged.
+    tracker.mark_offered("Z-0412-2026", "pump-1", b"offer", manifest=REMEDY, at_ms=_ms(T0))
+    _report(db, "pump-1", "installed", trigger="routine", ref=None)
+    assert tracker.apply_reports() == 1
+    _revise_recall_remedy(db, revision)
+    if flagged:
+        with pytest.raises(MismatchError, match="does not remediate recall"):
+            verify_urgent_claims(db)
+    else:
+        report = verify_urgent_claims(db)
+        assert "remediation/installed" not in report.checked
+        assert (
+            report.not_recomputable[
+                "remediation by an earlier revision's remedy (that revision not kept)"
+            ]
+            == 1
+        )
