@@ -11,6 +11,8 @@ import os
 import queue
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ __all__ = [
     "Inbox",
     "ToyLog",
     "cose_signed",
+    "logged",
     "outside_vectors",
     "self_signed_credentials",
     "stored_count",
@@ -189,3 +192,17 @@ def cose_signed(payload: bytes) -> bytes:
     """*payload* as a device's COSE_Sign1 (a throwaway Ed25519 key, kid ``test``): what the events
     table keeps as ``raw``, for tests that store events without running the ingest pipeline."""
     return cose.sign1(payload, _TEST_DEVICE_KEY, kid=b"test")
+
+
+def logged(read: Callable[[], str], text: str, timeout: float = 5.0) -> bool:
+    """Whether *text* shows up in the log *read()* returns within *timeout* seconds.
+
+    A broker or gateway writes its log line a moment after the client has seen the event (a
+    refused handshake, a restart): reading the log once, at once, is a race.
+    """
+    deadline = time.monotonic() + timeout
+    while text not in read():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
