@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 from cryptography.x509 import load_pem_x509_certificates
 
-from gateway.core import cbor, cose
+from gateway.core import cose
 from gateway.core.events import DEPARTMENT_CLASSES, Event, parse_event
 from gateway.core.identity import kid_for
 
@@ -52,7 +52,7 @@ class SimDevice:
 
     def sign(self, event: Event, *, with_chain: bool = True) -> bytes:
         """Sign *event* as COSE_Sign1; the chain travels on first contact, the kid after."""
-        payload = cbor.dumps(event.to_cbor_map())
+        payload = event.to_cbor()
         return cose.sign1(payload, self.key, kid=self.kid, x5chain=self.chain if with_chain else ())
 
 

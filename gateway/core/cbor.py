@@ -29,7 +29,7 @@ import cbor2
 
 from gateway.core.errors import MalformedError
 
-__all__ = ["MAX_DEPTH", "dumps", "dumps_presorted", "strict_loads"]
+__all__ = ["MAX_DEPTH", "dumps", "strict_loads"]
 
 #: Deepest nesting of arrays, maps and tags accepted. COSE headers and our event payloads are a
 #: few levels deep; the bound stops stack exhaustion, not legitimate data.
@@ -102,27 +102,3 @@ def dumps(obj: Any) -> bytes:  # noqa: ANN401 -- any CBOR-encodable value
     same value always yields the same bytes and the same digest.
     """
     return cbor2.dumps(obj, canonical=True)
-
-
-# cbor2's default (non-canonical) mode writes every float as a float64: initial byte 0xfb.
-_FLOAT64_HEAD = b"\xfb"
-
-
-def dumps_presorted(obj: Any) -> bytes:  # noqa: ANN401 -- any CBOR-encodable value
-    """Return exactly :func:`dumps` of *obj*, for an *obj* whose maps are in canonical key order.
-
-    *obj* holds only maps, arrays (lists, tuples), text and byte strings, integers, floats,
-    booleans and None, and every map's keys are already in the order :func:`dumps` sorts them
-    into (RFC 8949 §4.2.3: shorter encoded key first, then bytewise). Sorting is most of the
-    cost of cbor2's canonical mode (an event: ~5 us against ~1.3 us); what deterministic
-    encoding asks beyond the order, preferred (shortest) integer and length heads and definite
-    lengths (RFC 8949 §4.2.1), cbor2 writes in either mode. Floats are the exception: the
-    default mode writes them all as float64, the canonical one in the shortest form that keeps
-    the value (§4.2.2). A float64 head byte anywhere in the output (a float, or merely a byte of
-    a digest) therefore sends *obj* through :func:`dumps`: correct whatever the bytes, and the
-    fast path for the float-free majority. A test pins the equality with :func:`dumps`.
-    """
-    data = cbor2.dumps(obj)
-    if _FLOAT64_HEAD in data:
-        return dumps(obj)
-    return data

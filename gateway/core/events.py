@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from typing import Any, Final
 
@@ -142,18 +142,10 @@ class _Field:
     required: bool = True
 
 
-def _canonical_order(name: str) -> tuple[int, bytes]:
-    # RFC 8949 §4.2.3 (the order cbor.dumps sorts map keys into): shorter encoded key first,
-    # then bytewise. All our keys are short text strings, so their heads are alike.
-    encoded = name.encode()
-    return len(encoded), encoded
-
-
 class _Table:
-    """The fields of one closed map, kept in canonical key order.
+    """The fields of one closed map.
 
-    The checked map is built in this order, so the verified event encodes deterministically
-    without a sort (:meth:`Event.to_cbor`). Per path the map is met at, the table keeps its
+    Per path the map is met at, the table keeps its
     ``(name, check, required, sub-path)`` plan: paths are fixed by the schema (list items add at
     most ``max_items`` of them), and formatting them per message was a third of the check time.
     """
@@ -161,12 +153,12 @@ class _Table:
     __slots__ = ("_plans", "fields", "names")
 
     def __init__(self, fields: Mapping[str, _Field]) -> None:
-        self.fields = dict(sorted(fields.items(), key=lambda item: _canonical_order(item[0])))
+        self.fields = dict(fields)
         self.names = self.fields.keys()
         self._plans: dict[str, tuple[tuple[str, Check, bool, str], ...]] = {}
 
     def plan(self, path: str) -> tuple[tuple[str, Check, bool, str], ...]:
-        """Return the fields' checks, in canonical order, with their paths below *path*."""
+        """Return the fields' checks with their paths below *path*."""
         plan = self._plans.get(path)
         if plan is None:
             plan = self._plans[path] = tuple(
@@ -177,10 +169,7 @@ class _Table:
 
 
 def _closed_map(path: str, value: object, table: _Table) -> dict[str, Any]:
-    """Check *value* is a map with exactly the known keys; return the checked values.
-
-    The result lists its keys in canonical order (:class:`_Table`), whatever order they came in.
-    """
+    """Check *value* is a map with exactly the known keys; return the checked values."""
     if not isinstance(value, dict):
         raise _fail(path, "must be a map")
     # Closed: an unknown key is an error, never ignored (smuggled fields, e.g. PHI; two readers
@@ -428,11 +417,9 @@ class Event:
     seq: int
     time_ms: int
     body: Mapping[str, Any]
-    #: Set by :func:`parse_event` only: every map of ``body`` is in canonical key order.
-    _presorted: bool = field(default=False, repr=False, compare=False, kw_only=True)
 
     def to_cbor_map(self) -> dict[str, Any]:
-        """Return the payload map this event is encoded as (top-level keys in canonical order)."""
+        """Return the payload map this event is encoded as."""
         return {
             "v": FORMAT_VERSION,
             "seq": self.seq,
@@ -445,22 +432,10 @@ class Event:
     def to_cbor(self) -> bytes:
         """Return the deterministic encoding of this event: ``cbor.dumps(self.to_cbor_map())``.
 
-        For an event from :func:`parse_event` every map is already in canonical key order
-        (:class:`_Table`), so cbor2 need not sort (:func:`~gateway.core.cbor.dumps_presorted`).
+        What a device signs. The gateway stores the payload bytes the device actually signed
+        (:attr:`~gateway.core.messages.VerifiedEvent.payload`), not this re-encoding.
         """
-        if not self._presorted:
-            return cbor.dumps(self.to_cbor_map())
-        # to_cbor_map() without its copy of the body: the encoder only reads it.
-        return cbor.dumps_presorted(
-            {
-                "v": FORMAT_VERSION,
-                "seq": self.seq,
-                "body": self.body,
-                "time": self.time_ms,
-                "type": self.type,
-                "device": self.device,
-            }
-        )
+        return cbor.dumps(self.to_cbor_map())
 
 
 def parse_event(payload: object) -> Event:
@@ -495,5 +470,4 @@ def parse_event(payload: object) -> Event:
         seq=top["seq"],
         time_ms=top["time"],
         body=body,
-        _presorted=True,  # every map was built by _closed_map
     )

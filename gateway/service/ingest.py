@@ -425,7 +425,7 @@ class IngestPipeline:
             site=topic.site,
             topic=delivery.topic,
             raw=delivery.payload,
-            payload=event.to_cbor(),
+            payload=verified.payload,
         )
 
 

@@ -66,7 +66,12 @@ _SELECT_QUARANTINE = (
 
 @dataclass(frozen=True)
 class EventRecord:
-    """A verified device event, ready to store: ``raw`` is the exact signed COSE bytes received."""
+    """A verified device event, ready to store: ``raw`` is the exact signed COSE bytes received.
+
+    ``payload`` is the COSE payload of ``raw`` as signed (the event's CBOR, schema-checked): a
+    copy kept for the readers that need only the event (inventory, urgent lane, web UI); what
+    the log commits to and the audits check is ``raw``.
+    """
 
     device_id: str
     seq: int

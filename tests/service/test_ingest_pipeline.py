@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from device_sim.events import SimDevice, make_event
+from gateway.core import cbor, cose
 from gateway.core.errors import UnavailableError
 from gateway.ingest.topics import event_topic
 from gateway.service.ingest import Delivery, IngestPipeline
@@ -92,6 +93,33 @@ def test_a_failed_commit_acknowledges_nothing_and_the_retry_stores_the_batch(sit
         outcome = pipeline.process(batch)
         assert (outcome.stored, acked) == (2, [1, 2])
         assert DeviceStore(db).get(device_id) is not None
+
+
+def test_the_stored_payload_is_the_payload_the_device_signed_byte_for_byte(site, gateway_site):
+    # Valid CBOR in a non-deterministic form (keys reversed at the top level): the store keeps
+    # what was signed, a part of the raw message, not a re-encoding of the checked event.
+    trust, device_id, message, path = site
+    sim = SimDevice.load(gateway_site.pki, device_id)
+    event = make_event(
+        device_id, "custody", 2, int(time.time() * 1000), random.Random(1), today=TODAY
+    )
+    signed = cbor.dumps(event.to_cbor_map())
+    reversed_keys = _reversed_keys_cbor(event.to_cbor_map())
+    assert reversed_keys != signed  # the test would prove nothing otherwise
+    raw = cose.sign1(reversed_keys, sim.key, kid=sim.kid)
+    topic = event_topic("icu", device_id, "custody")
+    with Database(path) as db:
+        pipeline = IngestPipeline(db, trust, ack=_no_ack)
+        pipeline.process([message(1, with_chain=True), Delivery(topic, raw, 9, 1, 0)])
+        stored = EventStore(db).get(device_id, 2)
+    assert stored is not None
+    assert stored.payload == reversed_keys == cose.decode_sign1(stored.raw).payload
+
+
+def _reversed_keys_cbor(item: dict[str, object]) -> bytes:
+    """*item*'s CBOR with its top-level keys in reverse deterministic order."""
+    head = bytes([0xA0 | len(item)])
+    return head + b"".join(cbor.dumps(k) + cbor.dumps(v) for k, v in reversed(item.items()))
 
 
 def test_a_redelivered_batch_is_stored_once_and_counted_as_duplicates(site):

@@ -363,7 +363,7 @@ def test_a_tampered_urgent_record_is_named_though_the_log_verifies(db, tracker, 
 
 
 def test_a_failure_shown_as_installed_in_the_record_and_the_stored_payload_is_named(db, tracker):
-    # The payload column is the gateway's re-encoding, not what the device signed: an insider who
+    # The payload column is a copy of what the device signed, not signed itself: an insider who
     # edits it together with the record must still be caught by the signed bytes (raw).
     _urgent_lane(db, tracker)
     row_id = _row_id(db, "remediation", "failed", "pump-2")
