@@ -145,9 +145,9 @@ class _Field:
 class _Table:
     """The fields of one closed map.
 
-    Per path the map is met at, the table keeps its
-    ``(name, check, required, sub-path)`` plan: paths are fixed by the schema (list items add at
-    most ``max_items`` of them), and formatting them per message was a third of the check time.
+    Per path the map is met at, the table keeps its ``(name, check, required, sub-path)`` plan:
+    paths are fixed by the schema (list items add at most ``max_items`` of them), and formatting
+    them per message was a third of the check time.
     """
 
     __slots__ = ("_plans", "fields", "names")
