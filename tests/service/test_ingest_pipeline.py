@@ -103,7 +103,7 @@ def test_the_stored_payload_is_the_payload_the_device_signed_byte_for_byte(site,
     event = make_event(
         device_id, "custody", 2, int(time.time() * 1000), random.Random(1), today=TODAY
     )
-    signed = cbor.dumps(event.to_cbor_map())
+    signed = event.to_cbor()
     reversed_keys = _reversed_keys_cbor(event.to_cbor_map())
     assert reversed_keys != signed  # the test would prove nothing otherwise
     raw = cose.sign1(reversed_keys, sim.key, kid=sim.kid)
