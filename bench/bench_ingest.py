@@ -20,11 +20,13 @@ broker); then a paced phase at a rate every consumer sustains, for latency witho
 new rows and matches each row's SHA-256 digest to the time the publisher sent those bytes. So
 latency is publish -> visible after COMMIT, measured the same way for all three.
 
-Memory, peak while saturated, summed over the consumer's process tree (the gateway's supervisor,
-receiver, verifiers, multiprocessing's resource tracker): RSS (VmRSS: counts every shared page --
-libcrypto, libpython, ... -- once per process), PSS (``/proc/PID/smaps_rollup`` Pss: each shared
-page split among the processes sharing it: what the tree costs the machine) and USS (private
-pages only). Everything, publisher and broker included, shares this machine's cores.
+Memory, peak over one more saturated slice (not one of the rate slices: sampling costs the
+observer CPU in proportion to the consumer's processes), summed over the consumer's process tree
+(the gateway's supervisor, receiver, verifiers, multiprocessing's resource tracker): RSS (VmRSS:
+counts every shared page -- libcrypto, libpython, ... -- once per process), PSS
+(``/proc/PID/smaps_rollup`` Pss: each shared page split among the processes sharing it: what the
+tree costs the machine) and USS (private pages only). Everything, publisher and broker included,
+shares this machine's cores.
 """
 
 from __future__ import annotations
@@ -107,16 +109,19 @@ def _msg(index: int, record: DeviceRecord, sim: SimDevice, seq: int, rng: random
 
 @dataclass(frozen=True)
 class Workload:
-    """Pre-signed messages: enrolment (seq 1, with chain), throughput slices, paced phase."""
+    """Pre-signed messages: enrolment (seq 1, with chain), throughput slices, a saturated slice
+    for memory, paced phase."""
 
     enrol: list[Msg]
     slices: list[list[Msg]]
+    memory: list[Msg]
     paced: list[Msg]
     paced_rate: float
 
     @property
     def size(self) -> int:
-        return len(self.enrol) + sum(map(len, self.slices)) + len(self.paced)
+        parts = (self.enrol, *self.slices, self.memory, self.paced)
+        return sum(map(len, parts))
 
 
 def presign(pki: Path, records: list[DeviceRecord], plan: Plan) -> Workload:
@@ -139,8 +144,9 @@ def presign(pki: Path, records: list[DeviceRecord], plan: Plan) -> Workload:
         return out
 
     slices = [take(plan.per_slice) for _ in range(plan.slices)]
+    memory = take(plan.per_slice)
     paced = take(int(plan.paced_rate * plan.paced_s))
-    return Workload(enrol, slices, paced, plan.paced_rate)
+    return Workload(enrol, slices, memory, paced, plan.paced_rate)
 
 
 # --- watching the consumer -----------------------------------------------------------------------
@@ -268,8 +274,8 @@ class Observer:
                     sample = memory(self.pid)
                     if sample.pss > self.peak.pss:
                         self.peak = sample
-                    # 4 Hz: reading smaps_rollup costs ~0.3 ms a process, charged to this
-                    # process (the publisher); more often it would tax a many-process consumer.
+                    # 4 Hz: reading smaps_rollup costs ~0.75 ms a process under load (4.5 ms
+                    # for the gateway's six), charged to this process (the publisher).
                     next_rss = now + 0.25
         finally:
             conn.close()
@@ -451,7 +457,6 @@ def measure(
     observer.start()
     try:
         publish(pool, observer, work.enrol)
-        observer.measuring_rss = True
         rates, saturated = [], []
         # CPU of every process of the consumer's tree, of the broker and of this process (the
         # publisher, with the observer thread: a few % of it) over the saturated slices.
@@ -481,6 +486,11 @@ def measure(
                     f"      {who[0]} (pid {pid}): {seconds / events * 1e6:.0f} us",
                     file=sys.stderr,
                 )
+        # Memory over a saturated slice of its own: reading smaps_rollup costs ~0.75 ms of this
+        # process's CPU per consumer process (4.5 ms a sample for the gateway's six, measured),
+        # which would otherwise tax the rates above the more processes a consumer has.
+        observer.measuring_rss = True
+        publish(pool, observer, work.memory)
         observer.measuring_rss = False
         publish(pool, observer, work.paced, rate=work.paced_rate)
         paced = latencies_ms(observer, work.paced)

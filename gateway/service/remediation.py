@@ -336,11 +336,12 @@ class RemediationTracker:
                     report = read_report(tuple(row))
                     if report is not None:
                         moved += self._apply(report)
-                conn.execute(
-                    "INSERT INTO remediation_cursor (id, last_event) VALUES (1, ?)"
-                    " ON CONFLICT (id) DO UPDATE SET last_event = excluded.last_event",
-                    (last,),
-                )
+                if rows:  # nothing read: no write (see Inventory.apply_firmware_events)
+                    conn.execute(
+                        "INSERT INTO remediation_cursor (id, last_event) VALUES (1, ?)"
+                        " ON CONFLICT (id) DO UPDATE SET last_event = excluded.last_event",
+                        (last,),
+                    )
             if len(rows) < _EVENT_CHUNK:
                 return moved
 

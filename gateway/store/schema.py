@@ -392,3 +392,17 @@ def _offers_awaiting_a_report(conn: sqlite3.Connection) -> None:
     conn.execute(
         "CREATE INDEX recall_impacts_offered ON recall_impacts (offered_ms) WHERE state = 'offered'"
     )
+
+
+@migration("0013_firmware_reports")
+def _firmware_reports(conn: sqlite3.Connection) -> None:
+    # Every tick (0.25 s) the urgent lane reads the firmware_update reports stored since its
+    # cursors (gateway.store.inventory, gateway.service.remediation). Without this index that
+    # read every event since the cursor, to look at its type: with 10 % firmware reports, nine
+    # rows read for each one wanted, twice a tick. With it only the reports are read: the lane's
+    # CPU per ingested event 4 -> 3 us at ~10,000 events/s (bench.ab_ingest, two runs; the rest
+    # is applying the reports). Partial, so the other 90 % of inserts do not touch it; the
+    # queries repeat its WHERE term, which is what lets SQLite use it.
+    conn.execute(
+        "CREATE INDEX events_firmware_reports ON events (id) WHERE type = 'firmware_update'"
+    )

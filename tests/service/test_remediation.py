@@ -214,6 +214,23 @@ def test_applying_a_report_looks_up_the_devices_recalls_by_index_not_by_scan(db,
     assert not [(sql, plan) for sql, plan in plans if "SCAN recall_impacts" in plan]
 
 
+def test_the_reports_are_read_by_index_and_an_idle_tick_writes_nothing(db, tracker):
+    # Every tick the lane reads the firmware reports since its two cursors (the inventory's
+    # and its own). Reading every event since a cursor to look at its type was nine routine
+    # rows for each report with the fleet's mix, at the rate ingest stores them.
+    tracker.mark_offered("Z-0412-2026", "pump-1", b"offer", manifest=REMEDY, at_ms=_ms(T0))
+    _report(db, "pump-1", "installed")
+    plans = _read_plans(db, tracker.apply_reports)
+    event_reads = [(sql, plan) for sql, plan in plans if "FROM events" in sql]
+    assert len(event_reads) >= 2  # at least one read per cursor
+    assert all("USING INDEX events_firmware_reports" in plan for _, plan in event_reads)
+    assert _state(db, "pump-1").state == "installed"
+    # A tick with no new report writes nothing: no WAL frame, no cursor row rewritten.
+    changes = db.conn.total_changes
+    assert tracker.apply_reports() == 0
+    assert db.conn.total_changes == changes
+
+
 def test_the_timeout_check_reads_only_offers_old_enough_to_be_due(db, tracker):
     # Every tick (0.25 s) the lane asks which offers timed out; with 20,000 fresh offers of a
     # campaign, reading them all cost 16.6 ms a tick (measured). Only offers sent at least one
