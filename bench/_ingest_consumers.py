@@ -106,7 +106,6 @@ def _naive_store(db_path: Path, trust_dir: Path) -> Callable[[list[Delivery]], N
                     site=where.site,
                     topic=topic,
                     raw=payload,
-                    payload=verified.payload,
                 )
             )
         events.insert_batch(records, refused)

@@ -23,7 +23,7 @@ def _batch_writer(store: EventStore, size: int) -> Callable[[], object]:
             seq = next(seqs)
             records.append(
                 EventRecord(
-                    "pump-1", seq, "maintenance", 0, 0, "site-a", "t", RAW + seq.to_bytes(8), b"p"
+                    "pump-1", seq, "maintenance", 0, 0, "site-a", "t", RAW + seq.to_bytes(8)
                 )
             )
         return store.insert_batch(records)
@@ -40,9 +40,7 @@ def _redelivery_rows_per_s(folder: Path, size: int, calls: int) -> float:
     with Database(folder / "redelivery.sqlite3") as db:
         store = EventStore(db)
         batch = [
-            EventRecord(
-                "pump-1", s, "maintenance", 0, 0, "site-a", "t", RAW + bytes([s % 256]), b"p"
-            )
+            EventRecord("pump-1", s, "maintenance", 0, 0, "site-a", "t", RAW + bytes([s % 256]))
             for s in range(size)
         ]
         store.insert_batch(batch)

@@ -46,7 +46,7 @@ class VerifiedEvent:
     identity: DeviceIdentity
     raw: bytes
     #: The COSE payload exactly as the device signed it (a part of ``raw``): the event's CBOR,
-    #: which passed the closed schema. What the store keeps as the event's ``payload``.
+    #: which passed the closed schema.
     payload: bytes
     rotated_to: DeviceIdentity | None = None  # set for a key_rotation event
 

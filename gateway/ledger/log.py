@@ -583,7 +583,7 @@ def erase_event(db: Database, event_id: int, reason: str, now: datetime) -> Eras
             raise PolicyError(f"Event {event_id} is already erased.", reason="already-erased")
         # Step 3 — shred.
         conn.execute(
-            "UPDATE events SET salt = NULL, raw = x'', payload = x'' WHERE id = ?",
+            "UPDATE events SET salt = NULL, raw = x'' WHERE id = ?",
             (event_id,),
         )
         # Step 4 — log the erasure itself.

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.core.cose import decode_sign1
 from gateway.core.errors import MismatchError, VerificationError
 from gateway.core.manifest import unsafe_read_manifest
 from gateway.core.recall import RecallFields
@@ -27,6 +26,7 @@ from gateway.service.remediation import (
     unreachable_digest,
 )
 from gateway.store.db import Database
+from gateway.store.events import signed_payload
 from gateway.store.manifests import ManifestStore
 from gateway.store.offers import campaign_id
 
@@ -175,15 +175,10 @@ class _ClaimChecker:
             # result cannot be re-read; the digest and time above are all that is left.
             self.erased += 1
             return False
-        # The body is read from the device's signed bytes (whose SHA-256 is the digest, checked by
-        # verify_log), not from the stored payload column: an edited payload plus an edited record
-        # would otherwise agree with each other.
+        # The body is read from the device's signed bytes, whose SHA-256 is the digest that
+        # verify_log checks (the store keeps no other copy of the payload since migration 0014).
         assert isinstance(e_raw, bytes)
-        try:
-            payload = decode_sign1(e_raw).payload
-        except VerificationError:
-            payload = b""
-        if not self._report_body(claim, e_id, e_received, payload):
+        if not self._report_body(claim, e_id, e_received, signed_payload(e_raw)):
             self.not_recomputable[_REMEDY_REVISED] = (
                 self.not_recomputable.get(_REMEDY_REVISED, 0) + 1
             )

@@ -425,7 +425,6 @@ class IngestPipeline:
             site=topic.site,
             topic=delivery.topic,
             raw=delivery.payload,
-            payload=verified.payload,
         )
 
 

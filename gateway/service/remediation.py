@@ -48,6 +48,7 @@ from gateway.core.sbom import check_sbom
 from gateway.ledger.commitments import URGENT_LOG_KINDS
 from gateway.ledger.log import TransparencyLog
 from gateway.store.db import Database
+from gateway.store.events import signed_payload
 from gateway.store.inventory import Inventory
 from gateway.store.manifests import ManifestStore
 from gateway.store.offers import ManifestOffers, campaign_id, campaign_manifest
@@ -327,13 +328,15 @@ class RemediationTracker:
                 ).fetchone()
                 last = int(row[0]) if row else 0
                 rows = conn.execute(
-                    "SELECT id, device_id, received_ms, payload, digest FROM events"
+                    "SELECT id, device_id, received_ms, raw, digest FROM events"
                     " WHERE id > ? AND type = 'firmware_update' ORDER BY id LIMIT ?",
                     (last, _EVENT_CHUNK),
                 ).fetchall()
-                for row in rows:
-                    last = int(row[0])
-                    report = read_report(tuple(row))
+                for event_id, device_id, received_ms, raw, digest in rows:
+                    last = int(event_id)
+                    report = read_report(
+                        (event_id, device_id, received_ms, signed_payload(raw), digest)
+                    )
                     if report is not None:
                         moved += self._apply(report)
                 if rows:  # nothing read: no write (see Inventory.apply_firmware_events)

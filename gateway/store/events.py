@@ -30,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.core.cose import decode_sign1
 from gateway.core.errors import VerificationError
 from gateway.store.db import Database
 
@@ -40,6 +41,7 @@ __all__ = [
     "QuarantineRecord",
     "QuarantinedRow",
     "StoredEvent",
+    "signed_payload",
 ]
 
 #: Reason token for a (device, seq) reused with other bytes; matches ``ReplayError``.
@@ -53,11 +55,11 @@ _LOOKUP_CHUNK = 400
 
 _SELECT_EVENTS = (
     "SELECT id, device_id, seq, type, event_time_ms, received_ms, site, topic, raw, digest,"
-    " payload, salt FROM events"
+    " salt FROM events"
 )
 _INSERT_EVENT = (
     "INSERT INTO events (id, device_id, seq, type, event_time_ms, received_ms, site, topic, raw,"
-    " digest, payload, salt) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    " digest, salt) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 )
 _SELECT_QUARANTINE = (
     "SELECT id, received_ms, topic, raw, reason, detail, device_hint FROM quarantine"
@@ -68,9 +70,10 @@ _SELECT_QUARANTINE = (
 class EventRecord:
     """A verified device event, ready to store: ``raw`` is the exact signed COSE bytes received.
 
-    ``payload`` is the COSE payload of ``raw`` as signed (the event's CBOR, schema-checked): a
-    copy kept for the readers that need only the event (inventory, urgent lane, web UI); what
-    the log commits to and the audits check is ``raw``.
+    ``raw`` is the only copy of the event: readers that need the event itself take its payload
+    from it (:func:`signed_payload`), so what they read is what the device signed and what the
+    log commits to. (Until migration 0014 a copy of the payload had a column of its own: ~30 % of
+    a row, and an unsigned copy an insider could edit apart from the signed bytes.)
     """
 
     device_id: str
@@ -81,7 +84,6 @@ class EventRecord:
     site: str
     topic: str
     raw: bytes
-    payload: bytes
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,27 @@ class StoredEvent:
     topic: str
     raw: bytes
     digest: bytes
-    payload: bytes
     salt: bytes | None
+
+    @property
+    def payload(self) -> bytes:
+        """The event's CBOR as the device signed it (``raw``'s payload); ``b""`` once erased."""
+        return signed_payload(self.raw)
+
+
+def signed_payload(raw: bytes) -> bytes:
+    """Return the COSE payload of a stored event's *raw* bytes, or ``b""`` if there is none.
+
+    Every stored ``raw`` passed the device checks on ingest; an erased event's is empty
+    (``gateway.ledger.log.erase_event``), and a row that does not read as a COSE_Sign1 message
+    is read as no payload, never guessed at: callers treat ``b""`` as "nothing to read".
+    """
+    if not raw:
+        return b""
+    try:
+        return decode_sign1(bytes(raw)).payload
+    except VerificationError:
+        return b""
 
 
 @dataclass(frozen=True)
@@ -236,7 +257,6 @@ class EventStore:
                         r.topic,
                         r.raw,
                         digest,
-                        r.payload,
                         salts[i * _SALT_BYTES : (i + 1) * _SALT_BYTES],
                     )
                     for i, (row_id, (r, digest)) in enumerate(zip(ids, new, strict=True))

@@ -33,6 +33,7 @@ from gateway.core.recall import DeviceFacts, range_key
 from gateway.core.semver import Version
 from gateway.core.udi import Udi
 from gateway.store.db import Database
+from gateway.store.events import signed_payload
 
 __all__ = ["ImportResult", "Inventory", "InventoryRow"]
 
@@ -265,15 +266,15 @@ class Inventory:
             start = last = int(row[0]) if row else 0
             while True:
                 events = conn.execute(
-                    "SELECT id, device_id, seq, received_ms, payload FROM events"
+                    "SELECT id, device_id, seq, received_ms, raw FROM events"
                     " WHERE id > ? AND type = 'firmware_update' ORDER BY id LIMIT ?",
                     (last, _EVENT_CHUNK),
                 ).fetchall()
                 if not events:
                     break
-                for event_id, device_id, seq, received_ms, payload in events:
+                for event_id, device_id, seq, received_ms, raw in events:
                     last = int(event_id)
-                    version = _installed_version(bytes(payload))
+                    version = _installed_version(signed_payload(raw))
                     if version is None:
                         continue
                     applied += conn.execute(

@@ -21,7 +21,7 @@ ORIGIN = "provgw.test/log"
 
 def _records(start: int, count: int, device: str = "dev-1") -> list[EventRecord]:
     return [
-        EventRecord(device, seq, "maintenance", 0, 0, "site-a", "t", b"signed-%d" % seq, b"payload")
+        EventRecord(device, seq, "maintenance", 0, 0, "site-a", "t", b"signed-%d" % seq)
         for seq in range(start, start + count)
     ]
 

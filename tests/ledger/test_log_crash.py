@@ -37,7 +37,7 @@ seq = db.query("SELECT coalesce(max(seq) + 1, 0) FROM events")[0][0]
 while True:
     n = rng.randint(1, 300)
     store.insert_batch([
-        EventRecord("pump-7", s, "maintenance", 0, 0, "site-a", "t", b"evt-%d" % s, b"p")
+        EventRecord("pump-7", s, "maintenance", 0, 0, "site-a", "t", b"evt-%d" % s)
         for s in range(seq, seq + n)
     ])
     seq += n

@@ -60,7 +60,6 @@ def test_no_leaf_checkpoint_note_or_receipt_contains_a_fleet_identifier(db):
                     site,
                     f"provgw/v1/{site}/dev/{device}/evt/maintenance",
                     body,
-                    body,
                 )
             )
     store.insert_batch(records)

@@ -43,7 +43,7 @@ def log(db, key):
     store = EventStore(db)
     store.insert_batch(
         [
-            EventRecord("dev-1", seq, "custody", 0, 0, "site-a", "t", b"msg-%d" % seq, b"p")
+            EventRecord("dev-1", seq, "custody", 0, 0, "site-a", "t", b"msg-%d" % seq)
             for seq in range(13)
         ]
     )
@@ -216,7 +216,7 @@ def test_a_forged_cosignature_makes_the_receipt_fail(log, key):
 
 def test_receipts_prefer_the_strongest_covering_checkpoint(log, key):
     EventStore(log.db).insert_batch(
-        [EventRecord("dev-2", 0, "custody", 0, 0, "site-a", "t", b"late", b"p")]
+        [EventRecord("dev-2", 0, "custody", 0, 0, "site-a", "t", b"late")]
     )
     log.append_pending()
     log.seal(NOW)
@@ -231,7 +231,7 @@ def test_no_receipt_before_logging_or_sealing_and_none_for_erased_records(log, k
     with pytest.raises(MalformedError):
         issue_receipt(log, key, 999)
     EventStore(log.db).insert_batch(
-        [EventRecord("dev-2", 0, "custody", 0, 0, "site-a", "t", b"late", b"p")]
+        [EventRecord("dev-2", 0, "custody", 0, 0, "site-a", "t", b"late")]
     )
     log.append_pending()
     with pytest.raises(UnavailableError):

@@ -16,7 +16,7 @@ from gateway.store.events import EventRecord, EventStore
 def _store(db, start: int, count: int) -> None:
     EventStore(db).insert_batch(
         [
-            EventRecord("dev-1", seq, "custody", 0, 0, "site-a", "t", b"m-%d" % seq, b"p")
+            EventRecord("dev-1", seq, "custody", 0, 0, "site-a", "t", b"m-%d" % seq)
             for seq in range(start, start + count)
         ]
     )

@@ -80,7 +80,7 @@ def setup(tmp_path):
         log = TransparencyLog(db, key.signer)
         EventStore(db).insert_batch(
             [
-                EventRecord("dev-1", seq, "custody", 0, 0, "s", "t", b"m-%d" % seq, b"p")
+                EventRecord("dev-1", seq, "custody", 0, 0, "s", "t", b"m-%d" % seq)
                 for seq in range(2)
             ]
         )
@@ -91,7 +91,7 @@ def setup(tmp_path):
 def _seal_one(log: TransparencyLog) -> note.SignedCheckpoint:
     store = EventStore(log.db)
     store.insert_batch(
-        [EventRecord("dev-2", log.size(), "custody", 0, 0, "s", "t", b"x-%d" % log.size(), b"p")]
+        [EventRecord("dev-2", log.size(), "custody", 0, 0, "s", "t", b"x-%d" % log.size())]
     )
     log.append_pending()
     signed = log.seal(NOW)

@@ -87,9 +87,8 @@ def _report(db, device, result, *, trigger="recall", ref="Z-0412-2026", manifest
     with db.atomic() as conn:
         conn.execute(
             "INSERT INTO events (device_id, seq, type, event_time_ms, received_ms, site, topic,"
-            " raw, digest, payload, salt) VALUES (?, ?, 'firmware_update', 1, ?, 's', 't', ?, ?,"
-            " ?, ?)",
-            (device, seq, _ms(T0) + seq, raw, hashlib.sha256(raw).digest(), payload, b"\0" * 32),
+            " raw, digest, salt) VALUES (?, ?, 'firmware_update', 1, ?, 's', 't', ?, ?, ?)",
+            (device, seq, _ms(T0) + seq, raw, hashlib.sha256(raw).digest(), b"\0" * 32),
         )
 
 
@@ -379,22 +378,22 @@ def test_a_tampered_urgent_record_is_named_though_the_log_verifies(db, tracker, 
     assert says in caught.value.message
 
 
-def test_a_failure_shown_as_installed_in_the_record_and_the_stored_payload_is_named(db, tracker):
-    # The payload column is a copy of what the device signed, not signed itself: an insider who
-    # edits it together with the record must still be caught by the signed bytes (raw).
+def test_a_failure_shown_as_installed_in_the_record_and_in_the_stored_bytes_fails_the_log(
+    db, tracker
+):
+    # The store keeps no unsigned copy of a report to edit along with the record (migration
+    # 0014): an insider must edit the signed bytes themselves, and the log catches that.
     _urgent_lane(db, tracker)
     row_id = _row_id(db, "remediation", "failed", "pump-2")
     db.conn.execute(f"UPDATE urgent_records SET {TAMPERING['failure detail rewritten'][1]},"  # noqa: S608 -- fixed test text
                     " state = 'installed' WHERE id = ?", (row_id,))  # fmt: skip
-    payload = db.query("SELECT payload FROM events WHERE device_id = 'pump-2'")[0][0]
-    edited = bytes(payload).replace(b"failed", b"instal")  # same length: a valid CBOR text
-    assert edited != bytes(payload)
-    db.conn.execute("UPDATE events SET payload = ? WHERE device_id = 'pump-2'", (edited,))
     key = _log_everything(db)
-    verify_log(db, key.verifier)  # raw, digest and salt are untouched
-    with pytest.raises(MismatchError) as caught:
-        verify_urgent_claims(db)
-    assert "reported 'failed'" in caught.value.message
+    raw = bytes(db.query("SELECT raw FROM events WHERE device_id = 'pump-2'")[0][0])
+    edited = raw.replace(b"failed", b"instal")  # same length: still a well-formed message
+    assert edited != raw
+    db.conn.execute("UPDATE events SET raw = ? WHERE device_id = 'pump-2'", (edited,))
+    with pytest.raises(MismatchError):
+        verify_log(db, key.verifier)
 
 
 def test_a_record_whose_report_was_erased_counts_as_unverifiable_not_failed(db, tracker):

@@ -121,7 +121,7 @@ def test_revocation_keeps_the_first_time_and_blocks_reenrolment_and_rotation(dev
 def test_device_enrolled_after_its_events_starts_from_the_highest_stored_seq(db, devices):
     EventStore(db).insert_batch(
         [
-            EventRecord("pump-1", seq, "custody", 0, 0, "site-a", "t", f"r{seq}".encode(), b"p")
+            EventRecord("pump-1", seq, "custody", 0, 0, "site-a", "t", f"r{seq}".encode())
             for seq in (3, 11, 4)
         ]
     )

@@ -26,7 +26,7 @@ batch = 0
 while True:
     records = [
         EventRecord("pump-1", batch * {BATCH} + i, "maintenance", 0, 0, "site-a", "t",
-                    b"event-%d" % (batch * {BATCH} + i) + b"." * 400, b"payload")
+                    b"event-%d" % (batch * {BATCH} + i) + b"." * 400)
         for i in range({BATCH})
     ]
     result = store.insert_batch(records)
@@ -46,7 +46,6 @@ def _records(batches: int) -> list[EventRecord]:
             "site-a",
             "t",
             b"event-%d" % seq + b"." * 400,
-            b"payload",
         )
         for seq in range(batches * BATCH)
     ]

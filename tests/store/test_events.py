@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from gateway.core.errors import SignatureError
 from gateway.store.db import Database
 from gateway.store.devices import DeviceStore
-from gateway.store.events import EventRecord, EventStore, QuarantineRecord
+from gateway.store.events import EventRecord, EventStore, QuarantineRecord, signed_payload
+from tests._helpers import cose_signed
 
 
 def record(device: str = "pump-1", seq: int = 0, raw: bytes | None = None) -> EventRecord:
@@ -24,8 +25,7 @@ def record(device: str = "pump-1", seq: int = 0, raw: bytes | None = None) -> Ev
         received_ms=1_700_000_000_500 + seq,
         site="site-a",
         topic=f"provgw/v1/site-a/dev/{device}/evt/maintenance",
-        raw=raw if raw is not None else f"cose:{device}:{seq}".encode(),
-        payload=f"cbor:{device}:{seq}".encode(),
+        raw=raw if raw is not None else cose_signed(f"cbor:{device}:{seq}".encode()),
     )
 
 
@@ -55,14 +55,23 @@ def test_batch_insert_stores_every_record_with_its_row_id(store):
     for row_id, rec in zip(result.stored, batch, strict=True):
         stored = store.by_id(row_id)
         assert stored is not None
-        assert (stored.device_id, stored.seq, stored.raw, stored.payload) == (
-            rec.device_id,
-            rec.seq,
-            rec.raw,
-            rec.payload,
-        )
+        assert (stored.device_id, stored.seq, stored.raw) == (rec.device_id, rec.seq, rec.raw)
+        assert stored.payload == f"cbor:{rec.device_id}:{rec.seq}".encode()  # read from raw
         assert (stored.type, stored.site, stored.topic) == (rec.type, rec.site, rec.topic)
         assert (stored.event_time_ms, stored.received_ms) == (rec.event_time_ms, rec.received_ms)
+
+
+def test_the_payload_is_read_from_the_signed_bytes_and_an_erased_row_has_none(store, db):
+    # The store keeps one copy of an event, the COSE bytes received: what readers get as its
+    # payload is what the device signed, so no unsigned copy can disagree with the log's digest.
+    signed = cose_signed(b"\xa1\x61v\x01")
+    stored_id = store.insert_batch([record(raw=signed)]).stored[0]
+    assert "payload" not in {row[1] for row in db.conn.execute("PRAGMA table_info(events)")}
+    assert store.by_id(stored_id).payload == b"\xa1\x61v\x01"
+    db.conn.execute("UPDATE events SET raw = x'' WHERE id = ?", (stored_id,))  # as erasure does
+    assert store.by_id(stored_id).payload == b""
+    assert signed_payload(b"not a COSE message") == b""
+    assert signed_payload(signed[:-1]) == b""  # truncated: no payload, never a guess
 
 
 def test_row_ids_keep_growing_across_batches(store):

@@ -21,6 +21,7 @@ PINNED = {
         "QuarantineRecord",
         "QuarantinedRow",
         "StoredEvent",
+        "signed_payload",
     ],
     schema: [],
 }

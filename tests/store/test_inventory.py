@@ -10,6 +10,7 @@ from gateway.core.errors import MalformedError
 from gateway.core.manifest import class_id, vendor_id
 from gateway.store.events import EventRecord, EventStore
 from gateway.store.inventory import Inventory
+from tests._helpers import cose_signed
 
 NOW = datetime(2026, 2, 1, tzinfo=UTC)
 GTIN = "00850034100319"
@@ -51,7 +52,8 @@ def _firmware_event(device_id: str, seq: int, to_version: str, result: str = "in
             "body": body,
         }
     )
-    return EventRecord(device_id, seq, "firmware_update", 1, 1000 + seq, "s", "t", payload, payload)
+    raw = cose_signed(payload)
+    return EventRecord(device_id, seq, "firmware_update", 1, 1000 + seq, "s", "t", raw)
 
 
 def test_devices_json_rows_become_inventory_rows_with_vendor_and_class_ids(db, tmp_path):

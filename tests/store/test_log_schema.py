@@ -49,7 +49,7 @@ def file_at_log_0102(tmp_path, monkeypatch):
         events = EventStore(old)
         for seq in range(3):
             events.insert_batch(
-                [EventRecord("dev-1", seq, "custody", 0, 0, "s", "t", b"m-%d" % seq, b"p")]
+                [EventRecord("dev-1", seq, "custody", 0, 0, "s", "t", b"m-%d" % seq)]
             )
             log.append_pending()
             log.seal(NOW)

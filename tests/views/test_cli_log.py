@@ -37,7 +37,7 @@ def gateway(tmp_path):
     with Database(db_path) as db:
         EventStore(db).insert_batch(
             [
-                EventRecord("dev-1", seq, "custody", 0, 0, "site-a", "t", b"m-%d" % seq, b"p")
+                EventRecord("dev-1", seq, "custody", 0, 0, "site-a", "t", b"m-%d" % seq)
                 for seq in range(12)
             ]
         )
@@ -179,7 +179,7 @@ def _firmware_report(db, device: str, result: str, received_ms: int) -> None:
     payload = dumps({"v": 1, "type": "firmware_update", "device": device, "seq": 1, "time": 1,
                      "body": body})  # fmt: skip
     raw = cose_signed(payload)
-    event = EventRecord(device, 1, "firmware_update", 1, received_ms, "site-a", "t", raw, payload)
+    event = EventRecord(device, 1, "firmware_update", 1, received_ms, "site-a", "t", raw)
     EventStore(db).insert_batch([event])
 
 

@@ -405,10 +405,7 @@ def test_overview_calls_a_checkpoint_witnessed_only_once_it_reached_the_quorum(t
     witnesses = [Signer.generate(f"w{i}.test", COSIGNATURE_V1) for i in range(3)]
     with Database(db_path) as db:
         EventStore(db).insert_batch(
-            [
-                EventRecord("dev-1", s, "custody", 0, 0, "icu", "t", b"m%d" % s, b"p")
-                for s in range(3)
-            ]
+            [EventRecord("dev-1", s, "custody", 0, 0, "icu", "t", b"m%d" % s) for s in range(3)]
         )
         log = TransparencyLog(db, key.signer)
         log.append_pending()
