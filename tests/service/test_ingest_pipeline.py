@@ -97,7 +97,8 @@ def test_a_failed_commit_acknowledges_nothing_and_the_retry_stores_the_batch(sit
 
 def test_the_stored_payload_is_the_payload_the_device_signed_byte_for_byte(site, gateway_site):
     # Valid CBOR in a non-deterministic form (keys reversed at the top level): the store keeps
-    # what was signed, a part of the raw message, not a re-encoding of the checked event.
+    # the raw message as received, and the payload read from it is what was signed, not a
+    # re-encoding of the checked event.
     trust, device_id, message, path = site
     sim = SimDevice.load(gateway_site.pki, device_id)
     event = make_event(
