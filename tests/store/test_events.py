@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.errors import SignatureError
-from gateway.store.db import Database
+from gateway.store.db import _GATEWAY_MIGRATIONS, Database, MigrationSet
 from gateway.store.devices import DeviceStore
 from gateway.store.events import EventRecord, EventStore, QuarantineRecord, signed_payload
 from tests._helpers import cose_signed
@@ -72,6 +72,30 @@ def test_the_payload_is_read_from_the_signed_bytes_and_an_erased_row_has_none(st
     assert store.by_id(stored_id).payload == b""
     assert signed_payload(b"not a COSE message") == b""
     assert signed_payload(signed[:-1]) == b""  # truncated: no payload, never a guess
+
+
+def test_a_database_from_before_0014_keeps_its_events_and_reads_their_payload_from_raw(tmp_path):
+    # Upgrading drops the payload column; nothing stored is lost, and what readers get as the
+    # payload is still the event the device signed.
+    before = MigrationSet("gateway")
+    for name, step in _GATEWAY_MIGRATIONS.steps():
+        if name != "0014_events_payload_from_raw":
+            before.register(name)(step)
+    path = tmp_path / "gateway.sqlite3"
+    signed = cose_signed(b"\xa1\x61v\x02")
+    with Database(path, migrations=before) as old:
+        old.conn.execute(
+            "INSERT INTO events (device_id, seq, type, event_time_ms, received_ms, site, topic,"
+            " raw, digest, payload, salt) VALUES ('pump-1', 1, 'maintenance', 1, 2, 's', 't', ?,"
+            " ?, ?, ?)",
+            (signed, hashlib.sha256(signed).digest(), b"\xa1\x61v\x02", b"\0" * 32),
+        )
+    with Database(path) as db:
+        stored = EventStore(db).get("pump-1", 1)
+        columns = {row[1] for row in db.conn.execute("PRAGMA table_info(events)")}
+    assert stored is not None
+    assert (stored.raw, stored.payload) == (signed, b"\xa1\x61v\x02")
+    assert "payload" not in columns
 
 
 def test_row_ids_keep_growing_across_batches(store):
