@@ -432,8 +432,8 @@ class Event:
     def to_cbor(self) -> bytes:
         """Return the deterministic encoding of this event: ``cbor.dumps(self.to_cbor_map())``.
 
-        What a device signs. The gateway stores the payload bytes the device actually signed
-        (:attr:`~gateway.core.messages.VerifiedEvent.payload`), not this re-encoding.
+        What a device signs. The gateway stores the message the device actually sent
+        (``raw``), never this re-encoding.
         """
         return cbor.dumps(self.to_cbor_map())
 

@@ -45,9 +45,6 @@ class VerifiedEvent:
     event: Event
     identity: DeviceIdentity
     raw: bytes
-    #: The COSE payload exactly as the device signed it (a part of ``raw``): the event's CBOR,
-    #: which passed the closed schema.
-    payload: bytes
     rotated_to: DeviceIdentity | None = None  # set for a key_rotation event
 
     @cached_property
@@ -142,9 +139,7 @@ def verify_device_message(  # noqa: PLR0913 - each argument is one input the ver
     if event.type == "key_rotation":
         rotated_to = registry.rotate(identity, event.body["new_x5chain"], trust, now)
 
-    return VerifiedEvent(
-        event=event, identity=identity, raw=data, payload=msg.payload, rotated_to=rotated_to
-    )
+    return VerifiedEvent(event=event, identity=identity, raw=data, rotated_to=rotated_to)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

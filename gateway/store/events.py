@@ -118,7 +118,7 @@ def signed_payload(raw: bytes) -> bytes:
     if not raw:
         return b""
     try:
-        return decode_sign1(bytes(raw)).payload
+        return decode_sign1(raw).payload
     except VerificationError:
         return b""
 
