@@ -486,9 +486,7 @@ def measure(
                     f"      {who[0]} (pid {pid}): {seconds / events * 1e6:.0f} us",
                     file=sys.stderr,
                 )
-        # Memory over a saturated slice of its own: reading smaps_rollup costs ~0.75 ms of this
-        # process's CPU per consumer process (4.5 ms a sample for the gateway's six, measured),
-        # which would otherwise tax the rates above the more processes a consumer has.
+        # Memory over a saturated slice of its own (module docstring; cost: Observer._run).
         observer.measuring_rss = True
         publish(pool, observer, work.memory)
         observer.measuring_rss = False
