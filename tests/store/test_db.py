@@ -7,7 +7,7 @@ import pytest
 
 from gateway.core.errors import UnavailableError
 from gateway.store import db as db_module
-from gateway.store.db import Database, migration, registered_migrations
+from gateway.store.db import GATEWAY_MIGRATIONS, Database, migration, registered_migrations
 
 
 def _names_and_times(database: Database) -> list[tuple[str, str]]:
@@ -39,8 +39,8 @@ def _markers(database: Database) -> list[int]:
 @pytest.fixture
 def private_registry(monkeypatch):
     """A copy of the migration registry, so a test can register steps without leaking them."""
-    registry = dict(db_module._GATEWAY_MIGRATIONS.steps())
-    monkeypatch.setattr(db_module._GATEWAY_MIGRATIONS, "_steps", registry)
+    registry = dict(db_module.GATEWAY_MIGRATIONS.steps())
+    monkeypatch.setattr(db_module.GATEWAY_MIGRATIONS, "_steps", registry)
     return registry
 
 
@@ -73,6 +73,42 @@ def test_new_migration_is_applied_alone_to_an_existing_database(tmp_path, privat
         assert reopened.migrations_applied == ()
     assert calls == [1]
     assert "9999_test_extra" in private_registry
+
+
+def test_an_upgrade_says_what_it_applies_and_a_new_or_current_file_says_nothing(tmp_path, caplog):
+    # A long upgrade must not look like a hung start: the operator is told what runs, that
+    # stopping is safe, and each step as it finishes. Creating a file is not an upgrade.
+    path = tmp_path / "gw.sqlite3"
+    last_two = registered_migrations()[-2:]
+    caplog.set_level("WARNING", logger="gateway.store.db")
+    Database(path, migrations=GATEWAY_MIGRATIONS.before(last_two[0])).close()
+    assert caplog.records == []
+
+    with Database(path) as upgraded:
+        assert upgraded.migrations_applied == last_two
+    start, *steps = (r.getMessage() for r in caplog.records)
+    assert f"Upgrading the gateway database {path}" in start
+    assert f"2 schema step(s) to apply ({last_two[0]}, {last_two[1]})" in start
+    assert "stopping is safe" in start
+    assert [s.split(": ", 1)[1].split(" in ")[0] for s in steps] == [
+        f"schema step {last_two[0]} applied (1 of 2)",
+        f"schema step {last_two[1]} applied (2 of 2)",
+    ]
+
+    caplog.clear()
+    Database(path).close()
+    assert caplog.records == []
+
+
+def test_the_steps_before_a_migration_are_a_set_of_their_own():
+    names = registered_migrations()
+    older = GATEWAY_MIGRATIONS.before(names[3])
+    assert older.names() == names[:3]
+    assert older.kind == "gateway"
+    assert GATEWAY_MIGRATIONS.before(names[0]).names() == ()
+    assert GATEWAY_MIGRATIONS.names() == names  # the original set is untouched
+    with pytest.raises(ValueError, match="no gateway migration is named '9999_nope'"):
+        GATEWAY_MIGRATIONS.before("9999_nope")
 
 
 def test_failing_migration_is_rolled_back_and_not_recorded(tmp_path, private_registry):
