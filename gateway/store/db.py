@@ -42,10 +42,10 @@ from typing import Any, NoReturn, Self, TypeVar
 from gateway.core.errors import UnavailableError
 
 __all__ = [
-    "GATEWAY_MIGRATIONS",
     "Database",
     "Migration",
     "MigrationSet",
+    "gateway_migrations",
     "migration",
     "registered_migrations",
     "unavailable_from",
@@ -128,7 +128,7 @@ class MigrationSet:
 
 
 #: The gateway database's migrations, registered by importing these modules, in this order.
-GATEWAY_MIGRATIONS = MigrationSet(
+_GATEWAY_MIGRATIONS = MigrationSet(
     "gateway", modules=("gateway.store.schema", "gateway.store.log_schema")
 )
 
@@ -140,14 +140,19 @@ def _megabytes(path: str) -> str:
         return "size unknown"
 
 
+def gateway_migrations() -> MigrationSet:
+    """Return the gateway database's migrations: what ``Database(path)`` applies, in order."""
+    return _GATEWAY_MIGRATIONS
+
+
 def migration(name: str) -> Callable[[F], F]:
     """Register *fn(conn)* as the gateway migration *name* (see :meth:`MigrationSet.register`)."""
-    return GATEWAY_MIGRATIONS.register(name)
+    return _GATEWAY_MIGRATIONS.register(name)
 
 
 def registered_migrations() -> tuple[str, ...]:
     """Return the names of all gateway migrations known to this code, in the order they run."""
-    return GATEWAY_MIGRATIONS.names()
+    return _GATEWAY_MIGRATIONS.names()
 
 
 # Primary result codes (https://www.sqlite.org/rescode.html); extended codes keep them in the low
@@ -232,7 +237,7 @@ class Database:
         busy_timeout_s: float = 5.0,
     ) -> None:
         self.path = str(path)
-        self._migrations = GATEWAY_MIGRATIONS if migrations is None else migrations
+        self._migrations = _GATEWAY_MIGRATIONS if migrations is None else migrations
         #: The kind of file this is (``"gateway"``, ``"witness"``), as error messages say it.
         self.kind = self._migrations.kind
         if sqlite3.sqlite_version_info < _MIN_SQLITE:

@@ -7,7 +7,7 @@ import pytest
 
 from gateway.core.errors import UnavailableError
 from gateway.store import db as db_module
-from gateway.store.db import GATEWAY_MIGRATIONS, Database, migration, registered_migrations
+from gateway.store.db import Database, gateway_migrations, migration, registered_migrations
 
 
 def _names_and_times(database: Database) -> list[tuple[str, str]]:
@@ -39,8 +39,8 @@ def _markers(database: Database) -> list[int]:
 @pytest.fixture
 def private_registry(monkeypatch):
     """A copy of the migration registry, so a test can register steps without leaking them."""
-    registry = dict(db_module.GATEWAY_MIGRATIONS.steps())
-    monkeypatch.setattr(db_module.GATEWAY_MIGRATIONS, "_steps", registry)
+    registry = dict(db_module.gateway_migrations().steps())
+    monkeypatch.setattr(db_module.gateway_migrations(), "_steps", registry)
     return registry
 
 
@@ -81,7 +81,7 @@ def test_an_upgrade_says_what_it_applies_and_a_new_or_current_file_says_nothing(
     path = tmp_path / "gw.sqlite3"
     last_two = registered_migrations()[-2:]
     caplog.set_level("WARNING", logger="gateway.store.db")
-    Database(path, migrations=GATEWAY_MIGRATIONS.before(last_two[0])).close()
+    Database(path, migrations=gateway_migrations().before(last_two[0])).close()
     assert caplog.records == []
 
     with Database(path) as upgraded:
@@ -102,13 +102,13 @@ def test_an_upgrade_says_what_it_applies_and_a_new_or_current_file_says_nothing(
 
 def test_the_steps_before_a_migration_are_a_set_of_their_own():
     names = registered_migrations()
-    older = GATEWAY_MIGRATIONS.before(names[3])
+    older = gateway_migrations().before(names[3])
     assert older.names() == names[:3]
     assert older.kind == "gateway"
-    assert GATEWAY_MIGRATIONS.before(names[0]).names() == ()
-    assert GATEWAY_MIGRATIONS.names() == names  # the original set is untouched
+    assert gateway_migrations().before(names[0]).names() == ()
+    assert gateway_migrations().names() == names  # the original set is untouched
     with pytest.raises(ValueError, match="no gateway migration is named '9999_nope'"):
-        GATEWAY_MIGRATIONS.before("9999_nope")
+        gateway_migrations().before("9999_nope")
 
 
 def test_failing_migration_is_rolled_back_and_not_recorded(tmp_path, private_registry):

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.errors import SignatureError
-from gateway.store.db import GATEWAY_MIGRATIONS, Database
+from gateway.store.db import Database, gateway_migrations
 from gateway.store.devices import DeviceStore
 from gateway.store.events import EventRecord, EventStore, QuarantineRecord, signed_payload
 from tests._helpers import cose_signed
@@ -77,7 +77,7 @@ def test_the_payload_is_read_from_the_signed_bytes_and_an_erased_row_has_none(st
 def test_a_database_from_before_0014_keeps_its_events_and_reads_their_payload_from_raw(tmp_path):
     # Upgrading drops the payload column; nothing stored is lost, and what readers get as the
     # payload is still the event the device signed.
-    before = GATEWAY_MIGRATIONS.before("0014_events_payload_from_raw")
+    before = gateway_migrations().before("0014_events_payload_from_raw")
     path = tmp_path / "gateway.sqlite3"
     signed = cose_signed(b"\xa1\x61v\x02")
     with Database(path, migrations=before) as old:

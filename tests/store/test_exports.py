@@ -9,6 +9,7 @@ PINNED = {
         "Database",
         "Migration",
         "MigrationSet",
+        "gateway_migrations",
         "migration",
         "registered_migrations",
         "unavailable_from",

@@ -35,7 +35,7 @@ def file_at_log_0102(tmp_path, monkeypatch):
     Checkpoint 1 is cosigned and anchored, checkpoint 2 cosigned by one witness only, checkpoint 3
     plain; both cosigned ones carry the witnessed_ms the old rule set at the first cosignature.
     """
-    registry = db_module.GATEWAY_MIGRATIONS
+    registry = db_module.gateway_migrations()
     steps = dict(registry.steps())
     names = list(steps)
     older = {name: steps[name] for name in names[: names.index(LOG_0102) + 1]}
