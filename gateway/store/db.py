@@ -222,7 +222,9 @@ class Database:
     program's, such as the witness's (:data:`gateway.store.witness.WITNESS_MIGRATIONS`). A file
     whose recorded steps all belong to another set is refused (``store-foreign-schema``) rather
     than given this set's tables; a file with some steps this code does not know is refused as
-    written by a newer version (``store-newer-schema``).
+    written by a newer version (``store-newer-schema``). Applying steps to a file that already
+    had some (an upgrade) is logged at WARNING, the steps named first and each one when it is
+    done, because on a large file an upgrade takes a while.
 
     The connection is shared between threads (``check_same_thread=False``); a lock serialises
     transactions and queries so one thread's ``BEGIN`` never swallows another thread's writes.
