@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import sqlite3
 import time
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from device_sim.events import SimDevice, make_event
 from gateway.core import cbor, cose
 from gateway.ingest.broker_config import write_broker_config
 from gateway.ingest.topics import event_topic
+from gateway.store.db import Database, gateway_migrations, registered_migrations
 from gateway.views.cli._main import _register, cli
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
@@ -165,6 +167,27 @@ def test_serve_explains_an_unreachable_broker(gateway_site, serve_gateway):
     assert status["reason"] == "broker-down"
     assert "127.0.0.1:9" in status["detail"]
     assert "Is Mosquitto running" in status["detail"]
+
+
+def test_serve_says_on_stderr_when_it_upgrades_the_database(gateway_site, serve_gateway, tmp_path):
+    # An upgrade of a large file takes a while: the operator sees what runs, with a time, before
+    # anything else can go wrong (here the broker is down, after the upgrade).
+    class Nowhere:
+        host, port = "127.0.0.1", 9
+
+    last = registered_migrations()[-1]
+    Database(tmp_path / "gateway.sqlite3", migrations=gateway_migrations().before(last)).close()
+    gateway = serve_gateway(gateway_site, Nowhere(), start=False)
+    assert gateway.start()["reason"] == "broker-down"
+    assert gateway.wait_exit() == 1
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} provgw WARNING "
+    log = gateway.log()
+    assert re.search(
+        f"^{stamp}Upgrading the gateway database .*gateway.sqlite3", log, re.MULTILINE
+    ), log
+    assert re.search(f"^{stamp}.*schema step {last} applied \\(1 of 1\\)", log, re.MULTILINE), log
+    with Database(tmp_path / "gateway.sqlite3") as db:
+        assert db.migrations_applied == ()
 
 
 def test_serve_explains_a_missing_trust_directory(gateway_site, site_broker, tmp_path):

@@ -6,6 +6,7 @@ A single command rather than a group, so it is exposed as ``command``.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,9 @@ def command(config_path: Path, *, as_json: bool) -> None:
     Exit code 0: stopped cleanly; 1: a service it needs is unavailable (broker, database);
     2: the configuration or its files are wrong.
     """
+    # The supervisor's own lines (a database upgrade, a worker restarted, a signal) go to stderr
+    # with a time, as each worker's do; stdout stays the status lines (JSON with --json).
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s provgw %(levelname)s %(message)s")
     try:
         final = serve(config_path, lambda status: _line(status, as_json=as_json))
     except UnavailableError as err:
