@@ -114,8 +114,10 @@ class MigrationSet:
     def before(self, name: str) -> MigrationSet:
         """Return the steps that run before *name*, as a set of the same kind.
 
-        A file opened with it is the file the code before *name* wrote: what an upgrade starts
-        from (upgrade tests, rehearsing an upgrade on a copy). ValueError for an unknown name.
+        A file opened with it has every step up to *name* and none from it on: what an upgrade
+        to *name* starts from (upgrade tests). The order is the order the steps run in, which
+        is not their history: in the gateway's set every step of ``gateway.store.schema`` runs
+        before those of ``gateway.store.log_schema``. ValueError for an unknown name.
         """
         names = self.names()
         if name not in names:
