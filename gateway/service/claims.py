@@ -26,7 +26,6 @@ from gateway.service.remediation import (
     unreachable_digest,
 )
 from gateway.store.db import Database
-from gateway.store.events import signed_payload
 from gateway.store.manifests import ManifestStore
 from gateway.store.offers import campaign_id
 
@@ -178,16 +177,16 @@ class _ClaimChecker:
         # The body is read from the device's signed bytes, whose SHA-256 is the digest that
         # verify_log checks (the store keeps no other copy of the payload since migration 0014).
         assert isinstance(e_raw, bytes)
-        if not self._report_body(claim, e_id, e_received, signed_payload(e_raw)):
+        if not self._report_body(claim, e_id, e_received, e_raw):
             self.not_recomputable[_REMEDY_REVISED] = (
                 self.not_recomputable.get(_REMEDY_REVISED, 0) + 1
             )
             return False
         return True
 
-    def _report_body(self, claim: _Claim, e_id: object, received: object, payload: bytes) -> bool:
+    def _report_body(self, claim: _Claim, e_id: object, received: object, raw: bytes) -> bool:
         """Check the report's body against the record; False if the recall was revised since."""
-        report = read_report((e_id, claim.device_id, received, payload, claim.digest))
+        report = read_report((e_id, claim.device_id, received, raw, claim.digest))
         if report is None:
             raise _claim_mismatch(claim, f"event {e_id} does not read as a firmware report")
         # (d) The device's result maps to the recorded state and detail, by the tracker's own

@@ -241,10 +241,14 @@ class _Report:
 
 
 def read_report(row: tuple[Any, ...]) -> _Report | None:
-    """Read ``(event id, device, received_ms, payload, digest)`` as a firmware report, or None."""
-    event_id, device_id, received_ms, payload, digest = row
+    """Read an events row ``(id, device_id, received_ms, raw, digest)`` as a firmware report.
+
+    The body comes from the signed bytes (:func:`~gateway.store.events.signed_payload`); None if
+    the row does not read as one (erased, or not a firmware_update report).
+    """
+    event_id, device_id, received_ms, raw, digest = row
     try:
-        body = strict_loads(bytes(payload), what="event payload")["body"]
+        body = strict_loads(signed_payload(bytes(raw)), what="event payload")["body"]
         return _Report(
             int(event_id),
             str(device_id),
@@ -332,11 +336,9 @@ class RemediationTracker:
                     " WHERE id > ? AND type = 'firmware_update' ORDER BY id LIMIT ?",
                     (last, _EVENT_CHUNK),
                 ).fetchall()
-                for event_id, device_id, received_ms, raw, digest in rows:
-                    last = int(event_id)
-                    report = read_report(
-                        (event_id, device_id, received_ms, signed_payload(raw), digest)
-                    )
+                for row in rows:
+                    last = int(row[0])
+                    report = read_report(tuple(row))
                     if report is not None:
                         moved += self._apply(report)
                 if rows:  # nothing read: no write (see Inventory.apply_firmware_events)
