@@ -156,11 +156,14 @@ def test_device_cannot_publish_under_another_devices_topic_through_the_real_acl(
     assert gateway.stop()["quarantined"] == {}
 
 
-def test_serve_explains_an_unreachable_broker(gateway_site, serve_gateway):
-    class Nowhere:
-        host, port = "127.0.0.1", 9  # discard port: nothing listens
+class _Nowhere:
+    """A broker address where nothing listens (the discard port)."""
 
-    gateway = serve_gateway(gateway_site, Nowhere(), start=False)
+    host, port = "127.0.0.1", 9
+
+
+def test_serve_explains_an_unreachable_broker(gateway_site, serve_gateway):
+    gateway = serve_gateway(gateway_site, _Nowhere(), start=False)
     status = gateway.start()
     assert gateway.wait_exit() == 1
     assert status["status"] == "failed"
@@ -172,12 +175,9 @@ def test_serve_explains_an_unreachable_broker(gateway_site, serve_gateway):
 def test_serve_says_on_stderr_when_it_upgrades_the_database(gateway_site, serve_gateway, tmp_path):
     # An upgrade of a large file takes a while: the operator sees what runs, with a time, before
     # anything else can go wrong (here the broker is down, after the upgrade).
-    class Nowhere:
-        host, port = "127.0.0.1", 9
-
     last = registered_migrations()[-1]
     Database(tmp_path / "gateway.sqlite3", migrations=gateway_migrations().before(last)).close()
-    gateway = serve_gateway(gateway_site, Nowhere(), start=False)
+    gateway = serve_gateway(gateway_site, _Nowhere(), start=False)
     assert gateway.start()["reason"] == "broker-down"
     assert gateway.wait_exit() == 1
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} provgw WARNING "
