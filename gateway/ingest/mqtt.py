@@ -145,6 +145,7 @@ class MqttClient:
         self._epoch = 0
         self._outstanding: set[int] = set()
         self._connected = False
+        self._leaving = False  # disconnect() was called: the next drop is ours
         self._failure: str | None = None
         self._puback: dict[int, ReasonCode] = {}
         self._awaiting_sub: dict[int, list[ReasonCode] | None] = {}
@@ -216,6 +217,7 @@ class MqttClient:
         # not knowing that paho's thread sets them.
         with self._lock:
             self._failure = self._last_error = None
+            self._leaving = False
 
     def _tls_context(self) -> ssl.SSLContext:
         return client_tls_context(self.credentials)
@@ -228,6 +230,8 @@ class MqttClient:
         # paho's network thread runs one more loop after DISCONNECT and logs "Client is not
         # connected" at ERROR for the socket it just closed: expected here, so not logged.
         self._client.disable_logger()
+        with self._changed:
+            self._leaving = True
         self._client.disconnect()
         self._client.loop_stop()
         self._client.enable_logger(logger)
@@ -451,9 +455,19 @@ class MqttClient:
         with self._changed:
             if not self._connected and self._failure is None:
                 self._failure = _reason_text(reason_code)
-            self._connected = False
+            was_connected, self._connected = self._connected, False
+            leaving = self._leaving
             self._changed.notify_all()
-        logger.info("MQTT client %s disconnected: %s", self.credentials.client_id, reason_code)
+        if leaving or not was_connected:
+            # Ours (every preflight probe and stop says goodbye), or a refused connect, which
+            # connect() reports: nothing for an operator to act on.
+            logger.debug("MQTT client %s disconnected: %s", self.credentials.client_id, reason_code)
+        else:
+            logger.warning(
+                "MQTT client %s lost its connection (%s); reconnecting",
+                self.credentials.client_id,
+                _reason_text(reason_code),
+            )
 
     def _handle_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         del client, userdata

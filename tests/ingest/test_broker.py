@@ -278,6 +278,23 @@ def test_shared_subscription_splits_events_between_workers(mosquitto):
     assert sorted(got_a + got_b) == sorted(b"%d" % i for i in range(10))
 
 
+def test_a_goodbye_is_quiet_and_a_lost_connection_is_a_warning(mosquitto, caplog):
+    caplog.set_level("INFO", logger=mqtt.__name__)
+    with mosquitto.client("gateway-admin"):
+        pass  # what every `provgw serve` start does to probe the broker
+    assert [r for r in caplog.records if r.levelno >= 20] == []
+    with mosquitto.client("gateway-urgent") as gw:
+        mosquitto.restart()
+        deadline = time.monotonic() + 10
+        while not (caplog.records and gw.connected) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gw.connected  # paho came back by itself
+    (lost,) = [r for r in caplog.records if r.levelno >= 20]
+    assert lost.levelname == "WARNING"
+    assert lost.getMessage().startswith("MQTT client gateway-urgent lost its connection (")
+    assert lost.getMessage().endswith("); reconnecting")
+
+
 def test_publish_to_a_stopped_broker_raises_unavailable(mosquitto):
     with mosquitto.client("gateway-urgent") as gw:
         mosquitto.stop()
