@@ -186,9 +186,12 @@ def _rollup(pid: int) -> tuple[str, int, int, int] | None:
     for line in text.splitlines()[1:]:
         key, _, rest = line.partition(":")
         fields[key] = int(rest.split()[0]) * 1024
-    # multiprocessing children all show "python3": name them by their entry point.
+    # The serve processes name themselves ("provgw verifier-0 (CONFIG)", gateway.service.child):
+    # the role is enough here. multiprocessing's resource tracker shows "python3": its entry point.
     for part in cmd:
-        if part.startswith((b"from multiprocessing", b"provgw")):
+        if part.startswith(b"provgw "):
+            name = part.decode().partition(" (")[0]
+        elif part.startswith(b"from multiprocessing"):
             name = part.decode()[:60]
     uss = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
     return name, fields.get("Rss", 0), fields.get("Pss", 0), uss

@@ -38,11 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import faulthandler
 import logging
 import multiprocessing.synchronize
 import os
-import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass
@@ -62,6 +60,7 @@ from gateway.ledger.keys import (
 from gateway.ledger.log import TransparencyLog
 from gateway.ledger.witness import Witness
 from gateway.ledger.witness_client import WitnessClient, WitnessPool
+from gateway.service import child
 from gateway.service.batcher import Batcher, CheckpointHook, in_thread, stop_task
 from gateway.service.config import GatewayConfig, load_config
 from gateway.service.witness_server import WitnessServer
@@ -581,12 +580,7 @@ def run_ledger(
     ready: multiprocessing.synchronize.Event,
 ) -> None:
     """Entry point of the ledger process (spawned by the :class:`Supervisor`)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s ledger %(levelname)s %(message)s")
-    # `kill -USR1 PID` prints every thread's stack: how to see where a stuck ledger waits.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
-    # Ctrl-C reaches the whole process group: the supervisor decides, the ledger waits for it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    child.enter("ledger", config_path, stop.set)
     config = load_config(Path(config_path))
     keys = load_ledger_keys(config)
 

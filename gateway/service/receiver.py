@@ -52,14 +52,12 @@ verifiers before it starts any thread, so the three processes share those pages 
 
 from __future__ import annotations
 
-import faulthandler
 import gc
 import importlib
 import logging
 import multiprocessing
 import multiprocessing.synchronize
 import os
-import signal
 import sys
 import threading
 import time
@@ -74,6 +72,7 @@ from typing import Any, Protocol
 from gateway.core.errors import UnavailableError
 from gateway.ingest.lean import LeanSubscriber
 from gateway.ingest.topics import EVENT_FILTER
+from gateway.service import child
 from gateway.service.config import GatewayConfig, load_config
 from gateway.service.metrics import IngestMetrics
 from gateway.service.verifier import RawDelivery, run_verifier
@@ -192,20 +191,14 @@ def run_worker(
     It lives here rather than beside the supervisor so that the process imports only what ingest
     needs (a spawned process imports the module of its target function).
     """
-    logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s worker-{index} %(levelname)s %(message)s"
-    )
-    # `kill -USR1 PID` prints every thread's stack: how to see where a stuck worker waits.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
-    # Ctrl-C reaches the whole process group: the supervisor decides, the worker waits for it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     config = load_config(Path(config_path))
+    shared = config.ingest.mode == "shared"
+    child.enter(f"worker-{index}" if shared else "receiver", config_path, stop.set)
 
     def should_stop() -> bool:
         return stop.is_set() or os.getppid() != parent_pid
 
-    if config.ingest.mode == "shared":
+    if shared:
         # Only then: that module imports the whole pipeline, which this process does not need.
         from gateway.service.shared_worker import IngestWorker  # noqa: PLC0415
 
@@ -262,9 +255,6 @@ def _run_forked_verifier(
     """
     for conn in inherited:
         conn.close()
-    # The receiver's log handler ("worker-N" lines) came with the fork; the verifier sets its own.
-    for handler in logging.root.handlers[:]:
-        logging.root.removeHandler(handler)
     run_verifier(*args)
 
 

@@ -61,13 +61,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import faulthandler
 import hashlib
 import logging
 import multiprocessing.synchronize
 import os
 import queue
-import signal
 import sys
 import threading
 import time
@@ -105,6 +103,7 @@ from gateway.ledger.keys import (
     write_gateway_key,
     write_secret_file,
 )
+from gateway.service import child
 from gateway.service.config import GatewayConfig, load_config
 from gateway.service.remediation import RemediationTracker, RetryPolicy, record, sbom_verdict
 from gateway.store.db import Database
@@ -911,12 +910,7 @@ def run_urgent(
     starts it again with backoff. Stops when *stop* is set or its parent is gone (even after a
     ``kill -9`` of ``provgw serve``), finishing what it holds first.
     """
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s urgent %(levelname)s %(name)s %(message)s"
-    )
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; it sets *stop*
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    child.enter("urgent", config_path, stop.set)
     config = load_config(Path(config_path))
     _raise_priority(config.urgent.nice)
     lane = UrgentLane.from_config(config)

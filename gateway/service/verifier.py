@@ -26,12 +26,12 @@ SIGINT and SIGTERM: the receiver decides when it stops, after its last commit is
 
 from __future__ import annotations
 
-import faulthandler
 import logging
 import os
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from gateway.service import child
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -69,13 +69,7 @@ def run_verifier(
     )
     from gateway.service.metrics import batch_stats  # noqa: PLC0415
 
-    logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s verifier-{index} %(levelname)s %(message)s"
-    )
-    # `kill -USR1 PID` prints every thread's stack: how to see where a stuck verifier waits.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child.enter(f"verifier-{index}", config_path)
     config = load_config(Path(config_path))
     acks: list[tuple[int, int]] = []
     who = f"verifier {index}"
