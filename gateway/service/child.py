@@ -32,9 +32,10 @@ def title(name: str, config_path: str | Path) -> str:
     """Return the process title of child *name* of the gateway configured by *config_path*.
 
     Its first 15 characters are also the kernel's name for the process (``/proc/PID/comm``:
-    ``top``'s default column): ``provgw`` and the role come first.
+    ``top``'s default column): ``provgw`` and the role come first. The path is made absolute,
+    so that two gateways started from different folders with ``--config gateway.toml`` differ.
     """
-    return f"provgw {name} ({config_path})"
+    return f"provgw {name} ({Path(config_path).absolute()})"
 
 
 def enter(

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.service import child
+
 
 def _cmdline(pid: int) -> str:
     raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -57,3 +59,9 @@ def test_shared_mode_workers_are_named_by_their_index(gateway_site, site_broker,
         f"provgw worker-{i} ({gateway.config})" for i in range(2)
     ]
     assert gateway.stop()["status"] == "stopped"
+
+
+def test_a_relative_configuration_path_is_shown_absolute(tmp_path, monkeypatch):
+    # Two gateways run from different folders with `--config gateway.toml` must differ in ps.
+    monkeypatch.chdir(tmp_path)
+    assert child.title("ledger", "gateway.toml") == f"provgw ledger ({tmp_path / 'gateway.toml'})"
