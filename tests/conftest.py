@@ -299,10 +299,13 @@ class ServeProcess:
         self.status = json.loads(line)
         return self.status
 
-    def stop(self, timeout: float = 20.0) -> dict:
-        """SIGTERM; return the JSON stop line."""
+    def stop(self, timeout: float = 20.0, *, group: bool = False) -> dict:
+        """SIGTERM to the supervisor (or, *group*, to every process); return the JSON stop line."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
+        if group:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        else:
+            self.proc.send_signal(signal.SIGTERM)
         out, _ = self.proc.communicate(timeout=timeout)
         self.proc = None
         return json.loads(out.strip().splitlines()[-1])

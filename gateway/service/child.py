@@ -1,4 +1,4 @@
-"""What every child process of ``provgw serve`` does first: name itself, log, take its signals.
+"""The supervisor's side channel to its children: names, log lines, signals, stop and ready flags.
 
 The supervisor spawns the ingest process (the receiver, or the ``shared`` workers), the ledger
 and the urgent lane; the receiver forks the verifiers. Each calls :func:`enter` as its first
@@ -11,21 +11,78 @@ step, so that
 - its log lines say who wrote them, with a time, on stderr;
 - ``kill -USR1 PID`` prints every thread's stack (how to see where a stuck process waits);
 - Ctrl-C, which reaches the whole process group, is left to the supervisor, which decides when
-  each child stops; SIGTERM calls *on_sigterm* (or is ignored: a verifier stops when its
+  each child stops; SIGTERM makes :func:`stopping` true (a verifier ignores it: it stops when its
   receiver says so, after its last commit is acknowledged).
+
+The supervisor asks its children to stop, and they tell it they are ready, through a
+:class:`Flag` each, not a ``multiprocessing.Event``. An Event is a lock and a condition shared by
+every process, and both break when a process dies or is signalled at the wrong moment (measured:
+``tests/service/test_child.py``): a child killed (``kill -9``, the kernel's OOM killer) while it
+waits on the Event leaves the next ``set()`` waiting for that child to wake, forever; and a child
+whose SIGTERM handler sets the Event while its own main thread waits on it deadlocks, holding the
+lock every other process then waits for. So ``provgw serve`` could not stop after a child had been
+killed, nor when SIGTERM reached its whole process group (systemd's default ``KillMode``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import faulthandler
 import logging
+import os
 import signal
-from collections.abc import Callable
+import time
+from multiprocessing.context import BaseContext
 from pathlib import Path
+from types import FrameType
 
 from setproctitle import setproctitle
 
-__all__ = ["enter", "title"]
+__all__ = ["Flag", "enter", "stopping", "title"]
+
+
+class Flag:
+    """One shared bit in memory, no lock: set, clear and read from any process, in any state.
+
+    A single byte is written and read atomically, so a process that dies mid-call leaves nothing
+    held; :meth:`wait` polls instead of sleeping on a condition.
+    """
+
+    def __init__(self, ctx: BaseContext) -> None:
+        self._value = ctx.RawValue(ctypes.c_bool, False)  # noqa: FBT003 - ctypes' signature
+
+    def set(self) -> None:
+        """Raise the flag."""
+        self._value.value = True
+
+    def clear(self) -> None:
+        """Lower the flag."""
+        self._value.value = False
+
+    def is_set(self) -> bool:
+        """Whether the flag is raised."""
+        return bool(self._value.value)
+
+    def wait(self, timeout: float, poll: float = 0.02) -> bool:
+        """Wait up to *timeout* seconds for the flag; return whether it is raised."""
+        deadline = time.monotonic() + timeout
+        while not self._value.value:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(poll, left))
+        return True
+
+
+class _Received:
+    """Set by this process's SIGTERM handler: a plain attribute, safe to write from a handler."""
+
+    sigterm = False
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    del signum, frame
+    _Received.sigterm = True
 
 
 def title(name: str, config_path: str | Path) -> str:
@@ -38,9 +95,7 @@ def title(name: str, config_path: str | Path) -> str:
     return f"provgw {name} ({Path(config_path).absolute()})"
 
 
-def enter(
-    name: str, config_path: str | Path, on_sigterm: Callable[[], object] | None = None
-) -> None:
+def enter(name: str, config_path: str | Path, *, sigterm_stops: bool = True) -> None:
     """Set up child process *name*: title, log format, SIGUSR1 stack dumps, SIGINT and SIGTERM."""
     setproctitle(title(name, config_path))
     # A forked verifier inherits its receiver's handler ("receiver" lines): replaced, not added.
@@ -51,7 +106,14 @@ def enter(
     )
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if on_sigterm is None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    else:
-        signal.signal(signal.SIGTERM, lambda *_: on_sigterm())
+    signal.signal(signal.SIGTERM, _on_sigterm if sigterm_stops else signal.SIG_IGN)
+
+
+def stopping(stop: Flag, parent_pid: int) -> bool:
+    """Whether this child should finish what it holds and exit.
+
+    True once the supervisor raised *stop*, this process received SIGTERM, or its parent is no
+    longer *parent_pid* (``provgw serve`` is gone, even by ``kill -9``: a child left behind would
+    contend with a restarted gateway for its MQTT session).
+    """
+    return _Received.sigterm or stop.is_set() or os.getppid() != parent_pid

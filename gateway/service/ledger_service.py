@@ -39,8 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing.synchronize
-import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass
@@ -576,16 +574,15 @@ class LedgerService:
 def run_ledger(
     config_path: str,
     parent_pid: int,
-    stop: multiprocessing.synchronize.Event,
-    ready: multiprocessing.synchronize.Event,
+    stop: child.Flag,
+    ready: child.Flag,
 ) -> None:
     """Entry point of the ledger process (spawned by the :class:`Supervisor`)."""
-    child.enter("ledger", config_path, stop.set)
+    child.enter("ledger", config_path)
     config = load_config(Path(config_path))
     keys = load_ledger_keys(config)
 
     def should_stop() -> bool:
-        # A supervisor killed with -9 leaves no one to set *stop*: watch the parent too.
-        return stop.is_set() or os.getppid() != parent_pid
+        return child.stopping(stop, parent_pid)
 
     asyncio.run(LedgerService(config, keys).run(should_stop, ready.set))

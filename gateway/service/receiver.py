@@ -56,7 +56,6 @@ import gc
 import importlib
 import logging
 import multiprocessing
-import multiprocessing.synchronize
 import os
 import sys
 import threading
@@ -183,8 +182,8 @@ def run_worker(
     config_path: str,
     index: int,
     parent_pid: int,
-    stop: multiprocessing.synchronize.Event,
-    ready: multiprocessing.synchronize.Event,
+    stop: child.Flag,
+    ready: child.Flag,
 ) -> None:
     """Entry point of ingest process *index* (spawned by ``workers.Supervisor``).
 
@@ -193,10 +192,10 @@ def run_worker(
     """
     config = load_config(Path(config_path))
     shared = config.ingest.mode == "shared"
-    child.enter(f"worker-{index}" if shared else "receiver", config_path, stop.set)
+    child.enter(f"worker-{index}" if shared else "receiver", config_path)
 
     def should_stop() -> bool:
-        return stop.is_set() or os.getppid() != parent_pid
+        return child.stopping(stop, parent_pid)
 
     if shared:
         # Only then: that module imports the whole pipeline, which this process does not need.

@@ -63,7 +63,6 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
-import multiprocessing.synchronize
 import os
 import queue
 import sys
@@ -901,16 +900,16 @@ def _raise_priority(nice: int) -> int:
 def run_urgent(
     config_path: str,
     parent_pid: int,
-    stop: multiprocessing.synchronize.Event,
-    ready: multiprocessing.synchronize.Event,
+    stop: child.Flag,
+    ready: child.Flag,
 ) -> None:
     """Entry point of the urgent lane's process (spawned by ``workers.Supervisor``).
 
     Exits non-zero when the lane cannot start (broker or database unavailable): the supervisor
-    starts it again with backoff. Stops when *stop* is set or its parent is gone (even after a
-    ``kill -9`` of ``provgw serve``), finishing what it holds first.
+    starts it again with backoff. Stops when *stop* is set, on SIGTERM, or when its parent is gone
+    (even after a ``kill -9`` of ``provgw serve``), finishing what it holds first.
     """
-    child.enter("urgent", config_path, stop.set)
+    child.enter("urgent", config_path)
     config = load_config(Path(config_path))
     _raise_priority(config.urgent.nice)
     lane = UrgentLane.from_config(config)
@@ -922,7 +921,7 @@ def run_urgent(
         sys.exit(1)
     ready.set()
     try:
-        while not stop.is_set() and os.getppid() == parent_pid:
-            stop.wait(0.2)
+        while not child.stopping(stop, parent_pid):
+            time.sleep(0.2)
     finally:
         lane.stop()

@@ -69,7 +69,7 @@ def run_verifier(
     )
     from gateway.service.metrics import batch_stats  # noqa: PLC0415
 
-    child.enter(f"verifier-{index}", config_path)
+    child.enter(f"verifier-{index}", config_path, sigterm_stops=False)
     config = load_config(Path(config_path))
     acks: list[tuple[int, int]] = []
     who = f"verifier {index}"

@@ -56,7 +56,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import multiprocessing.synchronize
 import os
 import signal
 import threading
@@ -69,6 +68,7 @@ from typing import Any
 
 from gateway.core.errors import UnavailableError
 from gateway.ingest.mqtt import MqttClient
+from gateway.service import child
 from gateway.service.config import GatewayConfig, load_config
 from gateway.service.metrics import (
     MetricsServer,
@@ -149,7 +149,7 @@ def preflight(config: GatewayConfig) -> dict[str, Any]:
 @dataclass
 class _Slot:
     index: int
-    ready: multiprocessing.synchronize.Event
+    ready: child.Flag
     process: BaseProcess | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -162,15 +162,16 @@ class Supervisor:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self._ctx = multiprocessing.get_context("spawn")
-        self._stop = self._ctx.Event()
-        self._slots = [_Slot(i, self._ctx.Event()) for i in range(ingest_processes(config))]
+        # Flags, not multiprocessing Events: see gateway.service.child.
+        self._stop = child.Flag(self._ctx)
+        self._slots = [_Slot(i, child.Flag(self._ctx)) for i in range(ingest_processes(config))]
         if config.log.enabled:
             # The ledger process runs beside the workers under the same watch and restart rules;
             # it only reads what they stored, so it can never hold up ingest.
-            self._slots.append(_Slot(_LEDGER, self._ctx.Event()))
+            self._slots.append(_Slot(_LEDGER, child.Flag(self._ctx)))
         if config.urgent.enabled:
             # Its own process: no GIL, connection or client id shared with routine ingest.
-            self._slots.append(_Slot(_URGENT, self._ctx.Event()))
+            self._slots.append(_Slot(_URGENT, child.Flag(self._ctx)))
         self.metrics: MetricsServer | None = None
 
     @property

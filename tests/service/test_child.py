@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +69,42 @@ def test_a_relative_configuration_path_is_shown_absolute(tmp_path, monkeypatch):
     # Two gateways run from different folders with `--config gateway.toml` must differ in ps.
     monkeypatch.chdir(tmp_path)
     assert child.title("ledger", "gateway.toml") == f"provgw ledger ({tmp_path / 'gateway.toml'})"
+
+
+def _wait_then_exit(flag: child.Flag) -> None:
+    flag.wait(60)
+
+
+def test_a_flag_still_works_after_a_process_waiting_on_it_was_killed():
+    # A multiprocessing.Event's set() would wait forever here for the dead waiter to wake.
+    ctx = multiprocessing.get_context("spawn")
+    flag = child.Flag(ctx)
+    waiter = ctx.Process(target=_wait_then_exit, args=(flag,))
+    waiter.start()
+    time.sleep(0.5)  # in wait()
+    os.kill(waiter.pid, signal.SIGKILL)
+    waiter.join()
+    started = time.monotonic()
+    flag.set()
+    assert time.monotonic() - started < 0.1
+    again = ctx.Process(target=_wait_then_exit, args=(flag,))
+    again.start()
+    again.join(5)
+    assert again.exitcode == 0  # saw the flag raised
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(60)
+def test_serve_stops_cleanly_after_a_child_was_killed(gateway_site, site_broker, serve_gateway):
+    gateway = serve_gateway(gateway_site, site_broker, workers=2)
+    supervisor, killed = gateway.status["pid"], gateway.status["urgent_pid"]
+    os.kill(killed, signal.SIGKILL)  # as the kernel's OOM killer would
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        urgent = [p for p in _children(supervisor) if _cmdline(p).startswith("provgw urgent ")]
+        if urgent and urgent != [killed]:
+            break
+        time.sleep(0.1)
+    assert urgent, "the supervisor restarts the urgent lane"
+    assert urgent != [killed]
+    assert gateway.stop(timeout=20)["status"] == "stopped"

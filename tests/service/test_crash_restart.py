@@ -8,6 +8,7 @@ exactly that set: nothing acknowledged lost, nothing stored twice.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import sqlite3
 import threading
@@ -27,6 +28,8 @@ SITE = "ward-3"
 TODAY = datetime.now(UTC).date()
 EVENTS_PER_DEVICE = 400
 DEVICES = 4
+#: deploy/provgw.service's TimeoutStopSec: after it, systemd kills what is left.
+_SYSTEMD_STOP_S = 30.0
 
 
 class Publisher:
@@ -140,6 +143,47 @@ def test_kill_9_of_the_gateway_loses_no_acknowledged_event_and_stores_none_twice
     stopped = gateway.stop()
     assert stopped["events_stored"] == publisher.total
     _assert_stored_exactly(db_path, publisher.acked)
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["supervisor", "every-process"])
+def test_a_stop_mid_stream_ends_every_process_and_loses_nothing_acknowledged(
+    gateway_site, site_broker, serve_gateway, group
+):
+    # SIGTERM to `provgw serve` alone is how systemd stops it (deploy/provgw.service,
+    # KillMode=mixed) and how `docker stop` does; to every process of the group is systemd's
+    # default KillMode and `kill -TERM -- -PGID`. Either way each child commits and acknowledges
+    # what it holds, and none is left for the final SIGKILL.
+    publisher = Publisher(
+        site_broker, gateway_site.pki, gateway_site.devices[:DEVICES], EVENTS_PER_DEVICE
+    )
+    gateway = serve_gateway(gateway_site, site_broker, workers=2)
+    db_path = gateway.status["database"]
+    assert gateway.proc is not None
+    pgid = gateway.proc.pid
+    publisher.start()
+    _wait_count(db_path, lambda n: n >= 300)
+    started = time.monotonic()
+    stopped = gateway.stop(timeout=_SYSTEMD_STOP_S, group=group)
+    assert stopped["status"] == "stopped"
+    assert stopped["events_stored"] < publisher.total, "the stop must land during ingest"
+    # multiprocessing's resource tracker leaves once the supervisor's pipe closes: allow it that.
+    while time.monotonic() - started < _SYSTEMD_STOP_S and _group_alive(pgid):
+        time.sleep(0.05)
+    assert not _group_alive(pgid)
+    gateway.start()
+    publisher.join()
+    final = _wait_count(db_path, lambda n: n >= len(publisher.acked))
+    assert final == len(publisher.acked) == publisher.total
+    gateway.stop()
+    _assert_stored_exactly(db_path, publisher.acked)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_broker_restart_mid_stream_loses_nothing(gateway_site, site_broker, serve_gateway):
