@@ -29,6 +29,7 @@ endef
 # Mosquitto: the broker of make demo, the tests and the benchmarks.
 system-deps:
 	$(call apt_need,mosquitto,mosquitto,the MQTT broker)
+	$(call apt_need,systemd-analyze,systemd,checking deploy/provgw.service offline)
 
 # A real headless Chromium and its driver: only the web UI tests need them.
 browser-deps:

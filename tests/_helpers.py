@@ -206,3 +206,17 @@ def logged(read: Callable[[], str], text: str, timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+#: The systemd unit users install (README, "Running as a service").
+SERVICE_UNIT = Path(__file__).resolve().parents[1] / "deploy" / "provgw.service"
+
+
+def unit_settings(unit: Path = SERVICE_UNIT) -> dict[str, list[str]]:
+    """A systemd unit's ``Key=value`` lines: every value of each key, in order (keys may repeat)."""
+    settings: dict[str, list[str]] = {}
+    for line in unit.read_text(encoding="utf-8").splitlines():
+        if "=" in line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings

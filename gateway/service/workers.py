@@ -84,7 +84,8 @@ __all__ = ["Supervisor", "ingest_processes", "preflight", "run_worker", "serve"]
 
 _log = logging.getLogger(__name__)
 
-_STOP_TIMEOUT_S = 15.0
+#: How long a stop waits for the children to finish (deploy/provgw.service allows more).
+STOP_TIMEOUT_S = 15.0
 _MAX_RESTART_DELAY_S = 30.0
 _READY_TIMEOUT_S = 30.0
 #: Slot index of the ledger process (gateway.service.ledger_service); workers count from 0.
@@ -302,7 +303,7 @@ class Supervisor:
     def stop(self) -> None:
         """Ask every worker to finish its batch and acknowledge it, then wait; kill stragglers."""
         self._stop.set()
-        deadline = time.monotonic() + _STOP_TIMEOUT_S
+        deadline = time.monotonic() + STOP_TIMEOUT_S
         for slot in self._slots:
             proc = slot.process
             if proc is None:

@@ -10,6 +10,8 @@ import yaml
 from eth_keys import keys
 
 from gateway.ledger.anchor import ARTIFACT_DIR
+from gateway.service.workers import STOP_TIMEOUT_S
+from tests._helpers import unit_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 BESU = ARTIFACT_DIR / "besu"
@@ -44,6 +46,16 @@ def test_compose_runs_four_besu_validators_and_the_gateway():
         assert env["BESU_MIN_GAS_PRICE"] == "0"
         assert "ETH" in env["BESU_RPC_HTTP_API"].split(",")
     assert set(services["gateway"]["depends_on"]) == set(VALIDATORS)
+
+
+def test_the_gateway_container_is_given_the_time_a_clean_stop_takes():
+    gateway = _compose()["services"]["gateway"]
+    # provgw serve is PID 1 (exec), so `docker stop`'s SIGTERM reaches the supervisor.
+    assert "exec provgw serve" in gateway["command"][-1]
+    grace = gateway["stop_grace_period"]
+    assert grace.endswith("s")
+    assert float(grace[:-1]) == float(unit_settings()["TimeoutStopSec"][-1])
+    assert float(grace[:-1]) > STOP_TIMEOUT_S
 
 
 def test_only_loopback_rpc_is_published():

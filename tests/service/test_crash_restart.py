@@ -20,7 +20,7 @@ import pytest
 from device_sim.events import SimDevice, make_event
 from gateway.core.errors import UnavailableError
 from gateway.ingest.topics import EVENT_FILTER, event_topic
-from tests._helpers import stored_count
+from tests._helpers import stored_count, unit_settings
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
 
@@ -29,7 +29,7 @@ TODAY = datetime.now(UTC).date()
 EVENTS_PER_DEVICE = 400
 DEVICES = 4
 #: deploy/provgw.service's TimeoutStopSec: after it, systemd kills what is left.
-_SYSTEMD_STOP_S = 30.0
+_SYSTEMD_STOP_S = float(unit_settings()["TimeoutStopSec"][-1])
 
 
 class Publisher:
