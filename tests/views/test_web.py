@@ -34,10 +34,11 @@ from gateway.store.db import Database
 from gateway.store.events import EventRecord, EventStore, QuarantineRecord
 from gateway.store.inventory import Inventory
 from gateway.store.offers import ManifestOffers
+from gateway.store.readonly import ReadOnlyDatabase
 from gateway.store.recalls import RecallStore, load_recall_trust
 from gateway.store.trust_files import load_trust_dir
 from gateway.views.cli._main import _register, cli
-from gateway.views.web import SECURITY_HEADERS, ReadOnlyDatabase, make_server
+from gateway.views.web import SECURITY_HEADERS, make_server
 
 RECALLS = Path(__file__).resolve().parents[2] / "firmware_manifests" / "recalls"
 RECALL_ID = "Z-0412-2026"

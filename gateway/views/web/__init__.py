@@ -18,11 +18,10 @@ binds 127.0.0.1 by default and refuses Host headers that are not loopback (DNS r
 Security: every value from the store is escaped (device-provided strings are
 attacker-controlled); ``Content-Security-Policy: default-src 'none'; style-src 'self'``,
 ``X-Content-Type-Options: nosniff``; any other method than GET/HEAD gets 405; the database is
-opened ``mode=ro`` per request (:class:`ReadOnlyDatabase`), so the UI cannot change it and never
-blocks ingest (WAL readers do not block the writer).
+opened ``mode=ro`` per request (:class:`~gateway.store.readonly.ReadOnlyDatabase`), so the UI
+cannot change it and never blocks ingest (WAL readers do not block the writer).
 """
 
-from gateway.views.web._readonly import ReadOnlyDatabase
 from gateway.views.web._server import SECURITY_HEADERS, UiServer, make_server
 
-__all__ = ["SECURITY_HEADERS", "ReadOnlyDatabase", "UiServer", "make_server"]
+__all__ = ["SECURITY_HEADERS", "UiServer", "make_server"]

@@ -16,8 +16,8 @@ from typing import Any
 
 from gateway.core.errors import ProvenanceError, UnavailableError
 from gateway.ledger.keys import GatewayKey
+from gateway.store.readonly import ReadOnlyDatabase
 from gateway.views.web import _data, _html
-from gateway.views.web._readonly import ReadOnlyDatabase
 
 __all__ = ["SECURITY_HEADERS", "UiServer", "make_server"]
 

@@ -1,11 +1,11 @@
-"""The gateway database opened read-only, for the web UI.
+"""The gateway database opened read-only: for the web UI, and for the metrics read at each scrape.
 
 SQLite's ``mode=ro`` URI (https://www.sqlite.org/uri.html) opens the file so that no statement
 can change it, and ``PRAGMA query_only`` refuses writes even to the temporary schema. In WAL mode
 a reader never blocks the writer and the writer never blocks a reader
-(https://www.sqlite.org/wal.html): browsing the UI never slows ingest. Each request opens its own
-connection and reads inside one ``BEGIN`` ... ``COMMIT``, so a page is one consistent snapshot
-even while the gateway commits batches.
+(https://www.sqlite.org/wal.html): browsing the UI, or a Prometheus scrape, never slows ingest.
+Each request opens its own connection and reads inside one ``BEGIN`` ... ``COMMIT``, so a page
+is one consistent snapshot even while the gateway commits batches.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class ReadOnlyDatabase(Database):
         yield from self._refuse_write()
 
     def _refuse_write(self) -> Iterator[sqlite3.Connection]:
-        msg = f"The web UI opened {self.path} read-only; it never writes to the gateway database."
+        msg = f"{self.path} is open read-only here (web UI, metrics): nothing may write to it."
         raise UnavailableError(msg, reason="store-read-only")
 
     @contextmanager
