@@ -32,13 +32,14 @@ import logging
 import os
 import signal
 import time
+from dataclasses import dataclass
 from multiprocessing.context import BaseContext
 from pathlib import Path
 from types import FrameType
 
 from setproctitle import setproctitle
 
-__all__ = ["Flag", "enter", "stopping", "title"]
+__all__ = ["ChildStatus", "Flag", "enter", "stopping", "title"]
 
 
 class Flag:
@@ -72,6 +73,16 @@ class Flag:
                 return False
             time.sleep(min(poll, left))
         return True
+
+
+@dataclass(frozen=True)
+class ChildStatus:
+    """One child process as the supervisor sees it (``provgw_child_*`` metrics)."""
+
+    role: str  # the name it gives itself: receiver, worker-N, ledger, urgent
+    up: bool
+    ready: bool
+    restarts: int
 
 
 class _Received:

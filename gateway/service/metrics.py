@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from prometheus_client import CollectorRegistry, Histogram
+    from prometheus_client.registry import Collector
 
     from gateway.service.ingest import BatchOutcome
 
@@ -209,9 +210,11 @@ def mark_worker_dead(pid: int) -> None:
 
 
 class MetricsServer:
-    """The ``/metrics`` endpoint summing every process's metrics in *directory*."""
+    """The ``/metrics`` endpoint: every process's metrics in *directory*, and *collectors*."""
 
-    def __init__(self, host: str, port: int, directory: Path) -> None:
+    def __init__(
+        self, host: str, port: int, directory: Path, collectors: Sequence[Collector] = ()
+    ) -> None:
         from prometheus_client import (  # noqa: PLC0415 - see IngestMetrics
             CollectorRegistry,
             multiprocess,
@@ -222,6 +225,8 @@ class MetricsServer:
         registry = CollectorRegistry()
         collector: Callable[..., object] = multiprocess.MultiProcessCollector  # untyped upstream
         collector(registry, path=str(directory))
+        for extra in collectors:  # read at each scrape (gateway.service.health)
+            registry.register(extra)
         self._server: WSGIServer
         self._thread: Thread
         self._server, self._thread = start_http_server(port, addr=host, registry=registry)

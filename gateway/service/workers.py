@@ -152,7 +152,8 @@ class _Slot:
     index: int
     ready: child.Flag
     process: BaseProcess | None = None
-    restarts: int = 0
+    restarts: int = 0  # in a row, each within a minute of its start: the backoff
+    total_restarts: int = 0
     next_start: float = 0.0
     started: float = field(default_factory=time.monotonic)
 
@@ -200,6 +201,28 @@ class Supervisor:
         """Process id of the urgent lane's process, if it runs."""
         return self._pid(_URGENT)
 
+    def children(self) -> list[child.ChildStatus]:
+        """Each child as the metrics show it: role, running, ready, restarts so far."""
+        return [
+            child.ChildStatus(
+                role=self._role(s.index),
+                # watch() drops a process within 0.2 s of its exit; asking the process here
+                # would reap it from this (the HTTP server's) thread, racing watch().
+                up=s.process is not None,
+                ready=s.ready.is_set(),
+                restarts=s.total_restarts,
+            )
+            for s in self._slots
+        ]
+
+    def _role(self, index: int) -> str:
+        # The names the children give themselves (gateway.service.child).
+        if index == _LEDGER:
+            return "ledger"
+        if index == _URGENT:
+            return "urgent"
+        return f"worker-{index}" if self.config.ingest.mode == "shared" else "receiver"
+
     def urgent_status(self) -> dict[str, Any] | None:
         """Return the urgent lane's pid, niceness and whether it has subscribed (status lines)."""
         for s in self._slots:
@@ -221,8 +244,14 @@ class Supervisor:
         cfg = self.config
         if cfg.metrics_port:
             directory = prepare_multiprocess_dir()
+            # Only with metrics on: prometheus_client's memory (gateway.service.metrics).
+            from gateway.service.health import HealthCollector  # noqa: PLC0415
+
+            health = HealthCollector(cfg.database, self.children)
             try:
-                self.metrics = MetricsServer(cfg.metrics_host, cfg.metrics_port, directory)
+                self.metrics = MetricsServer(
+                    cfg.metrics_host, cfg.metrics_port, directory, collectors=[health]
+                )
             except OSError as exc:
                 raise UnavailableError(
                     f"Cannot serve metrics on {cfg.metrics_host}:{cfg.metrics_port}: {exc}; "
@@ -293,6 +322,7 @@ class Supervisor:
                         mark_worker_dead(proc.pid)
                     quick = now - slot.started < 60
                     slot.restarts = slot.restarts + 1 if quick else 1
+                    slot.total_restarts += 1
                     slot.next_start = now + min(_MAX_RESTART_DELAY_S, 2.0 ** (slot.restarts - 1))
                     slot.process = None
                     slot.ready.clear()

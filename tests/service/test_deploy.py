@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from gateway.service import workers
 from gateway.service.config import load_config
 from tests._helpers import SERVICE_UNIT, unit_settings
+from tests.service.test_metrics import _free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "deploy" / "gateway.toml"
@@ -96,6 +98,8 @@ def test_the_shipped_configuration_serves_and_writes_only_its_state_folder(
     text = CONFIG.read_text(encoding="utf-8")
     assert "port = 8883" in text
     text = text.replace(ETC, str(etc)).replace(STATE, str(state))
+    assert "port = 9464" in text
+    text = text.replace("port = 9464", f"port = {_free_port()}")
     conf = etc / "gateway.toml"
     conf.write_text(text.replace("port = 8883", f"port = {site_broker.port}"), encoding="utf-8")
     config = load_config(conf)
@@ -111,6 +115,8 @@ def test_the_shipped_configuration_serves_and_writes_only_its_state_folder(
         str(state / "gateway-log.key"),
         str(state / "witness.key"),
     ]
+    with urllib.request.urlopen(status["metrics"], timeout=5) as response:  # noqa: S310 - loopback
+        assert "provgw_store_readable 1.0" in response.read().decode()
     assert serve.stop()["status"] == "stopped"
 
     assert {p: p.stat().st_mtime_ns for p in etc.rglob("*")} == before  # read only

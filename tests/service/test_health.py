@@ -1,0 +1,193 @@
+"""The health metrics `provgw serve` reads at each scrape: its children, and the store."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import sqlite3
+import time
+import urllib.request
+from pathlib import Path
+
+import promql_parser
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from device_sim.events import SimDevice, make_event
+from device_sim.fleet import flip_signature_bit
+from gateway.ingest.topics import event_topic
+from gateway.service.child import ChildStatus
+from gateway.service.health import QUERIES, HealthCollector
+from gateway.store.db import Database
+from tests.service.test_ledger_service import FAST_LOG, SITE, TODAY, Fleet
+from tests.service.test_metrics import _free_port
+
+ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "alerts.yml"
+
+
+def _rules() -> list[dict]:
+    return [
+        rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]
+    ]
+
+
+def _parse(text: str) -> dict[tuple[str, tuple], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _collect(collector: HealthCollector) -> dict[tuple[str, tuple], float]:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return _parse(generate_latest(registry).decode())
+
+
+def _exposition(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback http URL
+        return response.read().decode()
+
+
+def _scrape(url: str) -> dict[tuple[str, tuple], float]:
+    return _parse(_exposition(url))
+
+
+def test_the_alerting_rules_parse_and_say_how_urgent_and_what():
+    rules = _rules()
+    assert len({rule["alert"] for rule in rules}) == len(rules)
+    for rule in rules:
+        promql_parser.parse(rule["expr"])  # raises ValueError on a syntax error
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}
+        assert rule["annotations"]["summary"]
+    assert any(r["labels"]["severity"] == "critical" and "urgent" in r["expr"] for r in rules)
+
+
+def test_each_scrape_reads_an_index_end_never_the_events_or_the_log(tmp_path):
+    path = tmp_path / "gateway.sqlite3"
+    Database(path).close()
+    with sqlite3.connect(path) as conn:
+        plans = {
+            name: " / ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+            for name, sql in QUERIES.items()
+        }
+    # max() of a key: one read from an index end.
+    assert plans["stored"] == "SEARCH events"
+    assert plans["entries"] == "SEARCH log_leaves"
+    assert plans["logged"] == (
+        "SEARCH log_leaves USING COVERING INDEX sqlite_autoindex_log_leaves_1 (kind=?)"
+    )
+    # The newest row in index order, LIMIT 1: no sort, so the first row read is the answer.
+    assert plans["signed"] == "SCAN checkpoints"
+    assert plans["witnessed"] == "SCAN checkpoint_status USING INDEX checkpoint_status_witnessed"
+    assert plans["anchored"] == "SCAN checkpoint_status USING INDEX checkpoint_status_anchored"
+    # Only the open anchors (a partial index), and the remediation tables: a row per device.
+    assert plans["outbox"].startswith("SCAN anchor_outbox USING INDEX anchor_outbox_open")
+    for table in ("events", "log_leaves", "checkpoints", "checkpoint_status"):
+        assert table not in plans["outbox"] + plans["campaigns"]
+
+
+def test_remediation_is_counted_per_campaign_and_state_and_no_label_names_a_device(tmp_path):
+    path = tmp_path / "gateway.sqlite3"
+    Database(path).close()
+    digest = bytes(range(32))
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            "INSERT INTO recall_impacts (recall_id, device_id, matches, state, matched_ms,"
+            " updated_ms) VALUES ('Z-0412-2026', ?, '[]', ?, 0, 0)",
+            [("DEV-1", "installed"), ("DEV-2", "installed"), ("DEV-3", "unreachable")],
+        )
+        conn.execute(
+            "INSERT INTO manifest_offers (manifest, device_id, state, first_ms, updated_ms)"
+            " VALUES (?, 'DEV-4', 'offered', 0, 0)",
+            (digest,),
+        )
+    children = [ChildStatus("urgent", up=True, ready=False, restarts=2)]
+    samples = _collect(HealthCollector(path, lambda: children))
+    devices = {k[1]: v for k, v in samples.items() if k[0] == "provgw_remediation_devices"}
+    assert devices == {
+        (("campaign", "Z-0412-2026"), ("state", "installed")): 2,
+        (("campaign", "Z-0412-2026"), ("state", "unreachable")): 1,
+        (("campaign", f"manifest:{digest.hex()}"), ("state", "offered")): 1,
+    }
+    assert samples[("provgw_child_up", (("role", "urgent"),))] == 1
+    assert samples[("provgw_child_ready", (("role", "urgent"),))] == 0
+    assert samples[("provgw_child_restarts_total", (("role", "urgent"),))] == 2
+    assert samples[("provgw_store_readable", ())] == 1
+    assert samples[("provgw_checkpoint_size", (("strength", "witnessed"),))] == 0  # none yet
+    assert not any("DEV-" in value for key in samples for _, value in key[1])
+
+
+def test_an_unreadable_database_is_a_zero_not_a_failed_scrape(tmp_path):
+    samples = _collect(HealthCollector(tmp_path / "missing.sqlite3", list))
+    assert samples[("provgw_store_readable", ())] == 0
+    assert ("provgw_store_events", ()) not in samples
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(90)
+def test_the_endpoint_shows_the_log_keeping_up_and_a_killed_child_restarted(
+    gateway_site, site_broker, serve_gateway
+):
+    port = _free_port()
+    gateway = serve_gateway(gateway_site, site_broker, start=False, metrics_port=port)
+    with gateway.config.open("a", encoding="utf-8") as config:
+        config.write(FAST_LOG)
+    status = gateway.start()
+    url = status["metrics"]
+    samples = _scrape(url)
+    for role in ("receiver", "ledger", "urgent"):
+        assert samples[("provgw_child_up", (("role", role),))] == 1
+        assert samples[("provgw_child_ready", (("role", role),))] == 1
+        assert samples[("provgw_child_restarts_total", (("role", role),))] == 0
+
+    sent = Fleet(site_broker, gateway_site.pki, gateway_site.devices[:3]).publish(rounds=5)
+    device = gateway_site.devices[3]
+    forged = SimDevice.load(gateway_site.pki, device).sign(
+        make_event(device, "custody", 1, int(time.time() * 1000), random.Random(1), today=TODAY),
+        with_chain=True,
+    )
+    with site_broker.device(device) as client:  # one refused message: the rejected counter shows
+        client.publish(event_topic(SITE, device, "custody"), flip_signature_bit(forged))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        samples = _scrape(url)
+        witnessed = samples[("provgw_checkpoint_size", (("strength", "witnessed"),))]
+        if samples[("provgw_store_events", ())] == sent and witnessed == sent:
+            break
+        time.sleep(0.2)
+    assert samples[("provgw_store_events", ())] == sent
+    assert samples[("provgw_log_unlogged_events", ())] == 0
+    assert samples[("provgw_log_entries", ())] == sent
+    assert samples[("provgw_checkpoint_size", (("strength", "signed"),))] == sent
+    assert samples[("provgw_checkpoint_size", (("strength", "witnessed"),))] == sent
+    assert samples[("provgw_checkpoint_size", (("strength", "anchored"),))] == 0  # no chain
+    signed_at = samples[("provgw_checkpoint_timestamp_seconds", (("strength", "signed"),))]
+    assert abs(signed_at - time.time()) < 30
+    assert samples[("provgw_anchor_outbox", (("status", "pending"),))] == 0
+    assert samples[("provgw_checkpoint_timestamp_seconds", (("strength", "anchored"),))] == 0
+    # Every metric the alerting rules name is one this gateway exports (a family without
+    # samples yet, such as remediation before any recall, still says its name).
+    families = list(text_string_to_metric_families(_exposition(url)))
+    exported = {f.name for f in families} | {s.name for f in families for s in f.samples}
+    for rule in _rules():
+        assert set(re.findall(r"provgw_[a-z_]+", rule["expr"])) <= exported, rule["alert"]
+
+    os.kill(status["urgent_pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        samples = _scrape(url)
+        restarted = samples[("provgw_child_restarts_total", (("role", "urgent"),))] == 1
+        if restarted and samples[("provgw_child_ready", (("role", "urgent"),))] == 1:
+            break
+        time.sleep(0.1)
+    assert samples[("provgw_child_restarts_total", (("role", "urgent"),))] == 1
+    assert samples[("provgw_child_up", (("role", "urgent"),))] == 1
+    assert samples[("provgw_child_ready", (("role", "urgent"),))] == 1
+    assert samples[("provgw_child_restarts_total", (("role", "receiver"),))] == 0
+    assert gateway.stop()["status"] == "stopped"
