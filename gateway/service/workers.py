@@ -45,10 +45,14 @@ Memory (issue 3, measured with ``bench/bench_ingest.py``'s per-process PSS): the
 *spawns* its children -- it restarts them while its metrics thread runs, and a fork beside a
 running thread may copy a lock that thread holds; the receiver *forks* its verifiers before it
 starts any thread, after loading their modules, so they share those pages. Not kept, measured:
-a ``forkserver`` with the common modules preloaded (one more interpreter: more PSS, not less),
-and avoiding multiprocessing's resource tracker (it unlinks the named semaphores behind
-``stop``/``ready`` when the supervisor is killed; only ``fork``, unsafe here, needs none). The
+a ``forkserver`` with the common modules preloaded (one more interpreter: more PSS, not less).
+multiprocessing's resource tracker (a small process of its own) comes with ``spawn``. The
 supervisor imports the urgent lane's and the ledger's modules only when they are switched on.
+
+``stop`` (the supervisor to every child) and each child's ``ready`` are lock-free flags in
+shared memory (:class:`gateway.service.child.Flag`), not ``multiprocessing.Event``: an Event
+hangs the next ``set()`` once a child died waiting on it, and deadlocks when a child's SIGTERM
+handler sets it (the module docstring of :mod:`gateway.service.child`).
 """
 
 from __future__ import annotations
