@@ -169,15 +169,15 @@ class Supervisor:
         self.config = config
         self._ctx = multiprocessing.get_context("spawn")
         # Flags, not multiprocessing Events: see gateway.service.child.
-        self._stop = child.Flag(self._ctx)
-        self._slots = [_Slot(i, child.Flag(self._ctx)) for i in range(ingest_processes(config))]
+        self._stop = child.Flag()
+        self._slots = [_Slot(i, child.Flag()) for i in range(ingest_processes(config))]
         if config.log.enabled:
             # The ledger process runs beside the workers under the same watch and restart rules;
             # it only reads what they stored, so it can never hold up ingest.
-            self._slots.append(_Slot(_LEDGER, child.Flag(self._ctx)))
+            self._slots.append(_Slot(_LEDGER, child.Flag()))
         if config.urgent.enabled:
             # Its own process: no GIL, connection or client id shared with routine ingest.
-            self._slots.append(_Slot(_URGENT, child.Flag(self._ctx)))
+            self._slots.append(_Slot(_URGENT, child.Flag()))
         self.metrics: MetricsServer | None = None
 
     @property

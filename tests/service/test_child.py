@@ -78,7 +78,7 @@ def _wait_then_exit(flag: child.Flag) -> None:
 def test_a_flag_still_works_after_a_process_waiting_on_it_was_killed():
     # A multiprocessing.Event's set() would wait forever here for the dead waiter to wake.
     ctx = multiprocessing.get_context("spawn")
-    flag = child.Flag(ctx)
+    flag = child.Flag()
     waiter = ctx.Process(target=_wait_then_exit, args=(flag,))
     waiter.start()
     time.sleep(0.5)  # in wait()
