@@ -220,3 +220,12 @@ def unit_settings(unit: Path = SERVICE_UNIT) -> dict[str, list[str]]:
             key, _, value = line.partition("=")
             settings.setdefault(key.strip(), []).append(value.strip())
     return settings
+
+
+def alive(pid: int, *, group: bool = False) -> bool:
+    """Whether process *pid* (or, *group*, any process of process group *pid*) still exists."""
+    try:
+        (os.killpg if group else os.kill)(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -109,18 +109,16 @@ class HealthCollector:
             restarts.add_metric([child.role], float(child.restarts))
         yield from (up, ready, restarts)
 
-        readable = GaugeMetricFamily(
-            "provgw_store_readable", "Whether this scrape could read the database."
-        )
         try:
             store = list(self._store_families())
         except UnavailableError as err:
             _log.warning("metrics: cannot read %s: %s", self.database, err)
-            readable.add_metric([], 0.0)
-            yield readable
-            return
-        readable.add_metric([], 1.0)
-        yield readable
+            store = []
+        yield GaugeMetricFamily(
+            "provgw_store_readable",
+            "Whether this scrape could read the database.",
+            value=1 if store else 0,
+        )
         yield from store
 
     def _store_families(self) -> Iterator[Metric]:
@@ -132,19 +130,18 @@ class HealthCollector:
             db.close()
 
         stored, logged, entries = (rows[name][0][0] for name in ("stored", "logged", "entries"))
-        family = GaugeMetricFamily("provgw_store_events", "Device events stored (the newest id).")
-        family.add_metric([], float(stored))
-        yield family
-        family = GaugeMetricFamily(
-            "provgw_log_unlogged_events",
-            "Stored events not yet committed to the transparency log.",
+        yield GaugeMetricFamily(
+            "provgw_store_events", "Device events stored (the newest id).", value=stored
         )
         # Event ids are given in order and logged in order (gateway.service.batcher).
-        family.add_metric([], float(max(0, stored - logged)))
-        yield family
-        family = GaugeMetricFamily("provgw_log_entries", "Entries in the transparency log.")
-        family.add_metric([], float(entries))
-        yield family
+        yield GaugeMetricFamily(
+            "provgw_log_unlogged_events",
+            "Stored events not yet committed to the transparency log.",
+            value=max(0, stored - logged),
+        )
+        yield GaugeMetricFamily(
+            "provgw_log_entries", "Entries in the transparency log.", value=entries
+        )
         size = GaugeMetricFamily(
             "provgw_checkpoint_size",
             "Tree size of the newest checkpoint of each strength (0: none yet).",

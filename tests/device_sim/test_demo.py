@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -11,17 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from tests._helpers import alive
+
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(120)]
 
 SIM = Path(sys.executable).with_name("provgw-sim")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
@@ -66,16 +59,16 @@ def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
     assert states["unreachable"]["attempts"] == 2
     assert "simulated install failure" in states["failed"]["detail"]
     assert max(urgent["offer_ms"]) < 2000
-    assert not _alive(urgent["lane_pid"])
+    assert not alive(urgent["lane_pid"])
     # The web UI ran beside the gateway, served the same store, and pointed at its pages.
     ui = out["ui"]
     reports = urgent["counts"]["installed"] + urgent["counts"]["failed"]  # the pumps' step 8
     assert ui["stored"] == sum(out["stored"].values()) + reports
     assert ui["recall_page"] == ui["url"] + "recalls/Z-0412-2026"
     assert ui["device_page"].startswith(ui["url"] + "devices/")
-    assert not _alive(ui["pid"])
+    assert not alive(ui["pid"])
     # Shut down on exit: the gateway's process is gone and the broker's port is closed.
-    assert not _alive(out["gateway"]["pid"])
+    assert not alive(out["gateway"]["pid"])
     broker = ("127.0.0.1", out["broker"]["port"])
     with pytest.raises(ConnectionRefusedError), socket.create_connection(broker, 1):
         pass

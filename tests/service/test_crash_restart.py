@@ -8,7 +8,6 @@ exactly that set: nothing acknowledged lost, nothing stored twice.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import sqlite3
 import threading
@@ -20,7 +19,7 @@ import pytest
 from device_sim.events import SimDevice, make_event
 from gateway.core.errors import UnavailableError
 from gateway.ingest.topics import EVENT_FILTER, event_topic
-from tests._helpers import stored_count, unit_settings
+from tests._helpers import alive, stored_count, unit_settings
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
 
@@ -167,23 +166,15 @@ def test_a_stop_mid_stream_ends_every_process_and_loses_nothing_acknowledged(
     assert stopped["status"] == "stopped"
     assert stopped["events_stored"] < publisher.total, "the stop must land during ingest"
     # multiprocessing's resource tracker leaves once the supervisor's pipe closes: allow it that.
-    while time.monotonic() - started < _SYSTEMD_STOP_S and _group_alive(pgid):
+    while time.monotonic() - started < _SYSTEMD_STOP_S and alive(pgid, group=True):
         time.sleep(0.05)
-    assert not _group_alive(pgid)
+    assert not alive(pgid, group=True)
     gateway.start()
     publisher.join()
     final = _wait_count(db_path, lambda n: n >= len(publisher.acked))
     assert final == len(publisher.acked) == publisher.total
     gateway.stop()
     _assert_stored_exactly(db_path, publisher.acked)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_broker_restart_mid_stream_loses_nothing(gateway_site, site_broker, serve_gateway):
