@@ -410,6 +410,7 @@ def serve(config_path: Path, on_status: Callable[[dict[str, Any]], None]) -> dic
                 "status": "running",
                 "pid": os.getpid(),
                 "workers": config.ingest.workers,
+                "ingest_mode": config.ingest.mode,
                 "workers_subscribed": ready,
                 "worker_pids": supervisor.pids,
                 "ledger_pid": supervisor.ledger_pid,

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import random
 import re
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -188,6 +192,31 @@ def test_serve_says_on_stderr_when_it_upgrades_the_database(gateway_site, serve_
     assert re.search(f"^{stamp}.*schema step {last} applied \\(1 of 1\\)", log, re.MULTILINE), log
     with Database(tmp_path / "gateway.sqlite3") as db:
         assert db.migrations_applied == ()
+
+
+@pytest.mark.timeout(60)
+def test_serve_says_in_words_which_processes_it_runs(gateway_site, site_broker, serve_gateway):
+    conf = serve_gateway(gateway_site, site_broker, workers=2, start=False).config
+    exe = Path(sys.executable).with_name("provgw")
+    with subprocess.Popen(
+        [str(exe), "serve", "--config", str(conf)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=30)[0]
+    found = re.match(
+        r"provgw serving \(pid (\d+)\): receiver \(pid (\d+)\) and 2 verifiers, ", first
+    )
+    assert found, first
+    assert int(found[1]) == proc.pid
+    assert int(found[2]) != proc.pid
+    assert "provgw stopped after" in rest
+    assert proc.returncode == 0
 
 
 def test_serve_explains_a_missing_trust_directory(gateway_site, site_broker, tmp_path):

@@ -33,9 +33,15 @@ def _line(data: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, sort_keys=True, default=str))
     elif data["status"] == "running":
+        pids = ", ".join(str(pid) for pid in data["worker_pids"])
+        ingest = (
+            f"{data['workers']} ingest workers on a shared subscription (pids {pids})"
+            if data["ingest_mode"] == "shared"
+            else f"receiver (pid {pids}) and {data['workers']} verifiers"
+        )
         click.echo(
-            f"provgw serving: {data['workers']} workers (pids {data['worker_pids']}), broker "
-            f"{data['broker']}, database {data['database']}, metrics {data['metrics'] or 'off'}"
+            f"provgw serving (pid {data['pid']}): {ingest}, broker {data['broker']}, "
+            f"database {data['database']}, metrics {data['metrics'] or 'off'}"
         )
         ledger = data.get("ledger")
         if ledger:
