@@ -245,7 +245,7 @@ def _write_gateway_toml(
         "[store]",
         f"path = {json.dumps(str(db))}",
         "[metrics]",
-        "port = 0",
+        f"port = {free_port()}",
         # The embedded default: the log plus a local witness; keys are made at first start.
         "[log]",
         "interval_s = 1.0",
@@ -447,6 +447,7 @@ def run_demo(options: DemoOptions, say: Say) -> dict[str, Any]:  # noqa: PLR0915
                 "running": True,
                 "pid": status.get("pid"),
                 "workers": status.get("workers"),
+                "metrics": status.get("metrics"),
             }
             ui = _WebUi(provgw, gateway_config, directory / "ui.log")
             cleanup.callback(ui.stop)
@@ -543,6 +544,7 @@ def run_demo(options: DemoOptions, say: Say) -> dict[str, Any]:  # noqa: PLR0915
         setup = _UrgentSetup(provgw, directory, db, pki, broker, records, status if running else {})
         out["urgent"] = _urgent_recall(setup, say=say)
         out["interrupted"] = stop.is_set()
+        out["metrics"] = _show_metrics(out["gateway"], say=say)
         _show_ui(ui, out, sample_id, browse=options.browse, stop=stop, say=say)
         say("shutting down the gateway and the broker")
     return out
@@ -574,6 +576,43 @@ def _show_ui(  # noqa: PLR0913 - the UI, the demo's result and how to end
     if browse and not stop.is_set():
         say("      everything keeps running for the web UI; press Ctrl-C to stop")
         stop.wait()
+
+
+def _show_metrics(gateway: dict[str, Any], *, say: Say) -> dict[str, Any]:
+    """Read the gateway's /metrics once and say what an operator's dashboard would show."""
+    url = gateway.get("metrics")
+    if not gateway["running"] or not url:
+        return {}
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback URL
+            text = response.read().decode()
+    except OSError as exc:
+        say(f"      metrics: {url} did not answer ({exc})")
+        return {"url": url}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    ready = sorted(
+        dict(labels)["role"]
+        for (name, labels), value in samples.items()
+        if name == "provgw_child_ready" and value == 1
+    )
+    shown = {
+        "url": url,
+        "ready": ready,
+        "log_entries": int(samples.get(("provgw_log_entries", ()), 0)),
+        "witnessed": int(samples.get(("provgw_checkpoint_size", (("strength", "witnessed"),)), 0)),
+    }
+    say(
+        f"      metrics: {url} (Prometheus; deploy/alerts.yml): processes ready "
+        f"{', '.join(ready) or 'none'}; log {shown['log_entries']} entries, "
+        f"{shown['witnessed']} witnessed"
+    )
+    return shown
 
 
 def _pairs(counts: dict[str, int]) -> str:

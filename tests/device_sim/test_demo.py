@@ -67,6 +67,12 @@ def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
     assert ui["recall_page"] == ui["url"] + "recalls/Z-0412-2026"
     assert ui["device_page"].startswith(ui["url"] + "devices/")
     assert not alive(ui["pid"])
+    # Its metrics endpoint showed every process ready and the log witnessed.
+    metrics = out["metrics"]
+    assert metrics["url"] == out["gateway"]["metrics"]
+    assert metrics["ready"] == ["ledger", "receiver", "urgent"]
+    assert metrics["log_entries"] >= sum(out["stored"].values())
+    assert 0 < metrics["witnessed"] <= metrics["log_entries"]
     # Shut down on exit: the gateway's process is gone and the broker's port is closed.
     assert not alive(out["gateway"]["pid"])
     broker = ("127.0.0.1", out["broker"]["port"])
