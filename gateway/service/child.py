@@ -16,12 +16,14 @@ step, so that
 
 The supervisor asks its children to stop, and they tell it they are ready, through a
 :class:`Flag` each, not a ``multiprocessing.Event``. An Event is a lock and a condition shared by
-every process, and both break when a process dies or is signalled at the wrong moment (measured:
-``tests/service/test_child.py``): a child killed (``kill -9``, the kernel's OOM killer) while it
-waits on the Event leaves the next ``set()`` waiting for that child to wake, forever; and a child
-whose SIGTERM handler sets the Event while its own main thread waits on it deadlocks, holding the
-lock every other process then waits for. So ``provgw serve`` could not stop after a child had been
-killed, nor when SIGTERM reached its whole process group (systemd's default ``KillMode``).
+every process, and both break when a process dies or is signalled at the wrong moment: a child
+killed (``kill -9``, the kernel's OOM killer) while it waits on the Event leaves the next
+``set()`` waiting for that child to wake, forever; and a child whose SIGTERM handler sets the
+Event while its own main thread waits on it deadlocks, holding the lock every other process then
+waits for. So ``provgw serve`` could not stop after a child had been killed, nor when SIGTERM
+reached its whole process group (systemd's default ``KillMode``). Both hangs were reproduced
+before the change, by ``tests/service/test_child.py`` and by the ``every-process`` case of
+``tests/service/test_crash_restart.py``.
 """
 
 from __future__ import annotations
