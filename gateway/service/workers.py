@@ -62,6 +62,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -374,6 +375,24 @@ def _urgent_line(
     }
 
 
+def _notify_systemd(state: str) -> None:
+    """Tell systemd (``Type=notify``, deploy/provgw.service) *state*; nothing without it.
+
+    The sd_notify(3) protocol: one datagram of ``KEY=value`` lines to the unix socket named by
+    ``$NOTIFY_SOCKET`` (a leading ``@`` is the abstract namespace). ``systemctl start`` returns
+    once READY=1 arrives, and ``systemctl status`` shows STATUS.
+    """
+    where = os.environ.get("NOTIFY_SOCKET")
+    if not where:
+        return
+    address = "\0" + where[1:] if where.startswith("@") else where
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), address)
+    except OSError as exc:
+        _log.warning("cannot notify systemd at %s: %s", where, exc)
+
+
 def serve(config_path: Path, on_status: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Run the gateway until SIGTERM or SIGINT; report ``running`` then return the final status.
 
@@ -427,8 +446,14 @@ def serve(config_path: Path, on_status: Callable[[dict[str, Any]], None]) -> dic
                 **checked,
             }
         )
+        roles = ", ".join(c.role for c in supervisor.children())
+        _notify_systemd(
+            f"READY=1\nSTATUS={ready} of {len(supervisor.children())} processes subscribed"
+            f" ({roles}); {checked['events_stored']} events stored at start"
+        )
         supervisor.watch(stopping.is_set)
     finally:
+        _notify_systemd("STOPPING=1\nSTATUS=stopping: each process commits what it holds")
         supervisor.stop()
         for sig, handler in old.items():
             with contextlib.suppress(ValueError, TypeError):

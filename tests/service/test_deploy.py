@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -125,3 +128,27 @@ def test_the_shipped_configuration_serves_and_writes_only_its_state_folder(
     assert "offer-key.pub.pem" in made
     for key in ("gateway-log.key", "witness.key"):
         assert (state / key).stat().st_mode & 0o077 == 0  # private keys: the owner's only
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
+def test_serve_tells_systemd_when_it_is_ready_and_when_it_stops(
+    gateway_site, site_broker, serve_gateway, monkeypatch, abstract
+):
+    # What systemd does for Type=notify: a datagram socket named by $NOTIFY_SOCKET.
+    assert unit_settings()["Type"] == ["notify"]
+    folder = Path(tempfile.mkdtemp(prefix="sd-", dir="/tmp"))  # unix socket paths are short
+    name = f"@provgw-test-{os.getpid()}" if abstract else str(folder / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name[1:] if abstract else name)
+        sock.settimeout(30)
+        monkeypatch.setenv("NOTIFY_SOCKET", name)
+        gateway = serve_gateway(gateway_site, site_broker, workers=2)  # returns once running
+        assert sock.recv(4096).decode() == (
+            "READY=1\nSTATUS=3 of 3 processes subscribed (receiver, ledger, urgent); "
+            "0 events stored at start"
+        )
+        assert gateway.stop()["status"] == "stopped"
+        assert sock.recv(4096).decode().startswith("STOPPING=1\n")
+    shutil.rmtree(folder)
