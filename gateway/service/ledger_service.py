@@ -433,24 +433,22 @@ class LedgerService:
         self._stopping.set()
 
     def _open_db(self, stack: ExitStack) -> Database:
-        return stack.enter_context(
-            Database(
-                self.config.database,
-                durable_against_power_loss=self.config.durable_against_power_loss,
-            )
-        )
+        # Always fsynced here, whatever [store] durable_against_power_loss says for ingest: a
+        # checkpoint goes to the witnesses (and the chain) right after it is sealed, so a power
+        # cut must not take it back out of this file. Otherwise the log, restarted on the older
+        # file, would sign another tree at a size they already hold: a fork, which every
+        # witness then refuses for good. The ledger commits a few times per interval_s, so the
+        # fsyncs are cheap; and fsyncing the WAL makes durable every event logged before too.
+        return stack.enter_context(Database(self.config.database, durable_against_power_loss=True))
 
     def _witness_clients(self, stack: ExitStack) -> list[WitnessClient]:
         cfg = self.config.witnesses
         clients = [WitnessClient(w.url, w.verifier, timeout=cfg.timeout_s) for w in cfg.remote]
         if cfg.embedded:
             assert self.keys.witness is not None  # prepare_ledger made it
-            store = stack.enter_context(
-                WitnessStore(
-                    cfg.embedded_db,
-                    durable_against_power_loss=self.config.durable_against_power_loss,
-                )
-            )
+            # A witness persists what it cosigned before it answers (C2SP tlog-witness): a
+            # witness that forgets it could be rolled back. Its default, durable, is kept.
+            store = stack.enter_context(WitnessStore(cfg.embedded_db))
             witness = Witness(self.keys.witness, [self.keys.gateway.verifier], store)
             server = WitnessServer(witness, host="127.0.0.1", port=cfg.embedded_port)
             stack.callback(server.close)

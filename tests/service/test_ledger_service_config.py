@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,10 @@ import yaml
 from gateway.core import note
 from gateway.core.errors import MalformedError
 from gateway.ledger.keys import load_gateway_key
+from gateway.service import ledger_service
 from gateway.service.config import load_config
-from gateway.service.ledger_service import load_ledger_keys, prepare_ledger
+from gateway.service.ledger_service import LedgerService, load_ledger_keys, prepare_ledger
+from gateway.store.witness import WitnessStore
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = "0x" + "ab" * 20
@@ -172,3 +175,23 @@ def test_docker_compose_gateway_serves_gateway_compose_toml_with_its_chain_envir
     assert config.chain.contract == CONTRACT
     assert config.log.key == Path("/data/gateway-log.key")
     assert config.witnesses.embedded_db == Path("/data/witness.sqlite3")
+
+
+def test_the_log_and_its_witness_always_fsync_whatever_ingest_is_set_to(write_config, monkeypatch):
+    # [store] durable_against_power_loss = false (the default) lets a power cut take back the
+    # last ingest commits; never a checkpoint the witnesses were given (a fork on restart).
+    config = load_config(write_config())
+    assert config.durable_against_power_loss is False
+    opened: list[list[tuple[int]]] = []
+
+    class SpiedWitnessStore(WitnessStore):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            opened.append(self.query("PRAGMA synchronous"))
+
+    monkeypatch.setattr(ledger_service, "WitnessStore", SpiedWitnessStore)
+    service = LedgerService(config, prepare_ledger(config))
+    with ExitStack() as stack:
+        assert service._open_db(stack).query("PRAGMA synchronous") == [(2,)]  # FULL
+        service._witness_clients(stack)  # starts the embedded witness, on its own store
+        assert opened == [[(2,)]]
