@@ -329,7 +329,17 @@ class WitnessPool:
                 raise
             with self._sizes_lock:
                 self._sizes[client.name] = known
-            if known == old or known > size:
+            if known > size:
+                # It cosigned more of this log than the log now holds: the log's database is
+                # older than what it published (restored, rolled back), or a second gateway
+                # signs with the same key. Nothing proves from here; the caller must stop.
+                raise ConflictError(
+                    f"The witness {client.name} has cosigned {known} entries of this log, but "
+                    f"its newest checkpoint here has {size}.",
+                    reason="witness-ahead",
+                    known_size=known,
+                ) from err
+            if known == old:
                 raise
             lines = client.submit(checkpoint, known, prove(known))
         with self._sizes_lock:

@@ -13,6 +13,8 @@ Rules:
   urgent lane — never waits on the log.
 - A hook that raises or overruns *hook_timeout_s* is logged and skipped; the batcher goes on. A
   failing seal (disk full, a refused fork) is logged and retried at the next tick.
+- While *halted()* gives a reason, nothing is appended or signed (a witness holds more of this
+  log than the database: see :class:`gateway.service.ledger_service.WitnessRounds`).
 - Owned by ``async with``: leaving the block cancels the task and waits for it, so nothing is left
   running. Events are in the store before the log reads them, so a stop (or ``kill -9``) at any
   point loses nothing: the next run logs what is pending.
@@ -81,6 +83,7 @@ class Batcher:
         hook_timeout_s: float = 10.0,
         poll_s: float = 0.1,
         clock: Callable[[], datetime] = _utc_now,
+        halted: Callable[[], str | None] = lambda: None,
     ) -> None:
         if interval_s <= 0 or max_pending <= 0 or poll_s <= 0 or hook_timeout_s <= 0:
             raise ValueError("batcher intervals and counts must be positive")
@@ -91,6 +94,7 @@ class Batcher:
         self._hook_timeout = hook_timeout_s
         self._poll = poll_s
         self._clock = clock
+        self._halted = halted
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         #: Checkpoints sealed since start (for status pages and tests).
@@ -135,6 +139,8 @@ class Batcher:
         return signed
 
     def _append_and_seal(self) -> SignedCheckpoint | None:
+        if self._halted() is not None:
+            return None  # the reason was logged where it was found; events wait in the store
         self._log.append_pending()
         # seal() runs in its own transaction, after the appends committed.
         return self._log.seal(self._clock())

@@ -249,6 +249,8 @@ class WitnessRounds:
         self._idle.set()
         self._down: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        #: Why the log must not grow (a witness holds more of it than this database), or None.
+        self.halted: str | None = None
         #: Size of the newest checkpoint that reached the quorum (0: none yet).
         self.witnessed_size = 0
         #: Rounds that fell short of the quorum.
@@ -335,6 +337,20 @@ class WitnessRounds:
         return {_cosigner(line) for line in lines} & self._names
 
     def _report(self, size: int, failures: Mapping[str, ProvenanceError]) -> None:
+        ahead = [e for e in failures.values() if e.reason == "witness-ahead"]
+        if ahead and self.halted is None:
+            self.halted = str(ahead[0])
+            _log.error(
+                "%s The database %s is older than the log it published (restored from an older "
+                "copy, rolled back), or another gateway signs with this log key. This gateway "
+                "now stores events but neither logs nor signs them, since every checkpoint it "
+                "signed from here would fork the log the witnesses hold. Stop it and put back "
+                "the newest copy of the database; if that is lost, the log cannot go on under "
+                "this key: start a new one ([log] key and origin) and give the consortium this "
+                "line.",
+                self.halted,
+                self._log.db.path,
+            )
         # One line per change (down, back), not one per round: a witness down for hours would
         # otherwise write a line every retry.
         for name, error in failures.items():
@@ -540,6 +556,12 @@ class LedgerService:
                     on_witnessed=anchor_hook,
                 )
                 self.witness = await tasks.enter_async_context(rounds)
+                await rounds.recover()
+                # Before anything new is signed, the newest head's round (bounded): a witness
+                # holding more of this log than this file stops the log before it could fork.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(cfg.witnesses.timeout_s):
+                        await rounds.idle()
                 batcher = Batcher(
                     log,
                     interval_s=cfg.log.interval_s,
@@ -547,9 +569,9 @@ class LedgerService:
                     on_checkpoint=[rounds.offer],
                     # A hook only queues work for its own task; this bounds a stuck SQLite write.
                     hook_timeout_s=max(10.0, cfg.witnesses.timeout_s),
+                    halted=lambda: rounds.halted,
                 )
                 self.batcher = await tasks.enter_async_context(batcher)
-                await rounds.recover()
                 on_ready()
                 while not should_stop():
                     with contextlib.suppress(TimeoutError):

@@ -227,6 +227,24 @@ def test_pool_reports_a_forked_log_as_refused_by_every_witness(witnesses, log_si
     assert result.checkpoint == forked.checkpoint()
 
 
+def test_pool_says_when_a_witness_holds_more_of_the_log_than_the_log_itself(
+    witnesses, log_signer
+):
+    # The log's database was put back to an older copy: its newest checkpoint (6) is behind
+    # what the witnesses cosigned (10). A fresh pool (a restart) probes and learns that.
+    grown = ToyLog(log_signer, 10)
+    with _pool(witnesses) as pool:
+        assert len(pool.submit(grown.checkpoint(), grown.prove).cosignatures) == 3
+    restored = ToyLog(log_signer, 6)
+    with _pool(witnesses) as pool:
+        result = pool.submit(restored.checkpoint(), restored.prove)
+    assert result.cosignatures == {}
+    assert {e.reason for e in result.failures.values()} == {"witness-ahead"}
+    assert all(isinstance(e, ConflictError) for e in result.failures.values())
+    assert {e.known_size for e in result.failures.values()} == {10}  # type: ignore[attr-defined]
+    assert "has cosigned 10 entries of this log" in str(next(iter(result.failures.values())))
+
+
 def test_pool_refuses_two_witnesses_with_one_name(witnesses):
     signer, server = witnesses[0]
     twice = [WitnessClient(server.url, signer.verifier) for _ in range(2)]

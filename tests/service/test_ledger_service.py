@@ -228,6 +228,47 @@ def test_a_killed_ledger_process_is_restarted_and_loses_no_entry(
     assert "exited with -9; restarting" in gateway.log()
 
 
+def _copy_database(source: str, target: Path) -> None:
+    """A consistent copy, as a backup tool would take it (the SQLite backup API)."""
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+
+
+def test_a_database_older_than_what_the_witnesses_hold_stops_the_log_not_ingest(
+    gateway_site, site_broker, serve_gateway, tmp_path
+):
+    gateway = serve_with(serve_gateway, gateway_site, site_broker, FAST_LOG, workers=1)
+    db_path = gateway.status["database"]
+    fleet = Fleet(site_broker, gateway_site.pki, gateway_site.devices[:3])
+    sent = fleet.publish(rounds=2)
+    wait_for(lambda: cosigned_head_covers(db_path, sent), "the first cosigned checkpoint")
+    gateway.stop()
+    _copy_database(db_path, tmp_path / "backup.sqlite3")
+    backed_up = head(db_path)[0]
+    # The log grows on, and the embedded witness (its own file) cosigns more of it.
+    gateway.start()
+    sent += fleet.publish(rounds=2)
+    wait_for(lambda: cosigned_head_covers(db_path, sent), "a later cosigned checkpoint")
+    assert head(db_path)[0] > backed_up
+    gateway.stop()
+    # The gateway's database alone is put back to the older copy.
+    for suffix in ("", "-wal", "-shm"):
+        Path(db_path + suffix).unlink(missing_ok=True)
+    _copy_database(str(tmp_path / "backup.sqlite3"), Path(db_path))
+    status = gateway.start()
+    assert status["status"] == "running"
+    # Ingest goes on; the log signs nothing that would fork what the witness holds.
+    more = fleet.publish(rounds=2)
+    wait_for(lambda: events(db_path) == backed_up + more, "events stored after the restore")
+    time.sleep(1.0)  # three seal intervals of FAST_LOG
+    assert query(db_path, "SELECT max(size) FROM checkpoints") == [(backed_up,)]
+    assert query(db_path, "SELECT count(*) FROM log_leaves") == [(backed_up,)]
+    log = gateway.log()
+    assert "witness provgw.local/log/witness has cosigned" in log
+    assert "is older than the log it published" in log
+    assert gateway.stop()["status"] == "stopped"
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
