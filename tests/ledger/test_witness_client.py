@@ -227,9 +227,7 @@ def test_pool_reports_a_forked_log_as_refused_by_every_witness(witnesses, log_si
     assert result.checkpoint == forked.checkpoint()
 
 
-def test_pool_says_when_a_witness_holds_more_of_the_log_than_the_log_itself(
-    witnesses, log_signer
-):
+def test_pool_says_when_a_witness_holds_more_of_the_log_than_the_log_itself(witnesses, log_signer):
     # The log's database was put back to an older copy: its newest checkpoint (6) is behind
     # what the witnesses cosigned (10). A fresh pool (a restart) probes and learns that.
     grown = ToyLog(log_signer, 10)
