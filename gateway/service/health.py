@@ -22,10 +22,10 @@ reads them when ``/metrics`` is scraped, in one read-only snapshot
 
 ``deploy/alerts.yml`` holds alerting rules on these and on ingest's counters.
 
-Every query reads one end of an index, or the remediation tables (a row per device and campaign),
-never the events or the log (query plans pinned by ``tests/service/test_health.py``), so a scrape
-costs the same on a database of millions of events. No label holds a device id, serial number or
-site: only roles, strengths, states and campaign ids, which the manufacturers publish.
+The store's figures come from :func:`gateway.store.health.read_store_health` (``provgw status``
+shows the same): one end of an index per figure, so a scrape costs the same on a database of
+millions of events. No label holds a device id, serial number or site: only roles, strengths,
+states and campaign ids, which the manufacturers publish.
 
 Imported by the supervisor only when ``[metrics] port`` is set (prometheus_client's memory).
 """
@@ -41,41 +41,11 @@ from prometheus_client.metrics_core import Metric
 
 from gateway.core.errors import UnavailableError
 from gateway.service.child import ChildStatus
-from gateway.store.readonly import ReadOnlyDatabase
+from gateway.store.health import read_store_health
 
-__all__ = ["QUERIES", "HealthCollector"]
+__all__ = ["HealthCollector"]
 
 _log = logging.getLogger(__name__)
-
-#: What one scrape reads. Each statement reads one end of an index (the events' and the
-#: checkpoints' primary keys, log_leaves' UNIQUE (kind, ref_id), log_0103's partial indexes, whose
-#: WHERE terms the checkpoint statements repeat), the open anchors' partial index, or the
-#: remediation tables.
-QUERIES = {
-    "stored": "SELECT coalesce(max(id), 0) FROM events",
-    "logged": "SELECT coalesce(max(ref_id), 0) FROM log_leaves WHERE kind = 'event'",
-    "entries": "SELECT coalesce(max(idx) + 1, 0) FROM log_leaves",
-    "signed": "SELECT size, signed_ms FROM checkpoints ORDER BY size DESC LIMIT 1",
-    "witnessed": (
-        "SELECT size, witnessed_ms FROM checkpoint_status WHERE witnessed_ms IS NOT NULL"
-        " ORDER BY size DESC LIMIT 1"
-    ),
-    "anchored": (
-        "SELECT size, anchored_ms FROM checkpoint_status WHERE anchored_tx IS NOT NULL"
-        " ORDER BY size DESC LIMIT 1"
-    ),
-    "outbox": (
-        "SELECT status, count(*) FROM anchor_outbox WHERE status IN ('pending', 'sent')"
-        " GROUP BY status"
-    ),
-    "campaigns": (
-        "SELECT recall_id, state, count(*) FROM recall_impacts GROUP BY recall_id, state"
-        " UNION ALL"
-        " SELECT 'manifest:' || lower(hex(manifest)), state, count(*) FROM manifest_offers"
-        " GROUP BY manifest, state"
-    ),
-}
-_STRENGTHS = ("signed", "witnessed", "anchored")
 
 
 class HealthCollector:
@@ -122,25 +92,17 @@ class HealthCollector:
         yield from store
 
     def _store_families(self) -> Iterator[Metric]:
-        db = ReadOnlyDatabase(self.database)
-        try:
-            with db.snapshot():
-                rows = {name: db.conn.execute(sql).fetchall() for name, sql in QUERIES.items()}
-        finally:
-            db.close()
-
-        stored, logged, entries = (rows[name][0][0] for name in ("stored", "logged", "entries"))
+        health = read_store_health(self.database)
         yield GaugeMetricFamily(
-            "provgw_store_events", "Device events stored (the newest id).", value=stored
+            "provgw_store_events", "Device events stored (the newest id).", value=health.events
         )
-        # Event ids are given in order and logged in order (gateway.service.batcher).
         yield GaugeMetricFamily(
             "provgw_log_unlogged_events",
             "Stored events not yet committed to the transparency log.",
-            value=max(0, stored - logged),
+            value=health.unlogged,
         )
         yield GaugeMetricFamily(
-            "provgw_log_entries", "Entries in the transparency log.", value=entries
+            "provgw_log_entries", "Entries in the transparency log.", value=health.entries
         )
         size = GaugeMetricFamily(
             "provgw_checkpoint_size",
@@ -153,25 +115,22 @@ class HealthCollector:
             " (0: never).",
             labels=["strength"],
         )
-        for strength in _STRENGTHS:
-            newest = rows[strength]
-            size.add_metric([strength], float(newest[0][0]) if newest else 0.0)
+        for strength, newest in health.newest.items():
+            size.add_metric([strength], newest.size)
             # 0 for "never", so that an alert on the age of the newest one fires from the start.
-            at = newest[0][1] if newest and newest[0][1] is not None else 0
-            when.add_metric([strength], at / 1000)
+            when.add_metric([strength], (newest.at_ms or 0) / 1000)
         yield from (size, when)
         family = GaugeMetricFamily(
             "provgw_anchor_outbox", "Chain anchors not yet confirmed.", labels=["status"]
         )
-        outbox = dict(rows["outbox"])
-        for status in ("pending", "sent"):
-            family.add_metric([status], float(outbox.get(status, 0)))
+        for status, count in health.anchors.items():
+            family.add_metric([status], count)
         yield family
         family = GaugeMetricFamily(
             "provgw_remediation_devices",
             "Devices of each recall or urgent manifest campaign, by remediation state.",
             labels=["campaign", "state"],
         )
-        for campaign, state, count in rows["campaigns"]:
-            family.add_metric([campaign, state], float(count))
+        for campaign, state, count in health.remediation:
+            family.add_metric([campaign, state], count)
         yield family

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -14,6 +15,7 @@ from pathlib import Path
 import promql_parser
 import pytest
 import yaml
+from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -21,8 +23,10 @@ from device_sim.events import SimDevice, make_event
 from device_sim.fleet import flip_signature_bit
 from gateway.ingest.topics import event_topic
 from gateway.service.child import ChildStatus
-from gateway.service.health import QUERIES, HealthCollector
+from gateway.service.health import HealthCollector
 from gateway.store.db import Database
+from gateway.store.health import QUERIES
+from gateway.views.cli._main import _register, cli
 from tests.service.test_ledger_service import FAST_LOG, SITE, TODAY, Fleet
 from tests.service.test_metrics import _free_port
 
@@ -147,20 +151,15 @@ def test_the_endpoint_shows_the_log_keeping_up_and_a_killed_child_restarted(
         assert samples[("provgw_child_restarts_total", (("role", role),))] == 0
 
     sent = Fleet(site_broker, gateway_site.pki, gateway_site.devices[:3]).publish(rounds=5)
-    device = gateway_site.devices[3]
-    forged = SimDevice.load(gateway_site.pki, device).sign(
-        make_event(device, "custody", 1, int(time.time() * 1000), random.Random(1), today=TODAY),
-        with_chain=True,
+    _publish_forged(gateway_site, site_broker)  # one refused message: the rejected counter shows
+    samples = _scrape_until(
+        url,
+        lambda got: (
+            got[("provgw_store_events", ())] == sent
+            and got[("provgw_checkpoint_size", (("strength", "witnessed"),))] == sent
+        ),
+        30,
     )
-    with site_broker.device(device) as client:  # one refused message: the rejected counter shows
-        client.publish(event_topic(SITE, device, "custody"), flip_signature_bit(forged))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        samples = _scrape(url)
-        witnessed = samples[("provgw_checkpoint_size", (("strength", "witnessed"),))]
-        if samples[("provgw_store_events", ())] == sent and witnessed == sent:
-            break
-        time.sleep(0.2)
     assert samples[("provgw_store_events", ())] == sent
     assert samples[("provgw_log_unlogged_events", ())] == 0
     assert samples[("provgw_log_entries", ())] == sent
@@ -179,15 +178,88 @@ def test_the_endpoint_shows_the_log_keeping_up_and_a_killed_child_restarted(
         assert set(re.findall(r"provgw_[a-z_]+", rule["expr"])) <= exported, rule["alert"]
 
     os.kill(status["urgent_pid"], signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        samples = _scrape(url)
-        restarted = samples[("provgw_child_restarts_total", (("role", "urgent"),))] == 1
-        if restarted and samples[("provgw_child_ready", (("role", "urgent"),))] == 1:
-            break
-        time.sleep(0.1)
+    samples = _scrape_until(
+        url,
+        lambda got: (
+            got[("provgw_child_restarts_total", (("role", "urgent"),))] == 1
+            and got[("provgw_child_ready", (("role", "urgent"),))] == 1
+        ),
+        20,
+    )
     assert samples[("provgw_child_restarts_total", (("role", "urgent"),))] == 1
     assert samples[("provgw_child_up", (("role", "urgent"),))] == 1
     assert samples[("provgw_child_ready", (("role", "urgent"),))] == 1
     assert samples[("provgw_child_restarts_total", (("role", "receiver"),))] == 0
+    # `provgw status` shows the same, for whoever has no Prometheus.
+    _register()
+    result = _status(gateway.config, "--json")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["events"] == sent
+    assert shown["processes"]["children"] == {
+        "ledger": {"up": True, "ready": True, "restarts": 0},
+        "receiver": {"up": True, "ready": True, "restarts": 0},
+        "urgent": {"up": True, "ready": True, "restarts": 1},
+    }
+    assert "urgent ready (1 restarts)" in _status(gateway.config).output
     assert gateway.stop()["status"] == "stopped"
+
+
+def _publish_forged(site, broker) -> None:
+    device = site.devices[3]
+    event = make_event(device, "custody", 1, int(time.time() * 1000), random.Random(1), today=TODAY)
+    forged = SimDevice.load(site.pki, device).sign(event, with_chain=True)
+    with broker.device(device) as client:
+        client.publish(event_topic(SITE, device, "custody"), flip_signature_bit(forged))
+
+
+def _scrape_until(url: str, done, timeout: float) -> dict[tuple[str, tuple], float]:
+    deadline = time.monotonic() + timeout
+    samples = _scrape(url)
+    while not done(samples) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        samples = _scrape(url)
+    return samples
+
+
+def _status(conf: Path, *args: str):
+    return CliRunner().invoke(cli, ["status", "--config", str(conf), *args])
+
+
+def test_status_says_the_same_from_the_database_when_no_gateway_serves_metrics(
+    gateway_site, tmp_path
+):
+    _register()
+    db = tmp_path / "gateway.sqlite3"
+    Database(db).close()
+    with sqlite3.connect(db) as conn:
+        conn.executemany(
+            "INSERT INTO recall_impacts (recall_id, device_id, matches, state, matched_ms,"
+            " updated_ms) VALUES ('Z-0412-2026', ?, '[]', ?, 0, 0)",
+            [("DEV-1", "installed"), ("DEV-2", "unreachable")],
+        )
+    conf = tmp_path / "gateway.toml"
+    conf.write_text(
+        f'[broker]\nconfig_dir = "{gateway_site.config.directory}"\n'
+        f'[trust]\ndir = "{gateway_site.pki / "trust"}"\n'
+        f'[store]\npath = "{db}"\n[ingest]\nworkers = 2\n[metrics]\nport = 0\n',
+        encoding="utf-8",
+    )
+    result = _status(conf, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert (data["events"], data["unlogged"], data["log_entries"]) == (0, 0, 0)
+    assert data["checkpoints"]["witnessed"] == {"size": 0, "at_ms": None}
+    assert data["remediation"] == [
+        {"campaign": "Z-0412-2026", "state": "installed", "devices": 1},
+        {"campaign": "Z-0412-2026", "state": "unreachable", "devices": 1},
+    ]
+    assert data["processes"] is None
+    text = _status(conf).output
+    assert "remediation Z-0412-2026: 1 installed, 1 unreachable" in text
+    assert "witnessed 0 (never)" in text
+    assert "[metrics] port is 0" in text
+    db.unlink()
+    refused = _status(conf, "--json")
+    assert refused.exit_code == 1
+    assert json.loads(refused.output)["reason"] == "store-missing"

@@ -80,6 +80,11 @@ _COMMANDS: dict[str, _Entry] = {
         "command",
         "Run the gateway: ingest device events, the transparency log, and the urgent patch lane.",
     ),
+    "status": _Entry(
+        _P + "_status",
+        "command",
+        "Show the gateway's progress: events, log, witnesses, anchors, remediation, processes.",
+    ),
     "ui": _Entry(
         _P + "_ui",
         "command",

@@ -1,0 +1,147 @@
+"""``provgw status``: the gateway's progress at a glance, for whoever has no Prometheus."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gateway.core.errors import ProvenanceError
+from gateway.service.config import GatewayConfig, load_config
+from gateway.store.health import StoreHealth, read_store_health
+from gateway.views.cli._output import emit, fail, json_option, refusals
+
+__all__ = ["command"]
+
+_SCRAPE_TIMEOUT_S = 3.0
+
+
+def _processes(config: GatewayConfig) -> dict[str, Any] | None:
+    """Read the running gateway's children from its /metrics; None when metrics are off."""
+    if not config.metrics_port:
+        return None
+    # Only here: the parser imports prometheus_client.
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    url = f"http://{config.metrics_host}:{config.metrics_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=_SCRAPE_TIMEOUT_S) as response:
+            text = response.read().decode()
+    except OSError as exc:
+        return {"url": url, "answered": False, "error": str(exc), "children": {}}
+    children: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in {
+                "provgw_child_up",
+                "provgw_child_ready",
+                "provgw_child_restarts_total",
+            }:
+                key = sample.name.removeprefix("provgw_child_").removesuffix("_total")
+                children.setdefault(sample.labels["role"], {})[key] = sample.value
+    return {
+        "url": url,
+        "answered": True,
+        "children": {
+            role: {
+                "up": v.get("up") == 1,
+                "ready": v.get("ready") == 1,
+                "restarts": int(v.get("restarts", 0)),
+            }
+            for role, v in sorted(children.items())
+        },
+    }
+
+
+def _ago(at_ms: int | None, now_ms: int) -> str:
+    if at_ms is None:
+        return "never"
+    seconds = max(0, (now_ms - at_ms) // 1000)
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h ago"
+
+
+def _text(config: GatewayConfig, health: StoreHealth, processes: dict[str, Any] | None) -> str:
+    now_ms = int(time.time() * 1000)
+    newest = health.newest
+    signed, witnessed, anchored = (newest[k] for k in ("signed", "witnessed", "anchored"))
+    lines = [
+        (
+            f"database {config.database}: {health.events:,} events stored, "
+            f"{health.unlogged:,} not yet in the transparency log"
+        ),
+        (
+            f"log: {health.entries:,} entries; newest checkpoint {signed.size:,} signed "
+            f"{_ago(signed.at_ms, now_ms)}; witnessed {witnessed.size:,} "
+            f"({_ago(witnessed.at_ms, now_ms)}); anchored {anchored.size:,} "
+            f"({_ago(anchored.at_ms, now_ms)})"
+        ),
+        f"anchors waiting: {health.anchors['pending']} pending, {health.anchors['sent']} sent",
+    ]
+    campaigns: dict[str, list[str]] = {}
+    for campaign, state, count in health.remediation:
+        campaigns.setdefault(campaign, []).append(f"{count} {state}")
+    for campaign, states in sorted(campaigns.items()):
+        lines.append(f"remediation {campaign}: {', '.join(states)}")
+    if processes is None:
+        lines.append("processes: unknown ([metrics] port is 0: the gateway serves no /metrics)")
+    elif not processes["answered"]:
+        lines.append(
+            f"processes: no answer from {processes['url']} ({processes['error']}): "
+            "is `provgw serve` running with this configuration?"
+        )
+    else:
+        shown = [
+            f"{role} {'ready' if c['ready'] else 'up' if c['up'] else 'DOWN'}"
+            + (f" ({c['restarts']} restarts)" if c["restarts"] else "")
+            for role, c in processes["children"].items()
+        ]
+        lines.append(f"processes ({processes['url']}): {', '.join(shown)}")
+    return "\n".join(lines)
+
+
+@click.command("status")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The gateway's configuration (TOML), as given to `provgw serve`.",
+)
+@json_option
+def command(config_path: Path, *, as_json: bool) -> None:
+    """Show the gateway's progress: events, log, witnesses, anchors, remediation, processes.
+
+    Reads the database read-only (it never slows ingest) and, when [metrics] port is set, the
+    running gateway's /metrics for its processes. The same figures as `/metrics`
+    (deploy/alerts.yml alerts on them). Exit 1 if the database cannot be read.
+    """
+    try:
+        config = load_config(config_path)
+    except ProvenanceError as err:
+        fail(str(err), hint="pass the configuration `provgw serve --config` runs with")
+    with refusals(as_json=as_json):
+        health = read_store_health(config.database)
+    processes = _processes(config)
+    data = {
+        "database": str(config.database),
+        "events": health.events,
+        "unlogged": health.unlogged,
+        "log_entries": health.entries,
+        "checkpoints": {
+            strength: {"size": newest.size, "at_ms": newest.at_ms}
+            for strength, newest in health.newest.items()
+        },
+        "anchors": health.anchors,
+        "remediation": [
+            {"campaign": c, "state": s, "devices": n} for c, s, n in health.remediation
+        ],
+        "processes": processes,
+    }
+    emit(data, as_json=as_json, text=_text(config, health, processes))
