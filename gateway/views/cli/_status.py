@@ -31,7 +31,8 @@ def _processes(config: GatewayConfig) -> dict[str, Any] | None:
         with urllib.request.urlopen(url, timeout=_SCRAPE_TIMEOUT_S) as response:
             text = response.read().decode()
     except OSError as exc:
-        return {"url": url, "answered": False, "error": str(exc), "children": {}}
+        why = getattr(exc, "reason", exc)  # URLError wraps the socket's error
+        return {"url": url, "answered": False, "error": str(why), "children": {}}
     children: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
