@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from gateway.core.errors import ProvenanceError
 from gateway.store.db import Database
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object instead of text (for scripts)."
 )
+
+
+def config_option(help_text: str) -> Callable[[_F], _F]:
+    """``--config FILE``: the gateway's TOML configuration, as ``provgw serve`` runs with it."""
+    return click.option(
+        "--config",
+        "config_path",
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=help_text,
+    )
 
 
 def emit(data: dict[str, Any], *, as_json: bool, text: str) -> None:

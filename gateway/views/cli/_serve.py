@@ -15,7 +15,7 @@ import click
 
 from gateway.core.errors import UnavailableError, VerificationError
 from gateway.service.workers import serve
-from gateway.views.cli._output import fail, json_option
+from gateway.views.cli._output import config_option, fail, json_option
 
 __all__ = ["command"]
 
@@ -101,13 +101,7 @@ def _ledger_line(ledger: dict[str, Any]) -> str:
 
 
 @click.command("serve")
-@click.option(
-    "--config",
-    "config_path",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Gateway configuration (TOML); see gateway.example.toml.",
-)
+@config_option("Gateway configuration (TOML); see gateway.example.toml.")
 @json_option
 def command(config_path: Path, *, as_json: bool) -> None:
     """Run the gateway: ingest device events, the transparency log, and the urgent patch lane.

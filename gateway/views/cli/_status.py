@@ -12,7 +12,7 @@ import click
 from gateway.core.errors import ProvenanceError
 from gateway.service.config import GatewayConfig, load_config
 from gateway.store.health import StoreHealth, read_store_health
-from gateway.views.cli._output import emit, fail, json_option, refusals
+from gateway.views.cli._output import config_option, emit, fail, json_option, refusals
 
 __all__ = ["command"]
 
@@ -108,13 +108,7 @@ def _text(config: GatewayConfig, health: StoreHealth, processes: dict[str, Any] 
 
 
 @click.command("status")
-@click.option(
-    "--config",
-    "config_path",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The gateway's configuration (TOML), as given to `provgw serve`.",
-)
+@config_option("The gateway's configuration (TOML), as given to `provgw serve`.")
 @json_option
 def command(config_path: Path, *, as_json: bool) -> None:
     """Show the gateway's progress: events, log, witnesses, anchors, remediation, processes.

@@ -17,7 +17,7 @@ import click
 from gateway.core.errors import ProvenanceError
 from gateway.ledger.keys import GatewayKey, load_gateway_key
 from gateway.service.config import load_config
-from gateway.views.cli._output import fail, json_option
+from gateway.views.cli._output import config_option, fail, json_option
 from gateway.views.web import make_server
 
 __all__ = ["command"]
@@ -37,13 +37,7 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 @click.command("ui")
-@click.option(
-    "--config",
-    "config_path",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Gateway configuration (TOML): the database and log key it names are used.",
-)
+@config_option("Gateway configuration (TOML): the database and log key it names are used.")
 @click.option(
     "--host",
     default="127.0.0.1",
