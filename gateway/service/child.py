@@ -38,7 +38,16 @@ from multiprocessing.heap import BufferWrapper
 from pathlib import Path
 from types import FrameType
 
-__all__ = ["ChildStatus", "Flag", "enter", "stopping", "title"]
+__all__ = [
+    "LEDGER",
+    "URGENT",
+    "ChildStatus",
+    "Flag",
+    "enter",
+    "ingest_role",
+    "stopping",
+    "title",
+]
 
 
 class Flag:
@@ -95,6 +104,16 @@ class ChildStatus:
     up: bool
     ready: bool
     restarts: int
+
+
+#: The names the children give themselves (titles, log lines, the ``role`` label of metrics).
+LEDGER = "ledger"
+URGENT = "urgent"
+
+
+def ingest_role(index: int, *, shared: bool) -> str:
+    """Return the name of ingest process *index*: ``receiver``, or ``worker-N`` when shared."""
+    return f"worker-{index}" if shared else "receiver"
 
 
 class _Received:

@@ -598,7 +598,7 @@ def run_ledger(
     ready: child.Flag,
 ) -> None:
     """Entry point of the ledger process (spawned by the :class:`Supervisor`)."""
-    child.enter("ledger", config_path)
+    child.enter(child.LEDGER, config_path)
     config = load_config(Path(config_path))
     keys = load_ledger_keys(config)
 

@@ -192,7 +192,7 @@ def run_worker(
     """
     config = load_config(Path(config_path))
     shared = config.ingest.mode == "shared"
-    child.enter(f"worker-{index}" if shared else "receiver", config_path)
+    child.enter(child.ingest_role(index, shared=shared), config_path)
 
     def should_stop() -> bool:
         return child.stopping(stop, parent_pid)

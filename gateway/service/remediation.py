@@ -338,7 +338,7 @@ class RemediationTracker:
                 ).fetchall()
                 for row in rows:
                     last = int(row[0])
-                    report = read_report(tuple(row))
+                    report = read_report(row)
                     if report is not None:
                         moved += self._apply(report)
                 if rows:  # nothing read: no write (see Inventory.apply_firmware_events)

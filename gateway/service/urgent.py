@@ -909,7 +909,7 @@ def run_urgent(
     starts it again with backoff. Stops when *stop* is set, on SIGTERM, or when its parent is gone
     (even after a ``kill -9`` of ``provgw serve``), finishing what it holds first.
     """
-    child.enter("urgent", config_path)
+    child.enter(child.URGENT, config_path)
     config = load_config(Path(config_path))
     _raise_priority(config.urgent.nice)
     lane = UrgentLane.from_config(config)

@@ -221,12 +221,11 @@ class Supervisor:
         ]
 
     def _role(self, index: int) -> str:
-        # The names the children give themselves (gateway.service.child).
         if index == _LEDGER:
-            return "ledger"
+            return child.LEDGER
         if index == _URGENT:
-            return "urgent"
-        return f"worker-{index}" if self.config.ingest.mode == "shared" else "receiver"
+            return child.URGENT
+        return child.ingest_role(index, shared=self.config.ingest.mode == "shared")
 
     def urgent_status(self) -> dict[str, Any] | None:
         """Return the urgent lane's pid, niceness and whether it has subscribed (status lines)."""
@@ -446,10 +445,11 @@ def serve(config_path: Path, on_status: Callable[[dict[str, Any]], None]) -> dic
                 **checked,
             }
         )
-        roles = ", ".join(c.role for c in supervisor.children())
+        children = supervisor.children()
         _notify_systemd(
-            f"READY=1\nSTATUS={ready} of {len(supervisor.children())} processes subscribed"
-            f" ({roles}); {checked['events_stored']} events stored at start"
+            f"READY=1\nSTATUS={ready} of {len(children)} processes subscribed"
+            f" ({', '.join(c.role for c in children)}); {checked['events_stored']} events stored"
+            " at start"
         )
         supervisor.watch(stopping.is_set)
     finally:
