@@ -308,6 +308,7 @@ class WitnessRounds:
             result = await in_thread(
                 lambda: self._pool.submit(stored.note, lambda old: log.consistency_proof(old, size))
             )
+            self._halt_if_ahead(result.failures)
             self._report(size, result.failures)
             got = result.cosignatures
             lines = [line for name in sorted(got) for line in got[name]]
@@ -336,21 +337,25 @@ class WitnessRounds:
         """Return the configured witnesses among the signers of *lines* (each counts once)."""
         return {_cosigner(line) for line in lines} & self._names
 
-    def _report(self, size: int, failures: Mapping[str, ProvenanceError]) -> None:
+    def _halt_if_ahead(self, failures: Mapping[str, ProvenanceError]) -> None:
+        """Stop the log for good if a witness holds more of it than this database."""
         ahead = [e for e in failures.values() if e.reason == "witness-ahead"]
-        if ahead and self.halted is None:
-            self.halted = str(ahead[0])
-            _log.error(
-                "%s The database %s is older than the log it published (restored from an older "
-                "copy, rolled back), or another gateway signs with this log key. This gateway "
-                "now stores events but neither logs nor signs them, since every checkpoint it "
-                "signed from here would fork the log the witnesses hold. Stop it and put back "
-                "the newest copy of the database; if that is lost, the log cannot go on under "
-                "this key: start a new one ([log] key and origin) and give the consortium this "
-                "line.",
-                self.halted,
-                self._log.db.path,
-            )
+        if not ahead or self.halted is not None:
+            return
+        self.halted = str(ahead[0])
+        _log.error(
+            "%s The database %s is older than the log it published (restored from an older "
+            "copy, rolled back), or another gateway signs with this log key. This gateway "
+            "now stores events but neither logs nor signs them, since every checkpoint it "
+            "signed from here would fork the log the witnesses hold. Stop it and put back "
+            "the newest copy of the database; if that is lost, the log cannot go on under "
+            "this key: start a new one ([log] key and origin) and give the consortium this "
+            "line.",
+            self.halted,
+            self._log.db.path,
+        )
+
+    def _report(self, size: int, failures: Mapping[str, ProvenanceError]) -> None:
         # One line per change (down, back), not one per round: a witness down for hours would
         # otherwise write a line every retry.
         for name, error in failures.items():
