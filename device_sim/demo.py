@@ -544,7 +544,7 @@ def run_demo(options: DemoOptions, say: Say) -> dict[str, Any]:  # noqa: PLR0915
         setup = _UrgentSetup(provgw, directory, db, pki, broker, records, status if running else {})
         out["urgent"] = _urgent_recall(setup, say=say)
         out["interrupted"] = stop.is_set()
-        out["metrics"] = _show_metrics(out["gateway"], say=say)
+        out["metrics"] = _show_status(provgw, gateway_config, out["gateway"], say=say)
         _show_ui(ui, out, sample_id, browse=options.browse, stop=stop, say=say)
         say("shutting down the gateway and the broker")
     return out
@@ -578,39 +578,26 @@ def _show_ui(  # noqa: PLR0913 - the UI, the demo's result and how to end
         stop.wait()
 
 
-def _show_metrics(gateway: dict[str, Any], *, say: Say) -> dict[str, Any]:
-    """Read the gateway's /metrics once and say what an operator's dashboard would show."""
-    url = gateway.get("metrics")
-    if not gateway["running"] or not url:
+def _show_status(provgw: str, config: Path, gateway: dict[str, Any], *, say: Say) -> dict[str, Any]:
+    """Run ``provgw status`` once: what an operator without Prometheus would see."""
+    if not gateway["running"]:
         return {}
-    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
-
+    result = _run(provgw, "status", "--config", str(config), "--json")
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback URL
-            text = response.read().decode()
-    except OSError as exc:
-        say(f"      metrics: {url} did not answer ({exc})")
-        return {"url": url}
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-    ready = sorted(
-        dict(labels)["role"]
-        for (name, labels), value in samples.items()
-        if name == "provgw_child_ready" and value == 1
-    )
+        status = dict(json.loads(result.stdout)) if result.returncode == 0 else {}
+    except ValueError:
+        status = {}
+    processes = status.get("processes") or {}
     shown = {
-        "url": url,
-        "ready": ready,
-        "log_entries": int(samples.get(("provgw_log_entries", ()), 0)),
-        "witnessed": int(samples.get(("provgw_checkpoint_size", (("strength", "witnessed"),)), 0)),
+        "url": processes.get("url"),
+        "ready": sorted(r for r, c in processes.get("children", {}).items() if c["ready"]),
+        "log_entries": status.get("log_entries", 0),
+        "witnessed": status.get("checkpoints", {}).get("witnessed", {}).get("size", 0),
     }
     say(
-        f"      metrics: {url} (Prometheus; deploy/alerts.yml): processes ready "
-        f"{', '.join(ready) or 'none'}; log {shown['log_entries']} entries, "
-        f"{shown['witnessed']} witnessed"
+        f"      provgw status: processes ready {', '.join(shown['ready']) or 'none'} "
+        f"(from {shown['url']}; deploy/alerts.yml alerts on it); log {shown['log_entries']} "
+        f"entries, {shown['witnessed']} witnessed"
     )
     return shown
 
