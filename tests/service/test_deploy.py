@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from device_sim.demo import free_port
 from gateway.service import workers
 from gateway.service.config import load_config
 from tests._helpers import SERVICE_UNIT, unit_settings
-from tests.service.test_metrics import _free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "deploy" / "gateway.toml"
@@ -102,7 +102,7 @@ def test_the_shipped_configuration_serves_and_writes_only_its_state_folder(
     assert "port = 8883" in text
     text = text.replace(ETC, str(etc)).replace(STATE, str(state))
     assert "port = 9464" in text
-    text = text.replace("port = 9464", f"port = {_free_port()}")
+    text = text.replace("port = 9464", f"port = {free_port()}")
     conf = etc / "gateway.toml"
     conf.write_text(text.replace("port = 8883", f"port = {site_broker.port}"), encoding="utf-8")
     config = load_config(conf)

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from device_sim.demo import free_port
 from device_sim.events import SimDevice, make_event
 from device_sim.fleet import flip_signature_bit
 from gateway.ingest.topics import event_topic
@@ -28,7 +29,6 @@ from gateway.store.db import Database
 from gateway.store.health import QUERIES
 from gateway.views.cli._main import _register, cli
 from tests.service.test_ledger_service import FAST_LOG, SITE, TODAY, Fleet
-from tests.service.test_metrics import _free_port
 
 ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "alerts.yml"
 
@@ -60,6 +60,17 @@ def _exposition(url: str) -> str:
 
 def _scrape(url: str) -> dict[tuple[str, tuple], float]:
     return _parse(_exposition(url))
+
+
+def _recall_devices(path: Path, **states: int) -> None:
+    """Recall Z-0412-2026's devices DEV-1, DEV-2, ... in *states* (state -> how many)."""
+    rows = [state for state, count in states.items() for _ in range(count)]
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            "INSERT INTO recall_impacts (recall_id, device_id, matches, state, matched_ms,"
+            " updated_ms) VALUES ('Z-0412-2026', ?, '[]', ?, 0, 0)",
+            [(f"DEV-{n}", state) for n, state in enumerate(rows, 1)],
+        )
 
 
 def test_the_alerting_rules_parse_and_say_how_urgent_and_what():
@@ -100,12 +111,8 @@ def test_remediation_is_counted_per_campaign_and_state_and_no_label_names_a_devi
     path = tmp_path / "gateway.sqlite3"
     Database(path).close()
     digest = bytes(range(32))
+    _recall_devices(path, installed=2, unreachable=1)
     with sqlite3.connect(path) as conn:
-        conn.executemany(
-            "INSERT INTO recall_impacts (recall_id, device_id, matches, state, matched_ms,"
-            " updated_ms) VALUES ('Z-0412-2026', ?, '[]', ?, 0, 0)",
-            [("DEV-1", "installed"), ("DEV-2", "installed"), ("DEV-3", "unreachable")],
-        )
         conn.execute(
             "INSERT INTO manifest_offers (manifest, device_id, state, first_ms, updated_ms)"
             " VALUES (?, 'DEV-4', 'offered', 0, 0)",
@@ -138,7 +145,7 @@ def test_an_unreadable_database_is_a_zero_not_a_failed_scrape(tmp_path):
 def test_the_endpoint_shows_the_log_keeping_up_and_a_killed_child_restarted(
     gateway_site, site_broker, serve_gateway
 ):
-    port = _free_port()
+    port = free_port()
     gateway = serve_gateway(gateway_site, site_broker, start=False, metrics_port=port)
     with gateway.config.open("a", encoding="utf-8") as config:
         config.write(FAST_LOG)
@@ -232,12 +239,7 @@ def test_status_says_the_same_from_the_database_when_no_gateway_serves_metrics(
     _register()
     db = tmp_path / "gateway.sqlite3"
     Database(db).close()
-    with sqlite3.connect(db) as conn:
-        conn.executemany(
-            "INSERT INTO recall_impacts (recall_id, device_id, matches, state, matched_ms,"
-            " updated_ms) VALUES ('Z-0412-2026', ?, '[]', ?, 0, 0)",
-            [("DEV-1", "installed"), ("DEV-2", "unreachable")],
-        )
+    _recall_devices(db, installed=1, unreachable=1)
     conf = tmp_path / "gateway.toml"
     conf.write_text(
         f'[broker]\nconfig_dir = "{gateway_site.config.directory}"\n'

@@ -194,7 +194,6 @@ def test_serve_says_on_stderr_when_it_upgrades_the_database(gateway_site, serve_
         assert db.migrations_applied == ()
 
 
-@pytest.mark.timeout(60)
 def test_serve_says_in_words_which_processes_it_runs(gateway_site, site_broker, serve_gateway):
     conf = serve_gateway(gateway_site, site_broker, workers=2, start=False).config
     exe = Path(sys.executable).with_name("provgw")
