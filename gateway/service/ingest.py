@@ -338,7 +338,7 @@ class IngestPipeline:
         mono = time.monotonic()
         for delivery in batch:
             try:
-                records.append(self._verify(delivery, now))
+                records.append(self.verify(delivery, now))
             except VerificationError as err:
                 if err.reason == _UNKNOWN_KID and mono - delivery.received_mono < self._grace:
                     outcome.deferred.append(delivery)
@@ -385,7 +385,16 @@ class IngestPipeline:
         self.metrics.record(outcome)
         return outcome
 
-    def _verify(self, delivery: Delivery, now: datetime) -> EventRecord:
+    @property
+    def events(self) -> EventStore:
+        """The event store the pipeline writes to."""
+        return self._events
+
+    def verify(self, delivery: Delivery, now: datetime) -> EventRecord:
+        """Run steps 1-3 on one message at *now*: return its record, or raise VerificationError.
+
+        Device-key changes it makes are queued in :attr:`registry`, written by its ``persist``.
+        """
         # Step 1: which topic.
         topic = self._topics.get(delivery.topic)
         if topic is None:

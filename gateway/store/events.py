@@ -62,7 +62,8 @@ _INSERT_EVENT = (
     " digest, salt) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 )
 _SELECT_QUARANTINE = (
-    "SELECT id, received_ms, topic, raw, reason, detail, device_hint FROM quarantine"
+    "SELECT id, received_ms, topic, raw, reason, detail, device_hint, released_ms, event_id"
+    " FROM quarantine"
 )
 
 
@@ -163,7 +164,12 @@ class QuarantineRecord:
 
 @dataclass(frozen=True)
 class QuarantinedRow:
-    """A quarantine row as stored."""
+    """A quarantine row as stored.
+
+    ``released_ms`` and ``event_id`` are set once ``provgw quarantine retry`` verified the message
+    and it was stored as that event (or found already stored as it); ``reason`` and ``detail``
+    stay what the message was first refused for.
+    """
 
     id: int
     received_ms: int
@@ -172,6 +178,23 @@ class QuarantinedRow:
     reason: str
     detail: str
     device_hint: str | None
+    released_ms: int | None = None
+    event_id: int | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """Return the row for people and scripts: all but the bytes, which only have a digest."""
+        return {
+            "id": self.id,
+            "received_ms": self.received_ms,
+            "topic": self.topic,
+            "reason": self.reason,
+            "detail": self.detail,
+            "device_hint": self.device_hint,
+            "bytes": len(self.raw),
+            "sha256": hashlib.sha256(self.raw).hexdigest(),
+            "released_ms": self.released_ms,
+            "event_id": self.event_id,
+        }
 
 
 @dataclass(frozen=True)
@@ -206,12 +229,17 @@ class EventStore:
         self,
         records: Sequence[EventRecord],
         quarantined: Sequence[QuarantineRecord] = (),
+        *,
+        quarantine_conflicts: bool = True,
     ) -> BatchResult:
         """Store *records* and *quarantined* in one transaction; see the module's steps 1-4.
 
         Idempotent: calling it again with the same batch stores nothing new and counts every
         record as a duplicate. Raises :class:`~gateway.core.errors.UnavailableError` when the
         database cannot be written; then nothing of the batch is stored.
+
+        *quarantine_conflicts* False: a conflicting record is only reported in the result, not
+        quarantined (it comes from the quarantine already: ``provgw quarantine retry``).
         """
         # Step 1: digest of the exact bytes received (outside the lock: pure CPU).
         digests = [hashlib.sha256(r.raw).digest() for r in records]
@@ -264,7 +292,7 @@ class EventStore:
             )
             replays = [
                 QuarantineRecord(r.received_ms, r.topic, r.raw, REPLAY_REASON, detail, r.device_id)
-                for r, detail in conflicts
+                for r, detail in (conflicts if quarantine_conflicts else ())
             ]
             if quarantined or replays:
                 conn.executemany(
@@ -349,12 +377,15 @@ class EventStore:
         device_hint: str | None = None,
         limit: int = 100,
         before_id: int | None = None,
+        released: bool = False,
     ) -> list[QuarantinedRow]:
         """Return quarantined input, newest first, optionally only one reason or device.
 
-        Page with ``before_id`` set to the smallest id of the previous page.
+        The open rows, or with *released* the rows a retry stored since. Page with ``before_id``
+        set to the smallest id of the previous page.
         """
-        sql = _SELECT_QUARANTINE + " WHERE id < ?"
+        state = "NOT NULL" if released else "NULL"
+        sql = f"{_SELECT_QUARANTINE} WHERE id < ? AND released_ms IS {state}"
         params: list[object] = [before_id if before_id is not None else 2**63 - 1]
         if reason is not None:
             sql += " AND reason = ?"
@@ -365,10 +396,19 @@ class EventStore:
         rows = self._db.query(sql + " ORDER BY id DESC LIMIT ?", [*params, limit])
         return [QuarantinedRow(*row) for row in rows]
 
-    def quarantine_counts(self) -> dict[str, int]:
-        """Return how many quarantined messages there are per reason token."""
-        rows = self._db.query("SELECT reason, count(*) FROM quarantine GROUP BY reason")
+    def quarantine_counts(self, *, released: bool = False) -> dict[str, int]:
+        """Return how many quarantined messages there are per reason token: open, or released."""
+        state = "NOT NULL" if released else "NULL"
+        rows = self._db.query(
+            f"SELECT reason, count(*) FROM quarantine WHERE released_ms IS {state}"  # noqa: S608 - a constant
+            " GROUP BY reason"
+        )
         return {reason: int(n) for reason, n in rows}
+
+    def quarantined(self, row_id: int) -> QuarantinedRow | None:
+        """Return quarantine row *row_id*, open or released, or ``None``."""
+        rows = self._db.query(_SELECT_QUARANTINE + " WHERE id = ?", (row_id,))
+        return QuarantinedRow(*rows[0]) if rows else None
 
 
 def _events(rows: Iterable[Sequence[Any]]) -> list[StoredEvent]:

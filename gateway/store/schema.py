@@ -415,3 +415,15 @@ def _events_payload_from_raw(conn: sqlite3.Connection) -> None:
     # read while the log and the audits read `raw`. Readers now take it from `raw`
     # (gateway.store.events.signed_payload).
     conn.execute("ALTER TABLE events DROP COLUMN payload")
+
+
+@migration("0015_quarantine_released")
+def _quarantine_released(conn: sqlite3.Connection) -> None:
+    # `provgw quarantine retry` (gateway.service.quarantine) verifies a quarantined message again
+    # once its cause is fixed (a manufacturer CA added to the trust folder, say). One that then
+    # verifies is stored as an event, and its quarantine row is kept, marked released: when, and
+    # as which event. The row stays as the record of what arrived and why it was first refused.
+    # Readers list the open rows by default, through the partial index.
+    conn.execute("ALTER TABLE quarantine ADD COLUMN released_ms INTEGER")
+    conn.execute("ALTER TABLE quarantine ADD COLUMN event_id INTEGER")
+    conn.execute("CREATE INDEX quarantine_open ON quarantine (id) WHERE released_ms IS NULL")

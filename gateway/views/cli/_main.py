@@ -65,6 +65,11 @@ _COMMANDS: dict[str, _Entry] = {
         "group",
         "Inspect and verify signed device messages.",
     ),
+    "quarantine": _Entry(
+        _P + "_quarantine",
+        "group",
+        "See the messages the gateway refused, and verify them again once the cause is fixed.",
+    ),
     "recall": _Entry(
         _P + "_recall",
         "group",

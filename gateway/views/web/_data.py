@@ -29,7 +29,6 @@ row). Quarantined messages are listed by size and SHA-256, never by their raw by
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -412,19 +411,7 @@ def quarantine_page(
         "counts": dict(sorted(events.quarantine_counts().items())),
         "reason": reason,
         "limit": limit,
-        "rows": [
-            {
-                "id": r.id,
-                "received_ms": r.received_ms,
-                "received": iso(r.received_ms),
-                "topic": r.topic,
-                "reason": r.reason,
-                "detail": r.detail,
-                "device_hint": r.device_hint,
-                "bytes": len(r.raw),
-                "sha256": hashlib.sha256(r.raw).hexdigest(),
-            }
-            for r in rows
-        ],
+        "released": sum(events.quarantine_counts(released=True).values()),
+        "rows": [{**r.summary(), "received": iso(r.received_ms)} for r in rows],
         "next_before": rows[-1].id if len(rows) == limit else None,
     }

@@ -406,8 +406,16 @@ def quarantine_html(data: Mapping[str, Any]) -> str:
         if data["next_before"] is not None
         else ""
     )
+    released = (
+        f"<p>{esc(data['released'])} more were stored since, after their cause was fixed "
+        "(<code>provgw quarantine retry</code>); <code>provgw quarantine list --released</code> "
+        "lists them.</p>"
+        if data["released"]
+        else ""
+    )
     body = (
         f"<p>By reason: {_link('/quarantine', 'all')} {counts}</p>"
+        + released
         + _table(
             ["received (UTC)", "reason", "what was wrong", "topic", "device (claimed)", "message"],
             rows,

@@ -1,0 +1,219 @@
+"""Verify quarantined messages again once their cause is fixed: ``provgw quarantine retry``.
+
+A refused message was acknowledged and kept in the quarantine with its reason. Some causes are
+the site's to fix, not the device's: a manufacturer CA missing from the trust folder
+(``untrusted-issuer``), a CRL past its next update (``crl-stale``), a device whose first message,
+with its certificate chain, was itself refused, so that its next ones met an ``unknown-kid``.
+Once the cause is fixed (and ``provgw serve`` restarted: it reads the trust folder at start),
+the events would still be missing from the devices' histories. :func:`retry_quarantined`
+verifies them again:
+
+- each open row, in the order the gateway received them (an enrolment before the messages that
+  need it), goes through the ingest pipeline's own checks
+  (:meth:`~gateway.service.ingest.IngestPipeline.verify`): topic, signature, certificate chain,
+  schema, the topic's device and type;
+- judged **at the time the gateway received it** (the row's ``received_ms``): a certificate
+  valid then, an event fresh then. The verdict is the one ingest would have given with today's
+  trust folder, so a message that reached the gateway in time is not refused as stale because
+  the fix came late; and one that was already stale on arrival stays refused;
+- one that verifies is stored as an event and its row marked released (``released_ms``,
+  ``event_id``) in ONE transaction, so a crash leaves each row either open or stored and
+  released. An event already stored under the same bytes (a copy that did verify) only releases
+  the row; one whose (device, seq) holds other bytes stays quarantined (``replay``);
+- one that still fails stays open, and the result says why now (which may differ from why then).
+
+The transparency log takes the stored events like any others: the ledger logs every event not
+yet logged, in id order. Safe beside a running ``provgw serve``: each row is one short
+transaction on the same database.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.core.errors import VerificationError
+from gateway.core.identity import TrustStore
+from gateway.service.ingest import BatchOutcome, Delivery, IngestPipeline
+from gateway.store.db import Database
+from gateway.store.events import REPLAY_REASON, QuarantinedRow
+
+__all__ = ["RetryReport", "RowOutcome", "retry_quarantined"]
+
+#: Rows between two progress reports.
+PROGRESS_EVERY = 200
+
+#: Outcomes of one row: stored as a new event, found already stored, or still refused.
+STORED, ALREADY_STORED, REFUSED = "stored", "already-stored", "refused"
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    """What a retry did with one quarantine row."""
+
+    id: int
+    outcome: str
+    #: The event the row was stored as (or found stored as); ``None`` when still refused.
+    event_id: int | None = None
+    #: Why it is still refused, when it is: the reason token and sentence of this retry.
+    reason: str | None = None
+    detail: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the outcome as a JSON object."""
+        return {
+            "id": self.id,
+            "outcome": self.outcome,
+            "event_id": self.event_id,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
+
+
+@dataclass
+class RetryReport:
+    """What :func:`retry_quarantined` did, row by row, and in sum."""
+
+    dry_run: bool
+    rows: list[RowOutcome] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Rows per outcome."""
+        return dict(Counter(r.outcome for r in self.rows))
+
+    @property
+    def refused(self) -> dict[str, int]:
+        """Rows still refused, per reason token of this retry."""
+        return dict(Counter(r.reason for r in self.rows if r.reason is not None))
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the report as a JSON object (``ok``: every row retried was released)."""
+        counts = self.counts
+        return {
+            "ok": not counts.get(REFUSED),
+            "dry_run": self.dry_run,
+            "retried": len(self.rows),
+            "stored": counts.get(STORED, 0),
+            "already_stored": counts.get(ALREADY_STORED, 0),
+            "still_refused": counts.get(REFUSED, 0),
+            "refused_by_reason": dict(sorted(self.refused.items())),
+            "rows": [r.to_json() for r in self.rows],
+        }
+
+
+class _NoMetrics:
+    """Retries are not ingest: nothing for ``provgw_ingest_*`` to count."""
+
+    def record(self, outcome: BatchOutcome) -> None:
+        del outcome
+
+
+class _DryRun(Exception):  # noqa: N818 - control flow, not an error
+    """Raised inside a dry run's transaction to undo it."""
+
+
+def _open_rows(
+    db: Database, *, ids: Iterable[int], reason: str | None, device: str | None
+) -> list[int]:
+    """Return the ids of the open rows that match, oldest first."""
+    sql = "SELECT id FROM quarantine WHERE released_ms IS NULL"
+    params: list[object] = []
+    wanted = sorted(set(ids))
+    if wanted:
+        sql += f" AND id IN ({','.join('?' * len(wanted))})"
+        params += wanted
+    if reason is not None:
+        sql += " AND reason = ?"
+        params.append(reason)
+    if device is not None:
+        sql += " AND device_hint = ?"
+        params.append(device)
+    return [int(row[0]) for row in db.query(sql + " ORDER BY id", params)]
+
+
+def retry_quarantined(  # noqa: PLR0913 - the selection, keyword-only
+    db: Database,
+    trust: TrustStore,
+    *,
+    ids: Iterable[int] = (),
+    reason: str | None = None,
+    device: str | None = None,
+    dry_run: bool = False,
+    progress: Callable[[int, int], object] | None = None,
+) -> RetryReport:
+    """Verify the open quarantine rows that match again; store and release those that pass.
+
+    Select by row *ids*, first-refusal *reason* and claimed *device* (all open rows when none is
+    given). *dry_run*: the same checks and transactions, each rolled back: nothing is written.
+    *progress(done, total)* is called every :data:`PROGRESS_EVERY` rows and at the end. Raises
+    :class:`~gateway.core.errors.UnavailableError` if the database cannot be written; the rows
+    done until then stay done.
+    """
+    pipeline = IngestPipeline(db, trust, ack=_no_ack, metrics=_NoMetrics())
+    report = RetryReport(dry_run=dry_run)
+    selected = _open_rows(db, ids=ids, reason=reason, device=device)
+    for done, row_id in enumerate(selected, 1):
+        row = pipeline.events.quarantined(row_id)
+        if row is not None and row.released_ms is None:  # not released meanwhile by another run
+            report.rows.append(_retry(db, pipeline, row, dry_run=dry_run))
+        if progress is not None and (done % PROGRESS_EVERY == 0 or done == len(selected)):
+            progress(done, len(selected))
+    return report
+
+
+def _no_ack(tag: int, qos: int) -> None:
+    del tag, qos  # nothing was delivered: the broker acknowledged these long ago
+
+
+def _retry(
+    db: Database, pipeline: IngestPipeline, row: QuarantinedRow, *, dry_run: bool
+) -> RowOutcome:
+    """Verify *row* at its receipt time; store it and release the row in one transaction."""
+    received = datetime.fromtimestamp(row.received_ms / 1000, tz=UTC)
+    registry = pipeline.registry
+    registry.now = received
+    registry.refresh()  # a running gateway may have rotated or revoked a key meanwhile
+    try:
+        record = pipeline.verify(Delivery(row.topic, row.raw, row.id, 0, row.received_ms), received)
+    except VerificationError as err:
+        return RowOutcome(row.id, REFUSED, reason=err.reason, detail=err.message)
+    events = pipeline.events
+    try:
+        with db.atomic() as conn:
+            registry.persist(row.received_ms)
+            result = events.insert_batch([record], quarantine_conflicts=False)
+            if result.conflicts:
+                ((_, detail),) = result.conflicts
+                outcome = RowOutcome(row.id, REFUSED, reason=REPLAY_REASON, detail=detail)
+            else:
+                if result.stored:
+                    kind, event_id = STORED, result.stored[0]
+                else:
+                    stored = events.get(record.device_id, record.seq)
+                    assert stored is not None  # insert_batch found it: a duplicate
+                    kind, event_id = ALREADY_STORED, stored.id
+                outcome = RowOutcome(row.id, kind, event_id=event_id)
+                conn.execute(
+                    "UPDATE quarantine SET released_ms = ?, event_id = ? WHERE id = ?",
+                    (time.time_ns() // 1_000_000, event_id, row.id),
+                )
+            if dry_run:
+                _undo()
+    except _DryRun:
+        # Rolled back. The registry keeps an enrolment in its cache, as a real run keeps it in
+        # the store, so the device's later rows are judged alike.
+        pass
+    except Exception:
+        registry.reset()  # the cache may hold a binding the store never got
+        raise
+    registry.committed()
+    return outcome
+
+
+def _undo() -> None:
+    raise _DryRun

@@ -1,0 +1,240 @@
+"""Quarantined messages verified again once their cause is fixed (`retry_quarantined`).
+
+Real SQLite files and the demo PKI: a gateway whose trust folder lacks one manufacturer's root
+quarantines that maker's devices; with the root added, a retry stores their events.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sqlite3
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from device_sim.events import SimDevice, make_event
+from device_sim.pki import init_pki, load_devices
+from gateway.ingest.topics import event_topic
+from gateway.service.ingest import Delivery, IngestPipeline
+from gateway.service.quarantine import ALREADY_STORED, REFUSED, STORED, retry_quarantined
+from gateway.store.db import Database
+from gateway.store.devices import DeviceStore
+from gateway.store.events import EventStore
+from gateway.store.trust_files import load_trust_dir
+
+DAY_MS = 86_400_000
+
+
+def _no_ack(_tag, _qos):
+    return None
+
+
+class Site:
+    """The session's demo site, a trust folder without one device's maker, and a database."""
+
+    def __init__(self, pki, tmp_path) -> None:
+        records = {r.id: r for r in load_devices(pki)}
+        self.device, *others = records
+        self.other = next(
+            d
+            for d in others
+            if records[d].manufacturer_slug != records[self.device].manufacturer_slug
+        )
+        maker = records[self.device].manufacturer_slug
+        self.partial = tmp_path / "trust-partial"
+        shutil.copytree(pki / "trust", self.partial)
+        for path in self.partial.glob(f"{maker}.*"):
+            path.unlink()
+        self.full = load_trust_dir(pki / "trust")
+        self.path = tmp_path / "gateway.sqlite3"
+        self.pki = pki
+        self.rng = random.Random(7)
+        self.seq: dict[str, int] = {}
+
+    def message(self, device, *, received_ms=None, event_ms=None, kind="maintenance"):
+        """The device's next event as a delivery, with its chain on its first one."""
+        seq = self.seq[device] = self.seq.get(device, 0) + 1
+        received_ms = received_ms or int(time.time() * 1000)
+        event = make_event(
+            device,
+            kind,
+            seq,
+            event_ms or received_ms - 1_000,
+            self.rng,
+            today=datetime.fromtimestamp(received_ms / 1000, tz=UTC).date(),
+        )
+        raw = SimDevice.load(self.pki, device).sign(event, with_chain=seq == 1)
+        return Delivery(event_topic("icu", device, kind), raw, seq, 1, received_ms)
+
+    def ingest(self, deliveries, *, trust=None, clock=None):
+        """Run *deliveries* through the pipeline with the partial trust folder (one batch)."""
+        with Database(self.path) as db:
+            pipeline = IngestPipeline(
+                db,
+                trust or load_trust_dir(self.partial),
+                ack=_no_ack,
+                enrol_grace_s=0,
+                clock=clock or (lambda: datetime.now(UTC)),
+            )
+            return pipeline.process(deliveries)
+
+    def query(self, sql, params=()):
+        with sqlite3.connect(self.path) as conn:
+            return conn.execute(sql, params).fetchall()
+
+
+@pytest.fixture
+def site(gateway_site, tmp_path):
+    return Site(gateway_site.pki, tmp_path)
+
+
+def test_a_root_added_later_stores_the_quarantined_events_in_order_and_releases_them(site):
+    theirs = [site.message(site.device) for _ in range(3)]  # chain first, then kid-only
+    ours = [site.message(site.other)]
+    outcome = site.ingest([*theirs, *ours])
+    assert outcome.stored == 1
+    assert outcome.rejected == {"untrusted-issuer": 1, "unknown-kid": 2}
+
+    with Database(site.path) as db:
+        report = retry_quarantined(db, site.full)
+        store = EventStore(db)
+        assert [r.outcome for r in report.rows] == [STORED] * 3
+        assert report.to_json()["ok"] is True
+        # Each row became the event of its own bytes, in the order they arrived.
+        for row, delivery in zip(report.rows, theirs, strict=True):
+            event = store.by_id(row.event_id)
+            assert event is not None
+            assert (event.raw, event.received_ms) == (delivery.payload, delivery.received_ms)
+        assert [e.seq for e in store.history(site.device)] == [1, 2, 3]
+        assert store.quarantine_counts() == {}
+        assert store.quarantine_counts(released=True) == {"untrusted-issuer": 1, "unknown-kid": 2}
+        released = store.quarantine_rows(released=True)
+        assert {r.event_id for r in released} == {r.event_id for r in report.rows}
+        assert all(r.reason in {"untrusted-issuer", "unknown-kid"} for r in released)
+        device = DeviceStore(db).get(site.device)
+        assert device is not None
+        assert device.enrolled_ms == theirs[0].received_ms  # first seen then, not now
+        # Nothing is left to retry.
+        assert retry_quarantined(db, site.full).rows == []
+
+
+def test_a_dry_run_gives_the_same_verdicts_and_writes_nothing(site):
+    site.ingest([site.message(site.device) for _ in range(3)])
+    before = site.query("SELECT * FROM quarantine"), site.query("SELECT count(*) FROM devices")
+    with Database(site.path) as db:
+        dry = retry_quarantined(db, site.full, dry_run=True)
+    # The kid-only messages pass because the dry run keeps the enrolment it would have made.
+    assert [r.outcome for r in dry.rows] == [STORED] * 3
+    assert dry.to_json()["dry_run"] is True
+    assert site.query("SELECT count(*) FROM events") == [(0,)]
+    assert (site.query("SELECT * FROM quarantine"), site.query("SELECT count(*) FROM devices")) == (
+        before
+    )
+    with Database(site.path) as db:
+        assert [r.outcome for r in retry_quarantined(db, site.full).rows] == [STORED] * 3
+
+
+def test_a_message_is_judged_as_of_its_arrival_not_as_of_the_retry(tmp_path):
+    # A PKI issued before the messages arrived, 40 days ago; the policy's max age is 30 days.
+    now = int(time.time() * 1000)
+    arrived = now - 40 * DAY_MS
+    pki = tmp_path / "pki"
+    init_pki(pki, devices_per_model=1, now=datetime.fromtimestamp(arrived / 1000 - 86_400, UTC))
+    site = Site(pki, tmp_path)
+    in_time = site.message(site.device, received_ms=arrived, event_ms=arrived - 60_000)
+    stale_then = site.message(site.device, received_ms=arrived, event_ms=arrived - 31 * DAY_MS)
+    site.ingest([in_time, stale_then], clock=lambda: datetime.fromtimestamp(arrived / 1000, UTC))
+    with Database(site.path) as db:
+        report = retry_quarantined(db, site.full)
+    assert [(r.outcome, r.reason) for r in report.rows] == [(STORED, None), (REFUSED, "stale")]
+    assert report.refused == {"stale": 1}
+    assert report.to_json()["ok"] is False
+
+
+def test_a_message_still_refused_stays_open_with_the_reason_it_fails_for_now(site):
+    good = site.message(site.device)
+    forged = bytearray(good.payload)
+    forged[-1] ^= 1  # the last byte of the signature
+    site.ingest([Delivery(good.topic, bytes(forged), 1, 1, good.received_ms)])
+    with Database(site.path) as db:
+        (row,) = retry_quarantined(db, site.full).rows
+        store = EventStore(db)
+        assert (row.outcome, row.reason, row.event_id) == (REFUSED, "bad-signature", None)
+        assert row.detail
+        assert store.quarantine_counts() == {"untrusted-issuer": 1}  # why it was first refused
+        assert store.count() == 0
+
+
+def test_a_replay_stays_quarantined_once_and_a_copy_already_stored_only_releases(site):
+    first = site.message(site.other)
+    site.ingest([first])
+    # Another message under a taken seq (a replay), and a copy of the stored event, both in the
+    # quarantine (a copy lands there when, say, the trust folder changed between deliveries).
+    site.seq[site.other] = 0
+    other_bytes = site.message(site.other)
+    with Database(site.path) as db:
+        stored = EventStore(db).get(site.other, 1)
+        assert stored is not None
+        db.conn.executemany(
+            "INSERT INTO quarantine (received_ms, topic, raw, reason, detail, device_hint)"
+            " VALUES (?, ?, ?, 'crl-stale', 'The CRL ran out.', ?)",
+            [
+                (other_bytes.received_ms, other_bytes.topic, other_bytes.payload, site.other),
+                (first.received_ms, first.topic, first.payload, site.other),
+            ],
+        )
+        db.conn.commit()
+        replay, copy = retry_quarantined(db, site.full).rows
+        store = EventStore(db)
+        assert (replay.outcome, replay.reason) == (REFUSED, "replay")
+        assert (copy.outcome, copy.event_id) == (ALREADY_STORED, stored.id)
+        assert store.count() == 1
+        assert store.quarantine_counts() == {"crl-stale": 1}  # no second row for the replay
+        assert store.quarantine_counts(released=True) == {"crl-stale": 1}
+
+
+def test_an_event_is_never_stored_without_its_row_released(site):
+    # The insert and the release are one transaction: a failure at the release undoes both.
+    site.ingest([site.message(site.device)])
+    with Database(site.path) as db:
+        db.conn.execute(
+            "CREATE TEMP TRIGGER no_release BEFORE UPDATE ON quarantine"
+            " BEGIN SELECT RAISE(ABORT, 'disk trouble'); END"
+        )
+        with pytest.raises(sqlite3.IntegrityError, match="disk trouble"):
+            retry_quarantined(db, site.full)
+        assert EventStore(db).count() == 0
+        assert DeviceStore(db).get(site.device) is None
+        db.conn.execute("DROP TRIGGER no_release")
+        assert [r.outcome for r in retry_quarantined(db, site.full).rows] == [STORED]
+
+
+def test_the_selection_by_id_reason_and_device(site):
+    site.ingest([*(site.message(site.device) for _ in range(2)), _garbage(site.other)])
+    with Database(site.path) as db:
+        ids = [r.id for r in EventStore(db).quarantine_rows()][::-1]
+        assert [
+            r.id for r in retry_quarantined(db, site.full, dry_run=True, ids=[ids[1]]).rows
+        ] == [ids[1]]
+        by_reason = retry_quarantined(db, site.full, dry_run=True, reason="unknown-kid")
+        assert [r.id for r in by_reason.rows] == [ids[1]]
+        by_device = retry_quarantined(db, site.full, dry_run=True, device=site.other)
+        assert [(r.id, r.outcome) for r in by_device.rows] == [(ids[2], REFUSED)]
+        progress: list[tuple[int, int]] = []
+        retry_quarantined(db, site.full, progress=lambda d, t: progress.append((d, t)))
+        assert progress == [(3, 3)]
+
+
+def _garbage(device):
+    return Delivery(event_topic("icu", device, "custody"), b"\xa0", 9, 1, int(time.time() * 1000))
+
+
+def test_a_retry_records_no_quarantine_of_its_own(site):
+    site.ingest([site.message(site.device)])
+    with Database(site.path) as db:
+        partial = load_trust_dir(site.partial)
+        (row,) = retry_quarantined(db, partial).rows
+        assert (row.outcome, row.reason) == (REFUSED, "untrusted-issuer")
+        assert site.query("SELECT count(*) FROM quarantine") == [(1,)]
