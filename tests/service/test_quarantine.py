@@ -23,6 +23,15 @@ from gateway.store.db import Database
 from gateway.store.devices import DeviceStore
 from gateway.store.events import EventStore
 from gateway.store.trust_files import load_trust_dir
+from tests.service.test_ledger_service import (
+    FAST_LOG,
+    Fleet,
+    cosigned_head_covers,
+    events,
+    provgw,
+    query,
+    wait_for,
+)
 
 DAY_MS = 86_400_000
 
@@ -238,3 +247,38 @@ def test_a_retry_records_no_quarantine_of_its_own(site):
         (row,) = retry_quarantined(db, partial).rows
         assert (row.outcome, row.reason) == (REFUSED, "untrusted-issuer")
         assert site.query("SELECT count(*) FROM quarantine") == [(1,)]
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(90)
+def test_a_live_gateway_stores_and_logs_what_a_retry_releases(
+    gateway_site, site_broker, serve_gateway, tmp_path
+):
+    # Hospital IT's path: a new maker's devices are refused (its root is missing), the root is
+    # added, the gateway restarted, and the quarantine retried while the gateway runs.
+    site = Site(gateway_site.pki, tmp_path)
+    gateway = serve_gateway(gateway_site, site_broker, workers=2, start=False)
+    config = gateway.config.read_text(encoding="utf-8")
+    gateway.config.write_text(
+        config.replace(str(gateway_site.pki / "trust"), str(site.partial)) + FAST_LOG,
+        encoding="utf-8",
+    )
+    db_path = gateway.start()["database"]
+    fleet = Fleet(site_broker, gateway_site.pki, [site.device, site.other])
+    sent = fleet.publish(rounds=3)
+    wait_for(lambda: query(db_path, "SELECT count(*) FROM quarantine") == [(3,)], "3 quarantined")
+    wait_for(lambda: events(db_path) == 3, "the other maker's 3 events")
+
+    for pem in (gateway_site.pki / "trust").iterdir():  # the missing root (and CRLs) added
+        shutil.copy(pem, site.partial / pem.name)
+    gateway.stop()
+    key = gateway.start()["ledger"]["log_vkey"]
+    retried = provgw("quarantine", "retry", "--config", str(gateway.config))
+    assert (retried["stored"], retried["still_refused"]) == (3, 0)
+    more = fleet.publish(rounds=1)  # the device is enrolled now: its next events go straight in
+    wait_for(lambda: events(db_path) == sent + more, "every event stored")
+    wait_for(lambda: cosigned_head_covers(db_path, sent + more), "a checkpoint of every event")
+    verified = provgw("log", "verify", "--db", db_path, "--key", key)
+    assert (verified["ok"], verified["events"]) == (True, sent + more)
+    assert query(db_path, "SELECT count(*) FROM quarantine WHERE released_ms IS NULL") == [(0,)]
+    assert gateway.stop()["quarantined"] == {}
