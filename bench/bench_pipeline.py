@@ -52,14 +52,14 @@ BATCH = 500
 Raw = tuple[str, bytes, int, int, int, float]
 
 
-class _Discard:
+class Discard:
     """The verifier's metrics sink (the receiver records the outcomes)."""
 
     def record(self, outcome: BatchOutcome) -> None:
         del outcome
 
 
-def _sign(pki: Path, count: int) -> tuple[list[Raw], list[Raw]]:
+def sign(pki: Path, count: int) -> tuple[list[Raw], list[Raw]]:
     """Return the enrolment messages (seq 1, with chain) and *count* kid-only events."""
     rng = random.Random(21)  # noqa: S311 - reproducible bench contents, not secrets
     records = select_devices(pki, DEVICES)
@@ -89,7 +89,7 @@ def _bare_checks(pki: Path, enrol: list[Raw], events: list[Raw]) -> list[Callabl
     """
     trust = load_trust_dir(pki / "trust")
     with tempfile.TemporaryDirectory() as tmp, Database(Path(tmp) / "keys.sqlite3") as db:
-        pipeline = IngestPipeline(db, trust, ack=lambda _t, _q: None, metrics=_Discard())
+        pipeline = IngestPipeline(db, trust, ack=lambda _t, _q: None, metrics=Discard())
         checks: list[Callable[[], object]] = []
         ecdsa = ec.ECDSA(hashes.SHA256())
         pipeline.process([Delivery(*item) for item in enrol])  # learn every device's key
@@ -109,13 +109,13 @@ def _bare_checks(pki: Path, enrol: list[Raw], events: list[Raw]) -> list[Callabl
     return checks
 
 
-def _pipeline_seconds(pki: Path, enrol: list[Raw], events: list[Raw]) -> float:
+def pipeline_seconds(pki: Path, enrol: list[Raw], events: list[Raw]) -> float:
     """CPU seconds of the pipeline over *events*, on a fresh database with every device enrolled."""
     trust = load_trust_dir(pki / "trust")
     acks: list[tuple[int, int]] = []
     with tempfile.TemporaryDirectory() as tmp, Database(Path(tmp) / "bench.sqlite3") as db:
         pipeline = IngestPipeline(
-            db, trust, ack=lambda tag, qos: acks.append((tag, qos)), metrics=_Discard()
+            db, trust, ack=lambda tag, qos: acks.append((tag, qos)), metrics=Discard()
         )
         pipeline.process([Delivery(*item) for item in enrol])
         start = time.process_time()
@@ -133,7 +133,7 @@ def run(quick: bool) -> list[Row]:  # noqa: FBT001 -- the bench runner's interfa
     with tempfile.TemporaryDirectory() as tmp:
         pki = Path(tmp) / "pki"
         init_pki(pki, devices_per_model=-(-DEVICES // 8))
-        enrol, events = _sign(pki, count)
+        enrol, events = sign(pki, count)
         bare = _bare_checks(pki, enrol, events)
         pipe_us: list[float] = []
         bare_us: list[float] = []
@@ -142,7 +142,7 @@ def run(quick: bool) -> list[Row]:  # noqa: FBT001 -- the bench runner's interfa
             for check in bare:
                 check()
             bare_us.append((time.process_time() - start) / count * 1e6)
-            pipe_us.append(_pipeline_seconds(pki, enrol, events) / count * 1e6)
+            pipe_us.append(pipeline_seconds(pki, enrol, events) / count * 1e6)
     pipe, crypto = statistics.median(pipe_us), statistics.median(bare_us)
     rest = statistics.median(p - b for p, b in zip(pipe_us, bare_us, strict=True))
     n = f"{count // 1000}k"

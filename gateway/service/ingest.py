@@ -93,10 +93,6 @@ _UNKNOWN_KID = "unknown-kid"
 _TOPIC_MEMO_MAX = 100_000
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 @dataclass(slots=True)
 class Delivery:
     """One message as the broker delivered it; ``tag`` is the adapter's delivery tag for ack.
@@ -158,7 +154,8 @@ class StoreBackedRegistry(DeviceRegistry):
         self._devices = DeviceStore(db)
         self._trust = trust
         self.now = datetime.now(UTC)
-        self._pending: list[tuple[str, DeviceIdentity]] = []
+        #: Queued changes: (operation, identity, :attr:`now` when queued, in ms).
+        self._pending: list[tuple[str, DeviceIdentity, int]] = []
         self._mark: tuple[int, int] | None = None
 
     def reset(self) -> None:
@@ -237,7 +234,7 @@ class StoreBackedRegistry(DeviceRegistry):
                     reason="shared-key",
                 )
         super().enrol(identity)
-        self._pending.append(("enrol", identity))
+        self._pending.append(("enrol", identity, self._now_ms()))
 
     def rotate(
         self,
@@ -249,12 +246,18 @@ class StoreBackedRegistry(DeviceRegistry):
         """Rotate in the cache (core checks) and queue the rotation for the batch transaction."""
         new = super().rotate(old, new_chain, trust, now)
         if new.kid != old.kid:
-            self._pending.append(("rotate", new))
+            self._pending.append(("rotate", new, self._now_ms()))
         return new
 
-    def persist(self, now_ms: int) -> None:
-        """Write queued enrolments and rotations; call inside the batch's transaction."""
-        for op, identity in self._pending:
+    def _now_ms(self) -> int:
+        return int(self.now.timestamp() * 1000)
+
+    def persist(self) -> None:
+        """Write queued enrolments and rotations; call inside the batch's transaction.
+
+        Each is dated :attr:`now` as it was when the message that made it was verified.
+        """
+        for op, identity, now_ms in self._pending:
             row = self._devices.get(identity.device_id)
             if row is not None and row.kid == identity.kid:
                 continue  # another worker wrote the same binding first
@@ -360,7 +363,7 @@ class IngestPipeline:
         try:
             # No savepoint for insert_batch's own block: any failure fails the whole batch anyway.
             with self._db.atomic(savepoints=False):
-                self.registry.persist(_now_ms())
+                self.registry.persist()
                 result = self._events.insert_batch(records, quarantined)
         except ProvenanceError:
             # Rolled back whole; the cache may hold bindings the store never got.

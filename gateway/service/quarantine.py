@@ -17,14 +17,15 @@ verifies them again:
   trust folder, so a message that reached the gateway in time is not refused as stale because
   the fix came late; and one that was already stale on arrival stays refused;
 - one that verifies is stored as an event and its row marked released (``released_ms``,
-  ``event_id``) in ONE transaction, so a crash leaves each row either open or stored and
-  released. An event already stored under the same bytes (a copy that did verify) only releases
-  the row; one whose (device, seq) holds other bytes stays quarantined (``replay``);
+  ``event_id``) in the same transaction (one per :data:`CHUNK` rows), so a crash leaves each
+  row either open, or stored and released. An event already stored under the same bytes (a
+  copy that did verify) only releases the row; one whose (device, seq) holds other bytes stays
+  quarantined (``replay``);
 - one that still fails stays open, and the result says why now (which may differ from why then).
 
 The transparency log takes the stored events like any others: the ledger logs every event not
-yet logged, in id order. Safe beside a running ``provgw serve``: each row is one short
-transaction on the same database.
+yet logged, in id order. Safe beside a running ``provgw serve``: the rows are verified outside
+any transaction, and each chunk's writes are one short transaction on the same database.
 """
 
 from __future__ import annotations
@@ -40,12 +41,12 @@ from gateway.core.errors import VerificationError
 from gateway.core.identity import TrustStore
 from gateway.service.ingest import BatchOutcome, Delivery, IngestPipeline
 from gateway.store.db import Database
-from gateway.store.events import REPLAY_REASON, QuarantinedRow
+from gateway.store.events import REPLAY_REASON, EventRecord, EventStore, QuarantinedRow
 
 __all__ = ["RetryReport", "RowOutcome", "retry_quarantined"]
 
-#: Rows between two progress reports.
-PROGRESS_EVERY = 200
+#: Rows verified, then written in one transaction (and between two progress reports).
+CHUNK = 200
 
 #: Outcomes of one row: stored as a new event, found already stored, or still refused.
 STORED, ALREADY_STORED, REFUSED = "stored", "already-stored", "refused"
@@ -150,19 +151,23 @@ def retry_quarantined(  # noqa: PLR0913 - the selection, keyword-only
 
     Select by row *ids*, first-refusal *reason* and claimed *device* (all open rows when none is
     given). *dry_run*: the same checks and transactions, each rolled back: nothing is written.
-    *progress(done, total)* is called every :data:`PROGRESS_EVERY` rows and at the end. Raises
+    *progress(done, total)* is called after every :data:`CHUNK` rows. Raises
     :class:`~gateway.core.errors.UnavailableError` if the database cannot be written; the rows
     done until then stay done.
     """
     pipeline = IngestPipeline(db, trust, ack=_no_ack, metrics=_NoMetrics())
     report = RetryReport(dry_run=dry_run)
     selected = _open_rows(db, ids=ids, reason=reason, device=device)
-    for done, row_id in enumerate(selected, 1):
-        row = pipeline.events.quarantined(row_id)
-        if row is not None and row.released_ms is None:  # not released meanwhile by another run
-            report.rows.append(_retry(db, pipeline, row, dry_run=dry_run))
-        if progress is not None and (done % PROGRESS_EVERY == 0 or done == len(selected)):
-            progress(done, len(selected))
+    for start in range(0, len(selected), CHUNK):
+        chunk = selected[start : start + CHUNK]
+        try:
+            report.rows += _retry_chunk(db, pipeline, chunk, dry_run=dry_run)
+        except VerificationError:
+            # A device-key write lost a race with a running gateway (it enrolled the device
+            # first): the store knows now, and verifying again gives each row its verdict.
+            report.rows += _retry_chunk(db, pipeline, chunk, dry_run=dry_run)
+        if progress is not None:
+            progress(start + len(chunk), len(selected))
     return report
 
 
@@ -170,38 +175,40 @@ def _no_ack(tag: int, qos: int) -> None:
     del tag, qos  # nothing was delivered: the broker acknowledged these long ago
 
 
-def _retry(
-    db: Database, pipeline: IngestPipeline, row: QuarantinedRow, *, dry_run: bool
-) -> RowOutcome:
-    """Verify *row* at its receipt time; store it and release the row in one transaction."""
-    received = datetime.fromtimestamp(row.received_ms / 1000, tz=UTC)
+def _retry_chunk(
+    db: Database, pipeline: IngestPipeline, ids: list[int], *, dry_run: bool
+) -> list[RowOutcome]:
+    """Verify rows *ids* each as of its arrival; store and release those that pass, in one go.
+
+    Verified outside the transaction (ingest's write lock is held for the writes alone); written
+    in one, so each row ends either open, or stored and released.
+    """
     registry = pipeline.registry
-    registry.now = received
     registry.refresh()  # a running gateway may have rotated or revoked a key meanwhile
+    outcomes: dict[int, RowOutcome] = {}
+    verified: list[tuple[QuarantinedRow, EventRecord]] = []
+    # Open rows only: another retry may have released some since they were selected.
+    for row in pipeline.events.quarantined(ids):
+        if row.released_ms is not None:
+            continue
+        received = datetime.fromtimestamp(row.received_ms / 1000, tz=UTC)
+        registry.now = received  # the enrolment a message makes is dated by its arrival too
+        delivery = Delivery(row.topic, row.raw, row.id, 0, row.received_ms)
+        try:
+            verified.append((row, pipeline.verify(delivery, received)))
+        except VerificationError as err:
+            outcomes[row.id] = RowOutcome(row.id, REFUSED, reason=err.reason, detail=err.message)
     try:
-        record = pipeline.verify(Delivery(row.topic, row.raw, row.id, 0, row.received_ms), received)
-    except VerificationError as err:
-        return RowOutcome(row.id, REFUSED, reason=err.reason, detail=err.message)
-    events = pipeline.events
-    try:
-        with db.atomic() as conn:
-            registry.persist(row.received_ms)
-            result = events.insert_batch([record], quarantine_conflicts=False)
-            if result.conflicts:
-                ((_, detail),) = result.conflicts
-                outcome = RowOutcome(row.id, REFUSED, reason=REPLAY_REASON, detail=detail)
-            else:
-                if result.stored:
-                    kind, event_id = STORED, result.stored[0]
-                else:
-                    stored = events.get(record.device_id, record.seq)
-                    assert stored is not None  # insert_batch found it: a duplicate
-                    kind, event_id = ALREADY_STORED, stored.id
-                outcome = RowOutcome(row.id, kind, event_id=event_id)
-                conn.execute(
-                    "UPDATE quarantine SET released_ms = ?, event_id = ? WHERE id = ?",
-                    (time.time_ns() // 1_000_000, event_id, row.id),
-                )
+        with db.atomic(savepoints=False) as conn:
+            registry.persist()
+            released_ms = time.time_ns() // 1_000_000
+            for row, record in verified:
+                outcome = outcomes[row.id] = _store(pipeline.events, row, record)
+                if outcome.event_id is not None:
+                    conn.execute(
+                        "UPDATE quarantine SET released_ms = ?, event_id = ? WHERE id = ?",
+                        (released_ms, outcome.event_id, row.id),
+                    )
             if dry_run:
                 _undo()
     except _DryRun:
@@ -212,7 +219,20 @@ def _retry(
         registry.reset()  # the cache may hold a binding the store never got
         raise
     registry.committed()
-    return outcome
+    return [outcomes[i] for i in sorted(outcomes)]
+
+
+def _store(events: EventStore, row: QuarantinedRow, record: EventRecord) -> RowOutcome:
+    """Store *record* (inside the caller's transaction); say what became of *row*."""
+    result = events.insert_batch([record], quarantine_conflicts=False)
+    if result.conflicts:
+        ((_, detail),) = result.conflicts
+        return RowOutcome(row.id, REFUSED, reason=REPLAY_REASON, detail=detail)
+    if result.stored:
+        return RowOutcome(row.id, STORED, event_id=result.stored[0])
+    stored = events.get(record.device_id, record.seq)
+    assert stored is not None  # insert_batch found it: a duplicate
+    return RowOutcome(row.id, ALREADY_STORED, event_id=stored.id)
 
 
 def _undo() -> None:

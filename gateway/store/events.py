@@ -405,10 +405,18 @@ class EventStore:
         )
         return {reason: int(n) for reason, n in rows}
 
-    def quarantined(self, row_id: int) -> QuarantinedRow | None:
-        """Return quarantine row *row_id*, open or released, or ``None``."""
-        rows = self._db.query(_SELECT_QUARANTINE + " WHERE id = ?", (row_id,))
-        return QuarantinedRow(*rows[0]) if rows else None
+    def quarantined(self, ids: Sequence[int]) -> list[QuarantinedRow]:
+        """Return the quarantine rows of *ids* that exist, open or released, in id order."""
+        found: list[QuarantinedRow] = []
+        for start in range(0, len(ids), _LOOKUP_CHUNK):
+            chunk = ids[start : start + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.query(
+                f"{_SELECT_QUARANTINE} WHERE id IN ({marks})",
+                chunk,
+            )
+            found += (QuarantinedRow(*row) for row in rows)
+        return sorted(found, key=lambda row: row.id)
 
 
 def _events(rows: Iterable[Sequence[Any]]) -> list[StoredEvent]:

@@ -16,8 +16,9 @@ import pytest
 
 from device_sim.events import SimDevice, make_event
 from device_sim.pki import init_pki, load_devices
+from gateway.core.errors import UntrustedSignerError
 from gateway.ingest.topics import event_topic
-from gateway.service.ingest import Delivery, IngestPipeline
+from gateway.service.ingest import Delivery, IngestPipeline, StoreBackedRegistry
 from gateway.service.quarantine import ALREADY_STORED, REFUSED, STORED, retry_quarantined
 from gateway.store.db import Database
 from gateway.store.devices import DeviceStore
@@ -282,3 +283,23 @@ def test_a_live_gateway_stores_and_logs_what_a_retry_releases(
     assert (verified["ok"], verified["events"]) == (True, sent + more)
     assert query(db_path, "SELECT count(*) FROM quarantine WHERE released_ms IS NULL") == [(0,)]
     assert gateway.stop()["quarantined"] == {}
+
+
+def test_a_chunk_that_lost_a_key_write_race_is_verified_again(site, monkeypatch):
+    # A running gateway may enrol the device between the retry's checks and its write: the
+    # device-key write then fails, and the chunk is verified again against what the store has.
+    site.ingest([site.message(site.device) for _ in range(2)])
+    real = StoreBackedRegistry.persist
+    calls: list[int] = []
+
+    def lose_once(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise UntrustedSignerError("raced", reason="key-conflict")
+        real(self)
+
+    monkeypatch.setattr(StoreBackedRegistry, "persist", lose_once)
+    with Database(site.path) as db:
+        report = retry_quarantined(db, site.full)
+    assert len(calls) == 2
+    assert [r.outcome for r in report.rows] == [STORED, STORED]

@@ -128,7 +128,8 @@ def show_command(row_id: int, db_path: Path, out: Path | None, *, as_json: bool)
     Exit code 0; 1 if there is no such row.
     """
     with open_existing_db(db_path) as db:
-        row = EventStore(db).quarantined(row_id)
+        found = EventStore(db).quarantined([row_id])
+    row = found[0] if found else None
     if row is None:
         fail(
             f"no quarantined message {row_id} in {db_path}",
