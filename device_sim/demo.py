@@ -369,6 +369,12 @@ def _counts(db: Path) -> tuple[dict[str, int], dict[str, int]]:
     return stored, quarantined
 
 
+def _quarantined(counts: dict[str, int], db: Path) -> str:
+    if not counts:
+        return "nothing"
+    return f"{_pairs(counts)} (why, one by one: provgw quarantine list --db {db})"
+
+
 def _history(db: Path, device: str) -> list[dict[str, Any]]:
     conn = sqlite3.connect(db, timeout=5)
     try:
@@ -499,7 +505,7 @@ def run_demo(options: DemoOptions, say: Say) -> dict[str, Any]:  # noqa: PLR0915
             time.sleep(0.2)
         out["stored"], out["quarantined"] = stored, quarantined
         say(f"      stored {sum(stored.values())}: " + _pairs(stored))
-        say(f"      quarantined {sum(quarantined.values())}: " + (_pairs(quarantined) or "nothing"))
+        say(f"      quarantined {sum(quarantined.values())}: " + _quarantined(quarantined, db))
         sample_id = records[0].id
         history = _history(db, sample_id) if stored else []
         out["sample"] = {

@@ -61,6 +61,10 @@ _INSERT_EVENT = (
     "INSERT INTO events (id, device_id, seq, type, event_time_ms, received_ms, site, topic, raw,"
     " digest, salt) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 )
+_COUNT_OPEN = "SELECT reason, count(*) FROM quarantine WHERE released_ms IS NULL GROUP BY reason"
+_COUNT_RELEASED = (
+    "SELECT reason, count(*) FROM quarantine WHERE released_ms IS NOT NULL GROUP BY reason"
+)
 _SELECT_QUARANTINE = (
     "SELECT id, received_ms, topic, raw, reason, detail, device_hint, released_ms, event_id"
     " FROM quarantine"
@@ -398,11 +402,7 @@ class EventStore:
 
     def quarantine_counts(self, *, released: bool = False) -> dict[str, int]:
         """Return how many quarantined messages there are per reason token: open, or released."""
-        state = "NOT NULL" if released else "NULL"
-        rows = self._db.query(
-            f"SELECT reason, count(*) FROM quarantine WHERE released_ms IS {state}"  # noqa: S608 - a constant
-            " GROUP BY reason"
-        )
+        rows = self._db.query(_COUNT_RELEASED if released else _COUNT_OPEN)
         return {reason: int(n) for reason, n in rows}
 
     def quarantined(self, ids: Sequence[int]) -> list[QuarantinedRow]:

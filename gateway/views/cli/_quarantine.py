@@ -8,6 +8,7 @@ a retry judges with exactly what ``provgw serve`` uses.
 from __future__ import annotations
 
 import base64
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,7 +33,7 @@ __all__ = ["group"]
 
 _LISTED = 50  # rows listed by default
 _DETAILS = 20  # still-refused rows a retry prints in text (--json has them all)
-_PROGRESS_FROM = 1_000  # rows from which a retry reports progress on stderr
+_PROGRESS_EVERY_S = 2.0  # seconds between two progress lines of a long retry
 
 db_option = click.option(
     "--db",
@@ -187,10 +188,22 @@ def retry_command(  # noqa: PLR0913 - one per option
     except ProvenanceError as err:
         fail(str(err), hint="pass the configuration `provgw serve --config` runs with")
     if not config.database.exists():
-        fail(f"there is no gateway database at {config.database}", hint="check [store] database")
+        fail(
+            f"there is no gateway database at {config.database}",
+            hint="check the [store] path in the configuration",
+        )
+
+    said: list[float] = []  # when progress was last printed; empty until a retry runs long
+    began = time.monotonic()
 
     def progress(done: int, total: int) -> None:
-        if total >= _PROGRESS_FROM and not as_json:
+        # On stderr, every few seconds of a long retry, and its end (never with --json).
+        if as_json:
+            return
+        now = time.monotonic()
+        long_one_ends = bool(said) and done == total
+        if now - (said[-1] if said else began) >= _PROGRESS_EVERY_S or long_one_ends:
+            said.append(now)
             click.echo(f"retried {done:,} of {total:,}", err=True)
 
     with refusals(as_json=as_json):
