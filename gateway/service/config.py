@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHAIN_ENVIRONMENT",
     "DEFAULT_LOG_ORIGIN",
+    "DEFAULT_QUARANTINE_PER_DEVICE_HOUR",
     "INGEST_MODES",
     "BrokerSettings",
     "ChainSettings",
@@ -88,6 +89,10 @@ class BrokerSettings:
     share_group: str = "provgw"
 
 
+#: ``[ingest] quarantine_per_device_hour``: a device's refusals kept an hour, with their bytes.
+DEFAULT_QUARANTINE_PER_DEVICE_HOUR = 1000
+
+
 @dataclass(frozen=True)
 class IngestSettings:
     """Batching and the ingest processes."""
@@ -115,6 +120,10 @@ class IngestSettings:
     #: ``max_packet_size``, 8 MiB): past it the receiver stops reading and the broker keeps the
     #: rest. A single larger message is still let through, alone.
     in_flight_mb: int = 32
+    #: Refused messages kept in the quarantine, with their bytes, per device and clock hour;
+    #: past it a device's refusals are counted (per reason, with their sizes), not kept, so that
+    #: one device flooding junk cannot fill the disk. Per ingest process.
+    quarantine_per_device_hour: int = DEFAULT_QUARANTINE_PER_DEVICE_HOUR
 
 
 #: Log origin used when the gateway generates its log key at first start (C2SP tlog-checkpoint:
@@ -441,6 +450,7 @@ def _ingest_settings(section: _Section) -> IngestSettings:
         batch_ms=section.integer("batch_ms"),
         enrol_grace_ms=section.integer("enrol_grace_ms", 0),
         in_flight_mb=section.integer("in_flight_mb", 1, 4096),
+        quarantine_per_device_hour=section.integer("quarantine_per_device_hour", 1, 10**9),
     )
 
 

@@ -66,10 +66,16 @@ from gateway.core.identity import (
 )
 from gateway.core.messages import MessagePolicy, verify_device_message
 from gateway.ingest.topics import EventTopic, parse_topic
+from gateway.service.config import DEFAULT_QUARANTINE_PER_DEVICE_HOUR
 from gateway.service.metrics import IngestMetrics
 from gateway.store.db import Database
 from gateway.store.devices import DeviceRow, DeviceStore
-from gateway.store.events import EventRecord, EventStore, QuarantineRecord
+from gateway.store.events import (
+    EventRecord,
+    EventStore,
+    QuarantineOverflow,
+    QuarantineRecord,
+)
 from gateway.store.trust_files import load_trust_dir
 
 if TYPE_CHECKING:
@@ -77,9 +83,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BatchOutcome",
+    "BudgetPlan",
     "Delivery",
     "IngestPipeline",
     "OutcomeRecorder",
+    "QuarantineBudget",
     "StoreBackedRegistry",
     "commit_with_retry",
     "open_pipeline",
@@ -290,6 +298,82 @@ class StoreBackedRegistry(DeviceRegistry):
         self._pending.clear()
 
 
+# --- the quarantine budget ---------------------------------------------------------------------
+
+#: The budget's window: a clock hour of the gateway's receipt time.
+HOUR_MS = 3_600_000
+#: Most (device, hour) counters a budget keeps before it starts afresh (a flood of made-up
+#: device names under a misconfigured broker ACL must not grow it).
+_BUDGET_KEYS_MAX = 100_000
+
+
+class QuarantineBudget:
+    """At most *per_hour* refused messages kept per claimed device and clock hour.
+
+    Past that, a device's refusals are counted (:class:`~gateway.store.events.QuarantineOverflow`:
+    per reason, with their bytes and first and last times) instead of kept one row each with up
+    to 64 KiB of bytes: one device flooding junk cannot fill the disk and stop ingest for the
+    whole fleet. The counts are per process: a device's messages all reach one verifier
+    (``partitioned``), or spread over the ``shared`` workers, each with its own budget.
+    :meth:`split` plans a batch; :meth:`commit` takes its plan once the batch committed, so a
+    batch that rolled back and is retried is not counted twice.
+    """
+
+    def __init__(self, per_hour: int) -> None:
+        self.per_hour = per_hour
+        self._kept: dict[tuple[str | None, int], int] = {}
+        self._warned: set[tuple[str, int]] = set()
+
+    def split(self, refused: Sequence[QuarantineRecord]) -> BudgetPlan:
+        """Return what of *refused* to keep and what to count instead."""
+        plan = BudgetPlan()
+        counted: dict[tuple[str, str, int], list[int]] = {}
+        for q in refused:
+            key = (q.device_hint, q.received_ms // HOUR_MS)
+            if self._kept.get(key, 0) + plan.taken.get(key, 0) < self.per_hour:
+                plan.taken[key] = plan.taken.get(key, 0) + 1
+                plan.kept.append(q)
+                continue
+            row = counted.setdefault(
+                (q.device_hint or "", q.reason, key[1] * HOUR_MS),
+                [0, 0, q.received_ms, q.received_ms],
+            )
+            row[0] += 1
+            row[1] += len(q.raw)
+            row[2] = min(row[2], q.received_ms)
+            row[3] = max(row[3], q.received_ms)
+        plan.overflow = [QuarantineOverflow(*key, *row) for key, row in counted.items()]
+        return plan
+
+    def commit(self, plan: BudgetPlan) -> None:
+        """Count a committed batch's kept refusals; say once an hour that a device is over."""
+        if len(self._kept) + len(plan.taken) > _BUDGET_KEYS_MAX:
+            self._kept.clear()
+            self._warned.clear()
+        for key, n in plan.taken.items():
+            self._kept[key] = self._kept.get(key, 0) + n
+        for over in plan.overflow:
+            if (over.device_hint, over.hour_ms) not in self._warned:
+                self._warned.add((over.device_hint, over.hour_ms))
+                _log.warning(
+                    "device %s is over its quarantine budget (%d refused messages kept this "
+                    "hour, [ingest] quarantine_per_device_hour): its further refusals this hour "
+                    "are counted, not kept (`provgw quarantine list` shows them)",
+                    over.device_hint or "(none: not a device topic)",
+                    self.per_hour,
+                )
+
+
+@dataclass
+class BudgetPlan:
+    """What :meth:`QuarantineBudget.split` decided for one batch."""
+
+    kept: list[QuarantineRecord] = field(default_factory=list)
+    overflow: list[QuarantineOverflow] = field(default_factory=list)
+    #: Kept rows per (device, hour), for :meth:`QuarantineBudget.commit`.
+    taken: dict[tuple[str | None, int], int] = field(default_factory=dict)
+
+
 # --- the pipeline ------------------------------------------------------------------------------
 
 
@@ -309,6 +393,7 @@ class IngestPipeline:
         enrol_grace_s: float = 2.0,
         policy: MessagePolicy | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        quarantine_per_device_hour: int = DEFAULT_QUARANTINE_PER_DEVICE_HOUR,
     ) -> None:
         self._db = db
         self._events = EventStore(db)
@@ -318,6 +403,7 @@ class IngestPipeline:
         self._grace = enrol_grace_s
         self._policy = policy or MessagePolicy()
         self._clock = clock
+        self.budget = QuarantineBudget(quarantine_per_device_hour)
         self.registry = StoreBackedRegistry(db, trust)
         # Memo of step 1: a device publishes on a handful of topics (one per event type), and
         # parsing one is ~2 us a message. Only event topics that parsed are kept, at most
@@ -360,11 +446,12 @@ class IngestPipeline:
 
         # Step 4: one transaction for events, quarantine and device-key changes.
         start = time.perf_counter()
+        budget = self.budget.split(quarantined)
         try:
             # No savepoint for insert_batch's own block: any failure fails the whole batch anyway.
             with self._db.atomic(savepoints=False):
                 self.registry.persist()
-                result = self._events.insert_batch(records, quarantined)
+                result = self._events.insert_batch(records, budget.kept, overflow=budget.overflow)
         except ProvenanceError:
             # Rolled back whole; the cache may hold bindings the store never got.
             self.registry.reset()
@@ -372,6 +459,7 @@ class IngestPipeline:
         commit_done = time.time()
         outcome.commit_seconds = time.perf_counter() - start
         self.registry.committed()
+        self.budget.commit(budget)
 
         # Step 5: acknowledge only now that everything is durable.
         for delivery in done:
@@ -495,4 +583,5 @@ def open_pipeline(
             ack=ack,
             metrics=metrics,
             enrol_grace_s=config.ingest.enrol_grace_ms / 1000,
+            quarantine_per_device_hour=config.ingest.quarantine_per_device_hour,
         )

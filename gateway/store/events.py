@@ -27,7 +27,7 @@ import hashlib
 import secrets
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import Any
 
 from gateway.core.cose import decode_sign1
@@ -38,6 +38,7 @@ __all__ = [
     "BatchResult",
     "EventRecord",
     "EventStore",
+    "QuarantineOverflow",
     "QuarantineRecord",
     "QuarantinedRow",
     "StoredEvent",
@@ -60,6 +61,12 @@ _SELECT_EVENTS = (
 _INSERT_EVENT = (
     "INSERT INTO events (id, device_id, seq, type, event_time_ms, received_ms, site, topic, raw,"
     " digest, salt) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+)
+_ADD_OVERFLOW = (
+    "INSERT INTO quarantine_overflow (device_hint, reason, hour_ms, messages, bytes, first_ms,"
+    " last_ms) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET"
+    " messages = messages + excluded.messages, bytes = bytes + excluded.bytes,"
+    " first_ms = min(first_ms, excluded.first_ms), last_ms = max(last_ms, excluded.last_ms)"
 )
 _COUNT_OPEN = "SELECT reason, count(*) FROM quarantine WHERE released_ms IS NULL GROUP BY reason"
 _COUNT_RELEASED = (
@@ -167,6 +174,34 @@ class QuarantineRecord:
 
 
 @dataclass(frozen=True)
+class QuarantineOverflow:
+    """Refusals of one device, reason and clock hour counted, not kept (past its budget).
+
+    ``device_hint`` is ``""`` for messages whose topic names no device.
+    """
+
+    device_hint: str
+    reason: str
+    hour_ms: int
+    messages: int
+    bytes: int
+    first_ms: int
+    last_ms: int
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the counts as a JSON object."""
+        return {
+            "device_hint": self.device_hint or None,
+            "reason": self.reason,
+            "hour_ms": self.hour_ms,
+            "messages": self.messages,
+            "bytes": self.bytes,
+            "first_ms": self.first_ms,
+            "last_ms": self.last_ms,
+        }
+
+
+@dataclass(frozen=True)
 class QuarantinedRow:
     """A quarantine row as stored.
 
@@ -235,6 +270,7 @@ class EventStore:
         quarantined: Sequence[QuarantineRecord] = (),
         *,
         quarantine_conflicts: bool = True,
+        overflow: Sequence[QuarantineOverflow] = (),
     ) -> BatchResult:
         """Store *records* and *quarantined* in one transaction; see the module's steps 1-4.
 
@@ -244,6 +280,7 @@ class EventStore:
 
         *quarantine_conflicts* False: a conflicting record is only reported in the result, not
         quarantined (it comes from the quarantine already: ``provgw quarantine retry``).
+        *overflow*: refusals past a device's quarantine budget, added to its counts.
         """
         # Step 1: digest of the exact bytes received (outside the lock: pure CPU).
         digests = [hashlib.sha256(r.raw).digest() for r in records]
@@ -307,6 +344,8 @@ class EventStore:
                         for q in (*quarantined, *replays)
                     ],
                 )
+            if overflow:
+                conn.executemany(_ADD_OVERFLOW, [astuple(o) for o in overflow])
         return BatchResult(stored=ids, duplicates=duplicates, conflicts=conflicts)
 
     @staticmethod
@@ -404,6 +443,15 @@ class EventStore:
         """Return how many quarantined messages there are per reason token: open, or released."""
         rows = self._db.query(_COUNT_RELEASED if released else _COUNT_OPEN)
         return {reason: int(n) for reason, n in rows}
+
+    def quarantine_overflow(self, *, limit: int = 100) -> list[QuarantineOverflow]:
+        """Return the refusals counted but not kept, newest hour first, busiest first."""
+        rows = self._db.query(
+            "SELECT device_hint, reason, hour_ms, messages, bytes, first_ms, last_ms"
+            " FROM quarantine_overflow ORDER BY hour_ms DESC, messages DESC LIMIT ?",
+            (limit,),
+        )
+        return [QuarantineOverflow(*row) for row in rows]
 
     def quarantined(self, ids: Sequence[int]) -> list[QuarantinedRow]:
         """Return the quarantine rows of *ids* that exist, open or released, in id order."""

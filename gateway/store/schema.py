@@ -427,3 +427,26 @@ def _quarantine_released(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE quarantine ADD COLUMN released_ms INTEGER")
     conn.execute("ALTER TABLE quarantine ADD COLUMN event_id INTEGER")
     conn.execute("CREATE INDEX quarantine_open ON quarantine (id) WHERE released_ms IS NULL")
+
+
+@migration("0016_quarantine_overflow")
+def _quarantine_overflow(conn: sqlite3.Connection) -> None:
+    # Refusals past a device's quarantine budget (`[ingest] quarantine_per_device_hour`): counted
+    # here per device, reason and clock hour instead of kept one row each with their bytes, so
+    # that one device flooding junk cannot fill the gateway's disk (an SD card, often) and stop
+    # ingest for every other device. Nothing is dropped unseen: each refusal is counted, with
+    # its size, and the time of the first and last. '' stands for "no device in the topic".
+    conn.execute(
+        """
+        CREATE TABLE quarantine_overflow (
+            device_hint TEXT    NOT NULL,
+            reason      TEXT    NOT NULL,
+            hour_ms     INTEGER NOT NULL,
+            messages    INTEGER NOT NULL,
+            bytes       INTEGER NOT NULL,
+            first_ms    INTEGER NOT NULL,
+            last_ms     INTEGER NOT NULL,
+            PRIMARY KEY (device_hint, reason, hour_ms)
+        ) STRICT, WITHOUT ROWID
+        """
+    )

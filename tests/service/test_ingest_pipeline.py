@@ -79,8 +79,8 @@ def test_a_failed_commit_acknowledges_nothing_and_the_retry_stores_the_batch(sit
         batch = [message(1, with_chain=True), message(2, with_chain=False)]
         real = EventStore.insert_batch
 
-        def disk_full(self, records, quarantined=()):
-            real(self, records, quarantined)  # written, then the transaction fails
+        def disk_full(self, records, quarantined=(), **kwargs):
+            real(self, records, quarantined, **kwargs)  # written, then the transaction fails
             raise UnavailableError("disk full", reason="store-full")
 
         monkeypatch.setattr(EventStore, "insert_batch", disk_full)

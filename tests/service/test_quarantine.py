@@ -6,6 +6,7 @@ quarantines that maker's devices; with the root added, a retry stores their even
 
 from __future__ import annotations
 
+import logging
 import random
 import shutil
 import sqlite3
@@ -16,9 +17,9 @@ import pytest
 
 from device_sim.events import SimDevice, make_event
 from device_sim.pki import init_pki, load_devices
-from gateway.core.errors import UntrustedSignerError
+from gateway.core.errors import UnavailableError, UntrustedSignerError
 from gateway.ingest.topics import event_topic
-from gateway.service.ingest import Delivery, IngestPipeline, StoreBackedRegistry
+from gateway.service.ingest import HOUR_MS, Delivery, IngestPipeline, StoreBackedRegistry
 from gateway.service.quarantine import ALREADY_STORED, REFUSED, STORED, retry_quarantined
 from gateway.store.db import Database
 from gateway.store.devices import DeviceStore
@@ -78,7 +79,7 @@ class Site:
         raw = SimDevice.load(self.pki, device).sign(event, with_chain=seq == 1)
         return Delivery(event_topic("icu", device, kind), raw, seq, 1, received_ms)
 
-    def ingest(self, deliveries, *, trust=None, clock=None):
+    def ingest(self, deliveries, *, trust=None, clock=None, budget=1000):
         """Run *deliveries* through the pipeline with the partial trust folder (one batch)."""
         with Database(self.path) as db:
             pipeline = IngestPipeline(
@@ -87,6 +88,7 @@ class Site:
                 ack=_no_ack,
                 enrol_grace_s=0,
                 clock=clock or (lambda: datetime.now(UTC)),
+                quarantine_per_device_hour=budget,
             )
             return pipeline.process(deliveries)
 
@@ -303,3 +305,77 @@ def test_a_chunk_that_lost_a_key_write_race_is_verified_again(site, monkeypatch)
         report = retry_quarantined(db, site.full)
     assert len(calls) == 2
     assert [r.outcome for r in report.rows] == [STORED, STORED]
+
+
+def _junk(device, n, received_ms):
+    topic = event_topic("icu", device, "custody")
+    return [Delivery(topic, b"\xa1junk" + bytes([i]), i, 1, received_ms + i) for i in range(n)]
+
+
+def test_past_its_budget_a_device_s_refusals_are_counted_not_kept(site, monkeypatch, caplog):
+    hour = int(time.time() * 1000) // HOUR_MS * HOUR_MS
+    flood, other = _junk(site.device, 12, hour), _junk(site.other, 2, hour)
+    with Database(site.path) as db:
+        pipeline = IngestPipeline(db, site.full, ack=_no_ack, quarantine_per_device_hour=5)
+        # A batch that fails to commit takes nothing of the budget: its retry is judged afresh.
+        real = EventStore.insert_batch
+
+        def fail_once(*_args, **_kwargs):
+            monkeypatch.setattr(EventStore, "insert_batch", real)
+            raise UnavailableError("disk busy", reason="store-busy")
+
+        monkeypatch.setattr(EventStore, "insert_batch", fail_once)
+        with pytest.raises(UnavailableError):
+            pipeline.process(flood[:4])
+        first = pipeline.process(flood[:4])
+        with caplog.at_level(logging.WARNING, logger="gateway.service.ingest"):
+            second = pipeline.process(flood[4:] + other)
+        store = EventStore(db)
+        (reason,) = first.rejected
+        # Every refusal is counted in the metrics and acknowledged; only 5 of the device's are kept.
+        assert first.rejected[reason] + second.rejected[reason] == 14
+        assert first.acked + second.acked == 14
+        assert len(store.quarantine_rows(device_hint=site.device)) == 5
+        assert len(store.quarantine_rows(device_hint=site.other)) == 2  # another device's own
+        (over,) = store.quarantine_overflow()
+        assert (over.device_hint, over.reason, over.hour_ms, over.messages) == (
+            site.device,
+            reason,
+            hour,
+            7,
+        )
+        assert over.bytes == sum(len(d.payload) for d in flood[5:])
+        assert (over.first_ms, over.last_ms) == (hour + 5, hour + 11)
+        assert (
+            sum(f"device {site.device} is over its quarantine budget" in m for m in caplog.messages)
+            == 1
+        )
+        # The next hour the device has a budget again; the counts add up per hour.
+        pipeline.process(_junk(site.device, 6, hour + HOUR_MS))
+        assert len(store.quarantine_rows(device_hint=site.device, limit=100)) == 10
+        assert [(o.hour_ms, o.messages) for o in store.quarantine_overflow()] == [
+            (hour + HOUR_MS, 1),
+            (hour, 7),
+        ]
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(60)
+def test_a_device_flooding_junk_through_the_broker_is_kept_to_its_budget(
+    gateway_site, site_broker, serve_gateway
+):
+    gateway = serve_gateway(
+        gateway_site, site_broker, workers=2, ingest_extra="quarantine_per_device_hour = 3\n"
+    )
+    db_path = gateway.status["database"]
+    device = gateway_site.devices[0]
+    with site_broker.device(device) as client:
+        for i in range(10):
+            client.publish(event_topic("icu", device, "custody"), b"\xa1junk" + bytes([i]))
+    wait_for(
+        lambda: query(db_path, "SELECT sum(messages) FROM quarantine_overflow") == [(7,)],
+        "7 refusals counted",
+    )
+    assert query(db_path, "SELECT count(*) FROM quarantine") == [(3,)]
+    assert "is over its quarantine budget" in gateway.log()
+    assert gateway.stop()["status"] == "stopped"

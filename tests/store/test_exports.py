@@ -19,6 +19,7 @@ PINNED = {
         "BatchResult",
         "EventRecord",
         "EventStore",
+        "QuarantineOverflow",
         "QuarantineRecord",
         "QuarantinedRow",
         "StoredEvent",

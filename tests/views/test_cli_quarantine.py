@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 
 import pytest
 from click.testing import CliRunner
 
+from gateway.service.ingest import Delivery
 from gateway.store.db import Database
 from gateway.views.cli import _quarantine
 from gateway.views.cli._main import _register, cli
@@ -130,3 +132,20 @@ def test_a_long_retry_reports_progress_on_stderr_only_in_text(site, monkeypatch)
     quiet = _invoke("quarantine", "retry", "--config", site.config, "--dry-run", "--json")
     assert quiet.stderr == ""
     assert json.loads(quiet.stdout)["retried"] == 2
+
+
+def test_refusals_past_the_budget_are_shown_as_counted_not_kept(site):
+    topic = f"provgw/v1/icu/dev/{site.other}/evt/custody"
+    now = int(time.time() * 1000)
+    site.ingest([Delivery(topic, b"\xa1junk" + bytes([i]), i, 1, now) for i in range(4)], budget=1)
+    text = _invoke("quarantine", "list", "--db", site.path).output
+    assert "  + 3 " in text
+    assert f"from {site.other} in the hour from" in text
+    data = json.loads(_invoke("quarantine", "list", "--db", site.path, "--json").output)
+    (over,) = data["not_kept"]
+    assert (over["device_hint"], over["messages"], over["bytes"]) == (site.other, 3, 18)
+    with Database(site.path) as db:
+        page = quarantine_page(Page(db, None), reason=None, limit=10, before=None)
+    html = quarantine_html(page)
+    assert "Counted, not kept" in html
+    assert f"<td>{site.other}</td>" in html

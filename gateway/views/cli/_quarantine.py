@@ -88,10 +88,16 @@ def list_command(  # noqa: PLR0913 - one per option
         )
         counts = events.quarantine_counts(released=released)
         other = sum(events.quarantine_counts(released=not released).values())
+        not_kept = events.quarantine_overflow()
     what = "released" if released else "open"
     lines = [f"{sum(counts.values()):,} {what} quarantined message(s): {_counts(counts)}"]
     if not released and other:
         lines[0] += f" ({other:,} released: --released lists them)"
+    lines += [
+        f"  + {o.messages:,} {o.reason} from {o.device_hint or '(no device)'} in the hour from"
+        f" {_when(o.hour_ms)}: counted, not kept (over [ingest] quarantine_per_device_hour)"
+        for o in not_kept[:_DETAILS]
+    ]
     lines += [_line(row) for row in rows]
     if len(rows) == limit:
         lines.append("  ... and maybe older ones: raise --limit, or narrow with --reason/--device")
@@ -101,6 +107,7 @@ def list_command(  # noqa: PLR0913 - one per option
             "released": released,
             "counts": dict(sorted(counts.items())),
             "rows": [row.summary() for row in rows],
+            "not_kept": [o.to_json() for o in not_kept],
         },
         as_json=as_json,
         text="\n".join(lines),

@@ -412,6 +412,9 @@ def quarantine_page(
         "reason": reason,
         "limit": limit,
         "released": sum(events.quarantine_counts(released=True).values()),
+        "not_kept": [
+            {**o.to_json(), "hour": iso(o.hour_ms)} for o in events.quarantine_overflow(limit=20)
+        ],
         "rows": [{**r.summary(), "received": iso(r.received_ms)} for r in rows],
         "next_before": rows[-1].id if len(rows) == limit else None,
     }

@@ -413,9 +413,30 @@ def quarantine_html(data: Mapping[str, Any]) -> str:
         if data["released"]
         else ""
     )
+    not_kept = (
+        "<p>Counted, not kept (a device over its quarantine budget, "
+        "<code>[ingest] quarantine_per_device_hour</code>):</p>"
+        + _table(
+            ["hour from (UTC)", "device (claimed)", "reason", "messages", "bytes"],
+            [
+                [
+                    esc(o["hour"]),
+                    esc(o["device_hint"] or "(none)"),
+                    esc(o["reason"]),
+                    esc(o["messages"]),
+                    esc(o["bytes"]),
+                ]
+                for o in data["not_kept"]
+            ],
+            "",
+        )
+        if data["not_kept"]
+        else ""
+    )
     body = (
         f"<p>By reason: {_link('/quarantine', 'all')} {counts}</p>"
         + released
+        + not_kept
         + _table(
             ["received (UTC)", "reason", "what was wrong", "topic", "device (claimed)", "message"],
             rows,
