@@ -477,13 +477,19 @@ class DeviceRegistry:
         self._by_device[new.device_id] = new
         return new
 
-    def revoke(self, device_id: str) -> None:
-        """Refuse *device_id* from now on: its kid stops resolving and it cannot enrol again."""
+    def revoke(self, device_id: str, *, kid: bytes | None = None) -> None:
+        """Refuse *device_id* from now on: its kid stops resolving and it cannot enrol again.
+
+        *kid*: its key, when this registry has not enrolled it (a cache loading a device the
+        store holds as revoked), so that messages signed with it are refused as revoked.
+        """
         self._revoked.add(device_id)
         identity = self._by_device.pop(device_id, None)
         if identity is not None:
             del self._by_kid[identity.kid]
             self._retired_kids[identity.kid] = device_id
+        if kid is not None:
+            self._retired_kids.setdefault(kid, device_id)
 
     def _refuse_revoked(self, device_id: str) -> None:
         if device_id in self._revoked:

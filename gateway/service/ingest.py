@@ -212,7 +212,7 @@ class StoreBackedRegistry(DeviceRegistry):
 
     def _cache(self, row: DeviceRow) -> None:
         if row.revoked:
-            super().revoke(row.device_id)
+            super().revoke(row.device_id, kid=row.kid)
             return
         identity = verify_device_chain([row.cert, *row.chain], self._trust, self.now)
         super().enrol(identity)

@@ -444,6 +444,14 @@ class EventStore:
         rows = self._db.query(_COUNT_RELEASED if released else _COUNT_OPEN)
         return {reason: int(n) for reason, n in rows}
 
+    def quarantine_open_for(self, device_hint: str) -> int:
+        """Return how many open quarantine rows claim to be from *device_hint*."""
+        rows = self._db.query(
+            "SELECT count(*) FROM quarantine WHERE device_hint = ? AND released_ms IS NULL",
+            (device_hint,),
+        )
+        return int(rows[0][0])
+
     def quarantine_overflow(self, *, limit: int = 100) -> list[QuarantineOverflow]:
         """Return the refusals counted but not kept, newest hour first, busiest first."""
         rows = self._db.query(

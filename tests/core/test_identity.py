@@ -505,3 +505,16 @@ def test_revoked_device_stops_resolving_and_cannot_enrol_again(acme, trust):
     with pytest.raises(RevokedError):
         registry.rotate(identity, _chain(device, acme.issuing), trust, NOW)
     assert len(registry) == 0
+
+
+def test_a_device_revoked_before_this_registry_knew_it_is_refused_as_revoked(acme, trust):
+    # A cache loading a device the store holds as revoked: its kid says "revoked", not
+    # "unknown" (which would tell the operator the device must send its certificate chain).
+    registry = DeviceRegistry()
+    _, identity = _identity(acme, trust)
+    registry.revoke(identity.device_id, kid=identity.kid)
+    with pytest.raises(RevokedError) as refused:
+        registry.by_kid(identity.kid)
+    assert refused.value.reason == "device-revoked"
+    with pytest.raises(RevokedError):
+        registry.enrol(identity)

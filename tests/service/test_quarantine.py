@@ -79,18 +79,21 @@ class Site:
         raw = SimDevice.load(self.pki, device).sign(event, with_chain=seq == 1)
         return Delivery(event_topic("icu", device, kind), raw, seq, 1, received_ms)
 
-    def ingest(self, deliveries, *, trust=None, clock=None, budget=1000):
-        """Run *deliveries* through the pipeline with the partial trust folder (one batch)."""
+    def pipeline(self, db, *, trust=None, clock=None, budget=1000):
+        """An ingest pipeline on *db*, with the partial trust folder unless told otherwise."""
+        return IngestPipeline(
+            db,
+            trust or load_trust_dir(self.partial),
+            ack=_no_ack,
+            enrol_grace_s=0,
+            clock=clock or (lambda: datetime.now(UTC)),
+            quarantine_per_device_hour=budget,
+        )
+
+    def ingest(self, deliveries, **options):
+        """Run *deliveries* through a fresh pipeline (one batch); *options* as for pipeline."""
         with Database(self.path) as db:
-            pipeline = IngestPipeline(
-                db,
-                trust or load_trust_dir(self.partial),
-                ack=_no_ack,
-                enrol_grace_s=0,
-                clock=clock or (lambda: datetime.now(UTC)),
-                quarantine_per_device_hour=budget,
-            )
-            return pipeline.process(deliveries)
+            return self.pipeline(db, **options).process(deliveries)
 
     def query(self, sql, params=()):
         with sqlite3.connect(self.path) as conn:

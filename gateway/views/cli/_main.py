@@ -39,6 +39,11 @@ _COMMANDS: dict[str, _Entry] = {
         "group",
         "Set up anchoring on the consortium chain (Hyperledger Besu, or any EVM JSON-RPC node).",
     ),
+    "device": _Entry(
+        _P + "_device",
+        "group",
+        "See an enrolled device's keys and state, and revoke one the site no longer trusts.",
+    ),
     "erase": _Entry(
         _P + "_log",
         "erase_command",

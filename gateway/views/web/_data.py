@@ -255,7 +255,8 @@ def device_page(page: Page, device_id: str, *, limit: int) -> dict[str, Any] | N
     total = store.count_for(device_id)
     inv = Inventory(page.db).get(device_id)
     enrolled = page.db.query(
-        "SELECT manufacturer, enrolled_ms, revoked_ms FROM devices WHERE device_id = ?",
+        "SELECT manufacturer, enrolled_ms, revoked_ms, revoked_reason FROM devices"
+        " WHERE device_id = ?",
         (device_id,),
     )
     if not history and inv is None and not enrolled:
@@ -300,6 +301,7 @@ def device_page(page: Page, device_id: str, *, limit: int) -> dict[str, Any] | N
             "manufacturer": enrolled[0][0],
             "enrolled": iso(enrolled[0][1]),
             "revoked": iso(enrolled[0][2]),
+            "revoked_reason": enrolled[0][3],
         },
         "events_total": total,
         "limit": limit,

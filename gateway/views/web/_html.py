@@ -200,7 +200,11 @@ def device_html(data: Mapping[str, Any]) -> str:
                 esc(inv.get("department")),
                 esc(inv.get("firmware")),
                 esc(enrolled.get("enrolled")),
-                esc(enrolled.get("revoked")),
+                esc(
+                    f"{enrolled['revoked']} ({enrolled['revoked_reason'] or 'no reason given'})"
+                    if enrolled.get("revoked")
+                    else None
+                ),
             ]
         ],
         "",

@@ -1,0 +1,143 @@
+"""``provgw device show | revoke``: an enrolled device's keys and state; taking one out of trust.
+
+A revoked device (a pump stolen from a ward, a monitor sent for scrap) is refused from then on:
+every message it signs is quarantined as ``device-revoked``. The verifiers of a running
+``provgw serve`` see the revocation at their next batch (their key cache checks the store's
+revocations once a batch: :meth:`gateway.service.ingest.StoreBackedRegistry.refresh`). Its stored
+history stays, and stays provable. The broker still lets it connect with its certificate: only
+the manufacturer can revoke that (a CRL in the trust folder, which the broker and the gateway
+both read).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from gateway.store.devices import DeviceRow, DeviceStore
+from gateway.store.events import EventStore
+from gateway.views.cli._output import emit, fail, json_option, open_existing_db
+
+__all__ = ["group"]
+
+db_option = click.option(
+    "--db",
+    "db_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The gateway's SQLite database file.",
+)
+
+
+def _when(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds")
+
+
+@click.group("device")
+def group() -> None:
+    """See an enrolled device's keys and state, and revoke one the site no longer trusts."""
+
+
+def _not_enrolled(device_id: str, db_path: Path) -> NoReturn:
+    fail(
+        f"no enrolled device {device_id!r} in {db_path} (a device is enrolled by its first "
+        "valid message)",
+        hint="check the id with `provgw quarantine list --device ID`, or ask its manufacturer "
+        "to revoke its certificate (a CRL in the trust folder)",
+        code=1,
+    )
+
+
+def _device_json(device: DeviceRow, store: DeviceStore, events: EventStore) -> dict[str, Any]:
+    return {
+        "device": device.device_id,
+        "manufacturer": device.manufacturer,
+        "enrolled": _when(device.enrolled_ms),
+        "kid": device.kid.hex(),
+        "keys": [
+            {"kid": k.kid.hex(), "from": _when(k.valid_from_ms), "to": _when(k.valid_to_ms)}
+            for k in store.key_history(device.device_id)
+        ],
+        "last_seq": device.last_seq,
+        "events": events.count_for(device.device_id),
+        "quarantined": events.quarantine_open_for(device.device_id),
+        "revoked": _when(device.revoked_ms),
+        "revoked_reason": device.revoked_reason,
+    }
+
+
+@group.command("show")
+@click.argument("device_id")
+@db_option
+@json_option
+def show_command(device_id: str, db_path: Path, *, as_json: bool) -> None:
+    """Show enrolled device DEVICE_ID: its keys, events, open quarantine and revocation.
+
+    Exit code 0; 1 if no such device is enrolled.
+    """
+    with open_existing_db(db_path) as db:
+        store = DeviceStore(db)
+        device = store.get(device_id)
+        if device is None:
+            _not_enrolled(device_id, db_path)
+        data = _device_json(device, store, EventStore(db))
+    lines = [
+        f"device {device_id} ({data['manufacturer']}), enrolled {data['enrolled']}",
+        (
+            f"  {data['events']:,} events stored (last seq {data['last_seq']}), "
+            f"{data['quarantined']:,} open in the quarantine"
+        ),
+        *(
+            f"  key {k['kid']} from {k['from']}" + (f" to {k['to']}" if k["to"] else " (current)")
+            for k in data["keys"]
+        ),
+        (
+            f"  REVOKED {data['revoked']}: {data['revoked_reason'] or '(no reason given)'}"
+            if data["revoked"]
+            else "  trusted (not revoked)"
+        ),
+    ]
+    emit({"ok": True, **data}, as_json=as_json, text="\n".join(lines))
+
+
+@group.command("revoke")
+@click.argument("device_id")
+@db_option
+@click.option("--reason", required=True, help='Why, for the record: e.g. "stolen from ward 4".')
+@json_option
+def revoke_command(device_id: str, db_path: Path, reason: str, *, as_json: bool) -> None:
+    """Revoke DEVICE_ID: refuse everything it signs from now on; keep its history.
+
+    A running gateway refuses its messages from its next batch (quarantined as device-revoked).
+    There is no undo: a device found again is re-provisioned with a new identity. Exit code 0
+    once revoked (also when it already was: the first revocation, and its reason, stand); 1 if
+    no such device is enrolled.
+    """
+    if not reason.strip():
+        fail("a revocation needs a reason", hint='--reason "stolen from ward 4"')
+    with open_existing_db(db_path) as db:
+        store = DeviceStore(db)
+        before = store.get(device_id)
+        if before is None or not store.revoke(
+            device_id, now_ms=time.time_ns() // 1_000_000, reason=reason.strip()
+        ):
+            _not_enrolled(device_id, db_path)
+        after = store.get(device_id)
+        assert after is not None  # revoked, not deleted
+        data = _device_json(after, store, EventStore(db))
+    already = before.revoked
+    text = (
+        f"device {device_id} was already revoked {data['revoked']}: {data['revoked_reason']}"
+        if already
+        else (
+            f"device {device_id} revoked {data['revoked']}: everything it signs is refused from "
+            f"now on (quarantined as device-revoked); its {data['events']:,} stored events stay"
+        )
+    )
+    emit({"ok": True, "already_revoked": already, **data}, as_json=as_json, text=text)

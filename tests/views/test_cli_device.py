@@ -1,0 +1,100 @@
+"""`provgw device show | revoke`: a device's keys and state; a revoked device is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from gateway.store.db import Database
+from gateway.views.cli._main import _register, cli
+from gateway.views.web._data import Page, device_page
+from gateway.views.web._html import device_html
+from tests.service.test_ledger_service import Fleet, events, provgw, query, wait_for
+from tests.service.test_quarantine import Site
+
+
+def _invoke(*args):
+    _register()
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture
+def site(gateway_site, tmp_path):
+    site = Site(gateway_site.pki, tmp_path)
+    site.ingest([site.message(site.other) for _ in range(2)])  # trusted maker: enrolled, stored
+    return site
+
+
+def test_show_lists_the_keys_events_and_state(site):
+    result = _invoke("device", "show", site.other, "--db", site.path)
+    assert result.exit_code == 0, result.output
+    assert f"device {site.other} (" in result.output
+    assert "2 events stored (last seq 2), 0 open in the quarantine" in result.output
+    assert "(current)" in result.output
+    assert "trusted (not revoked)" in result.output
+    data = json.loads(_invoke("device", "show", site.other, "--db", site.path, "--json").output)
+    assert (data["events"], data["revoked"], len(data["keys"])) == (2, None, 1)
+
+
+def test_a_revoked_device_is_refused_from_the_next_batch_and_keeps_its_history(site):
+    with Database(site.path) as db:
+        # One long-lived pipeline, as a running verifier holds one: its key cache knows the device.
+        pipeline = site.pipeline(db)
+        assert pipeline.process([site.message(site.other)]).stored == 1
+        revoked = _invoke("device", "revoke", site.other, "--db", site.path, "--reason", "stolen")
+        assert revoked.exit_code == 0, revoked.output
+        assert "everything it signs is refused from now on" in revoked.output
+        assert "its 3 stored events stay" in revoked.output
+        outcome = pipeline.process([site.message(site.other)])
+        assert (outcome.stored, outcome.rejected) == (0, {"device-revoked": 1})
+        page = device_page(Page(db, None), site.other, limit=10)
+    assert page is not None
+    assert page["enrolled"]["revoked_reason"] == "stolen"
+    assert "(stolen)" in device_html(page)
+    data = json.loads(_invoke("device", "show", site.other, "--db", site.path, "--json").output)
+    assert (data["events"], data["revoked_reason"], data["quarantined"]) == (3, "stolen", 1)
+    # Revoking again changes nothing: the first revocation and its reason stand.
+    again = _invoke(
+        "device", "revoke", site.other, "--db", site.path, "--reason", "found", "--json"
+    )
+    assert again.exit_code == 0
+    assert json.loads(again.output)["already_revoked"] is True
+    assert json.loads(again.output)["revoked_reason"] == "stolen"
+
+
+def test_an_unknown_device_or_an_empty_reason_is_refused(site):
+    unknown = _invoke("device", "revoke", "ghost", "--db", site.path, "--reason", "lost")
+    assert unknown.exit_code == 1
+    assert "no enrolled device 'ghost'" in unknown.output
+    assert _invoke("device", "show", "ghost", "--db", site.path).exit_code == 1
+    empty = _invoke("device", "revoke", site.other, "--db", site.path, "--reason", " ")
+    assert empty.exit_code == 2
+    assert "a revocation needs a reason" in empty.output
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(60)
+def test_a_running_gateway_refuses_a_device_once_it_is_revoked(
+    gateway_site, site_broker, serve_gateway
+):
+    gateway = serve_gateway(gateway_site, site_broker, workers=2)
+    db_path = gateway.status["database"]
+    stolen, other = gateway_site.devices[:2]
+    fleet = Fleet(site_broker, gateway_site.pki, [stolen, other])
+    sent = fleet.publish(rounds=2)
+    wait_for(lambda: events(db_path) == sent, "the first events")
+    revoked = provgw("device", "revoke", stolen, "--db", db_path, "--reason", "stolen from ward 4")
+    assert revoked["revoked_reason"] == "stolen from ward 4"
+    fleet.publish(rounds=2)
+    wait_for(
+        lambda: (
+            query(db_path, "SELECT count(*) FROM quarantine WHERE reason = 'device-revoked'")
+            == [(2,)]
+        ),
+        "the stolen device's next 2 messages refused",
+    )
+    wait_for(lambda: events(db_path) == sent + 2, "the other device's 2 stored")
+    assert query(db_path, "SELECT count(*) FROM events WHERE device_id = ?", (stolen,)) == [(2,)]
+    assert gateway.stop()["status"] == "stopped"
