@@ -20,17 +20,9 @@ import click
 
 from gateway.store.devices import DeviceRow, DeviceStore
 from gateway.store.events import EventStore
-from gateway.views.cli._output import emit, fail, json_option, open_existing_db
+from gateway.views.cli._output import db_option, emit, fail, json_option, open_existing_db
 
 __all__ = ["group"]
-
-db_option = click.option(
-    "--db",
-    "db_path",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The gateway's SQLite database file.",
-)
 
 
 def _when(ms: int | None) -> str | None:

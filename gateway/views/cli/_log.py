@@ -21,7 +21,7 @@ from gateway.ledger.tree import MerkleTree
 from gateway.service.claims import verify_urgent_claims
 from gateway.service.config import load_config
 from gateway.store.events import EventStore
-from gateway.views.cli._output import emit, fail, json_option, open_existing_db, refusals
+from gateway.views.cli._output import db_option, emit, fail, json_option, open_existing_db, refusals
 
 DEFAULT_ORIGIN = "provgw.local/log"
 
@@ -30,13 +30,6 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-db_option = click.option(
-    "--db",
-    "db_path",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The gateway's SQLite database file.",
-)
 key_option = click.option(
     "--key",
     "key_path",

@@ -20,6 +20,15 @@ json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object instead of text (for scripts)."
 )
 
+#: ``--db FILE``: the gateway's database, for commands that read or change it directly.
+db_option = click.option(
+    "--db",
+    "db_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The gateway's SQLite database file.",
+)
+
 
 def config_option(help_text: str) -> Callable[[_F], _F]:
     """``--config FILE``: the gateway's TOML configuration, as ``provgw serve`` runs with it."""

@@ -22,6 +22,7 @@ from gateway.store.events import EventStore, QuarantinedRow
 from gateway.store.trust_files import load_trust_dir
 from gateway.views.cli._output import (
     config_option,
+    db_option,
     emit,
     fail,
     json_option,
@@ -34,14 +35,6 @@ __all__ = ["group"]
 _LISTED = 50  # rows listed by default
 _DETAILS = 20  # still-refused rows a retry prints in text (--json has them all)
 _PROGRESS_EVERY_S = 2.0  # seconds between two progress lines of a long retry
-
-db_option = click.option(
-    "--db",
-    "db_path",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The gateway's SQLite database file.",
-)
 
 
 def _when(ms: int | None) -> str:
