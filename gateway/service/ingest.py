@@ -76,7 +76,7 @@ from gateway.store.events import (
     QuarantineOverflow,
     QuarantineRecord,
 )
-from gateway.store.trust_files import load_trust_dir
+from gateway.store.trust_files import TrustFolder
 
 if TYPE_CHECKING:
     from gateway.service.config import GatewayConfig
@@ -170,6 +170,11 @@ class StoreBackedRegistry(DeviceRegistry):
         """Forget the cache and the unwritten changes (after a rollback, or a stale cache)."""
         DeviceRegistry.__init__(self)
         self._pending.clear()
+
+    def use_trust(self, trust: TrustStore) -> None:
+        """Judge chains by *trust* from now on; drop the cache, which the old trust vouched for."""
+        self._trust = trust
+        self.reset()
 
     def refresh(self) -> None:
         """Drop the cache if any worker rotated or revoked a key since the last call.
@@ -394,6 +399,7 @@ class IngestPipeline:
         policy: MessagePolicy | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         quarantine_per_device_hour: int = DEFAULT_QUARANTINE_PER_DEVICE_HOUR,
+        trust_folder: TrustFolder | None = None,
     ) -> None:
         self._db = db
         self._events = EventStore(db)
@@ -403,6 +409,7 @@ class IngestPipeline:
         self._grace = enrol_grace_s
         self._policy = policy or MessagePolicy()
         self._clock = clock
+        self._trust_folder = trust_folder
         self.budget = QuarantineBudget(quarantine_per_device_hour)
         self.registry = StoreBackedRegistry(db, trust)
         # Memo of step 1: a device publishes on a handful of topics (one per event type), and
@@ -418,6 +425,8 @@ class IngestPipeline:
         same batch (the broker will not resend it before a reconnect).
         """
         now = self._clock()
+        if self._trust_folder is not None and (trust := self._trust_folder.changed()):
+            self.use_trust(trust)
         self.registry.now = now
         self.registry.refresh()
         records: list[EventRecord] = []
@@ -475,6 +484,15 @@ class IngestPipeline:
         outcome.lag_seconds = [max(0.0, commit_done - r.event_time_ms / 1000) for r in records]
         self.metrics.record(outcome)
         return outcome
+
+    def use_trust(self, trust: TrustStore) -> None:
+        """Verify with *trust* from the next message on (the trust folder changed).
+
+        The key cache is dropped: each device is re-checked against the new roots and CRLs as it
+        is next looked up, so a root taken out, or a certificate now on a CRL, takes effect too.
+        """
+        self._trust = trust
+        self.registry.use_trust(trust)
 
     @property
     def events(self) -> EventStore:
@@ -572,14 +590,19 @@ def open_pipeline(
 ) -> Iterator[IngestPipeline]:
     """Open the pipeline an ingest process runs: *config*'s database, trust and grace period.
 
+    The trust folder is a :class:`~gateway.store.trust_files.TrustFolder`: read again when its
+    files change.
+
     The database is closed when the block ends.
     """
+    folder = TrustFolder(config.trust_dir)
     with Database(
         config.database, durable_against_power_loss=config.durable_against_power_loss
     ) as db:
         yield IngestPipeline(
             db,
-            load_trust_dir(config.trust_dir),
+            folder.store,
+            trust_folder=folder,
             ack=ack,
             metrics=metrics,
             enrol_grace_s=config.ingest.enrol_grace_ms / 1000,

@@ -4,8 +4,9 @@ A refused message was acknowledged and kept in the quarantine with its reason. S
 the site's to fix, not the device's: a manufacturer CA missing from the trust folder
 (``untrusted-issuer``), a CRL past its next update (``crl-stale``), a device whose first message,
 with its certificate chain, was itself refused, so that its next ones met an ``unknown-kid``.
-Once the cause is fixed (and ``provgw serve`` restarted: it reads the trust folder at start),
-the events would still be missing from the devices' histories. :func:`retry_quarantined`
+Once the cause is fixed (a running ``provgw serve`` reads a changed trust folder again: its
+later messages pass), the events refused until then would still be missing from the devices'
+histories. :func:`retry_quarantined`
 verifies them again:
 
 - each open row, in the order the gateway received them (an enrolment before the messages that

@@ -1,4 +1,4 @@
-"""Quarantined messages verified again once their cause is fixed (`retry_quarantined`).
+"""Recovering from refusals: retrying the quarantine, the trust folder read again, the budget.
 
 Real SQLite files and the demo PKI: a gateway whose trust folder lacks one manufacturer's root
 quarantines that maker's devices; with the root added, a retry stores their events.
@@ -24,7 +24,7 @@ from gateway.service.quarantine import ALREADY_STORED, REFUSED, STORED, retry_qu
 from gateway.store.db import Database
 from gateway.store.devices import DeviceStore
 from gateway.store.events import EventStore
-from gateway.store.trust_files import load_trust_dir
+from gateway.store.trust_files import TrustFolder, load_trust_dir
 from tests.service.test_ledger_service import (
     FAST_LOG,
     Fleet,
@@ -261,7 +261,7 @@ def test_a_live_gateway_stores_and_logs_what_a_retry_releases(
     gateway_site, site_broker, serve_gateway, tmp_path
 ):
     # Hospital IT's path: a new maker's devices are refused (its root is missing), the root is
-    # added, the gateway restarted, and the quarantine retried while the gateway runs.
+    # added to the trust folder of the running gateway, and the quarantine retried.
     site = Site(gateway_site.pki, tmp_path)
     gateway = serve_gateway(gateway_site, site_broker, workers=2, start=False)
     config = gateway.config.read_text(encoding="utf-8")
@@ -269,7 +269,8 @@ def test_a_live_gateway_stores_and_logs_what_a_retry_releases(
         config.replace(str(gateway_site.pki / "trust"), str(site.partial)) + FAST_LOG,
         encoding="utf-8",
     )
-    db_path = gateway.start()["database"]
+    status = gateway.start()
+    db_path, key = status["database"], status["ledger"]["log_vkey"]
     fleet = Fleet(site_broker, gateway_site.pki, [site.device, site.other])
     sent = fleet.publish(rounds=3)
     wait_for(lambda: query(db_path, "SELECT count(*) FROM quarantine") == [(3,)], "3 quarantined")
@@ -277,12 +278,14 @@ def test_a_live_gateway_stores_and_logs_what_a_retry_releases(
 
     for pem in (gateway_site.pki / "trust").iterdir():  # the missing root (and CRLs) added
         shutil.copy(pem, site.partial / pem.name)
-    gateway.stop()
-    key = gateway.start()["ledger"]["log_vkey"]
     retried = provgw("quarantine", "retry", "--config", str(gateway.config))
     assert (retried["stored"], retried["still_refused"]) == (3, 0)
-    more = fleet.publish(rounds=1)  # the device is enrolled now: its next events go straight in
+    # The device is enrolled now, and the verifiers read the changed folder at their next batch:
+    # its next events go straight in, with no restart.
+    time.sleep(1.1)  # TrustFolder looks at the folder at most once a second
+    more = fleet.publish(rounds=1)
     wait_for(lambda: events(db_path) == sent + more, "every event stored")
+    assert "changed: read again" in gateway.log()
     wait_for(lambda: cosigned_head_covers(db_path, sent + more), "a checkpoint of every event")
     verified = provgw("log", "verify", "--db", db_path, "--key", key)
     assert (verified["ok"], verified["events"]) == (True, sent + more)
@@ -382,3 +385,20 @@ def test_a_device_flooding_junk_through_the_broker_is_kept_to_its_budget(
     assert query(db_path, "SELECT count(*) FROM quarantine") == [(3,)]
     assert "is over its quarantine budget" in gateway.log()
     assert gateway.stop()["status"] == "stopped"
+
+
+def test_a_root_taken_out_of_the_trust_folder_takes_effect_at_the_next_batch(site):
+    # The reverse of adding one: a running verifier's key cache must not keep vouching for a
+    # device whose root the site removed (or whose certificate a new CRL lists).
+    full = site.partial.parent / "trust-full"
+    shutil.copytree(site.pki / "trust", full)
+    with Database(site.path) as db:
+        folder = TrustFolder(full, every_s=0.0)
+        pipeline = IngestPipeline(db, folder.store, ack=_no_ack, trust_folder=folder)
+        assert pipeline.process([site.message(site.device), site.message(site.device)]).stored == 2
+        for pem in full.iterdir():
+            if not (site.partial / pem.name).exists():
+                pem.unlink()  # the device's maker is no longer trusted
+        outcome = pipeline.process([site.message(site.device), site.message(site.other)])
+    assert outcome.stored == 1  # the other maker's device
+    assert outcome.rejected == {"untrusted-issuer": 1}

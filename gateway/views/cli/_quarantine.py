@@ -177,8 +177,8 @@ def retry_command(  # noqa: PLR0913 - one per option
     For a cause fixed since: a manufacturer CA added to the trust folder, a current CRL, a
     device whose first message was refused. A message that now verifies becomes an event (the
     transparency log takes it like any other) and its row is marked released; one that still
-    fails stays, with the reason it fails for now. Safe while `provgw serve` runs; restart it
-    after changing the trust folder, since it reads the folder at start.
+    fails stays, with the reason it fails for now. Safe while `provgw serve` runs (which reads
+    a changed trust folder again by itself).
 
     Exit code 0: every message retried was stored (or there was none to retry); 1: some are
     still refused.
