@@ -16,7 +16,9 @@ DESIGN, "Transparency log and ledger": a leaf is ``SHA-256(0x00 || commitment)``
 
 An erasure is logged as its own leaf (kind ``"erasure"``) whose "signed bytes" are the
 deterministic CBOR ``[event id, SHA-256(reason), erased at (ms)]``: it proves that, when and why
-(by digest) a record was erased, without committing to the record's content.
+(by digest) a record was erased, without committing to the record's content. A device
+revocation (kind ``"revocation"``) commits likewise to ``[device id, SHA-256(reason), revoked at
+(ms)]``: the device id only under the salt, so the log does not name the device.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "commitment",
     "erasure_digest",
     "leaf_for",
+    "revocation_digest",
 ]
 
 #: Salt length in bytes (the events table's CHECK requires exactly this).
@@ -49,6 +52,7 @@ DOMAINS: Mapping[str, bytes] = MappingProxyType(
         "manifest": b"provgw/v1/manifest\0",
         "recall": b"provgw/v1/recall\0",
         "remediation": b"provgw/v1/remediation\0",
+        "revocation": b"provgw/v1/revocation\0",
     }
 )
 
@@ -83,3 +87,8 @@ def leaf_for(kind: str, salt: bytes, digest: bytes) -> bytes:
 def erasure_digest(event_id: int, reason_digest: bytes, erased_ms: int) -> bytes:
     """Return what an erasure leaf commits to: SHA-256 of CBOR ``[event id, reason hash, ms]``."""
     return hashlib.sha256(dumps([event_id, reason_digest, erased_ms])).digest()
+
+
+def revocation_digest(device_id: str, reason_digest: bytes, revoked_ms: int) -> bytes:
+    """Return what a revocation leaf commits to: SHA-256 of CBOR ``[device, reason hash, ms]``."""
+    return hashlib.sha256(dumps([device_id, reason_digest, revoked_ms])).digest()

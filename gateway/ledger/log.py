@@ -40,9 +40,15 @@ from gateway.core.errors import (
     UnavailableError,
     VerificationError,
 )
-from gateway.ledger.commitments import URGENT_LOG_KINDS, commitment, erasure_digest
+from gateway.ledger.commitments import (
+    URGENT_LOG_KINDS,
+    commitment,
+    erasure_digest,
+    revocation_digest,
+)
 from gateway.ledger.tree import Frontier, MerkleTree
 from gateway.store.db import Database
+from gateway.store.devices import DeviceStore
 
 __all__ = [
     "Anchor",
@@ -50,10 +56,12 @@ __all__ = [
     "Erasure",
     "LeafRecord",
     "LogReport",
+    "Revocation",
     "StoredCheckpoint",
     "TransparencyLog",
     "append_pending",
     "erase_event",
+    "revoke_device",
     "verify_log",
 ]
 
@@ -152,6 +160,19 @@ class Erasure:
     leaf_index: int
     erased_ms: int
     reason_digest: bytes
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """A device taken out of trust: its logged record, and whether it was revoked already."""
+
+    revocation_id: int
+    device_id: str
+    leaf_index: int
+    revoked_ms: int
+    reason: str
+    #: True when the device was revoked before this call: the first revocation stands.
+    already: bool = False
 
 
 _SELECT_CHECKPOINT = "SELECT size, root, note, signed_ms FROM checkpoints"
@@ -599,6 +620,53 @@ def erase_event(db: Database, event_id: int, reason: str, now: datetime) -> Eras
     return Erasure(erasure_id, event_id, index, erased_ms, reason_digest)
 
 
+def revoke_device(db: Database, device_id: str, reason: str, now: datetime) -> Revocation:
+    """Revoke enrolled device *device_id* and log the revocation; one transaction.
+
+    1. Refuse a revocation without a reason, or of a device that is not enrolled.
+    2. A device revoked already keeps its first revocation: returned, with ``already``.
+    3. Mark it revoked (``devices.revoked_ms``, what ingest reads: its verifiers refuse it
+       from their next batch) and keep the record (``device_revocations``).
+    4. Log it as a leaf of kind ``"revocation"`` committing to (device id, SHA-256(reason),
+       time) under a fresh salt: the log shows that, when and why (by digest) the gateway began
+       refusing a device, without naming it (the id is only under the salt).
+    """
+    if not reason.strip():
+        raise PolicyError("A revocation needs a reason.", reason="no-reason")
+    reason_digest = hashlib.sha256(reason.encode()).digest()
+    with db.atomic() as conn:
+        known = conn.execute(
+            "SELECT id, revoked_ms, reason FROM device_revocations WHERE device_id = ?",
+            (device_id,),
+        ).fetchone()
+        if known is not None:
+            leaf = conn.execute(
+                "SELECT idx FROM log_leaves WHERE kind = 'revocation' AND ref_id = ?", (known[0],)
+            ).fetchone()
+            return Revocation(known[0], device_id, leaf[0], known[1], known[2], already=True)
+        devices = DeviceStore(db)
+        if not devices.revoke(device_id, now_ms=_ms(now)):
+            raise MalformedError(
+                f"The gateway has no enrolled device {device_id!r} (a device is enrolled by its "
+                "first valid message).",
+                reason="unknown-device",
+            )
+        row = devices.get(device_id)
+        assert row is not None
+        assert row.revoked_ms is not None  # the earliest, if the store had one already
+        salt = secrets.token_bytes(32)
+        revocation_id = conn.execute(
+            "INSERT INTO device_revocations (device_id, revoked_ms, reason, reason_digest, salt)"
+            " VALUES (?, ?, ?, ?, ?) RETURNING id",
+            (device_id, row.revoked_ms, reason, reason_digest, salt),
+        ).fetchone()[0]
+        digest = revocation_digest(device_id, reason_digest, row.revoked_ms)
+        index = _append(
+            db, conn, "revocation", [(revocation_id, commitment("revocation", salt, digest))]
+        )
+    return Revocation(revocation_id, device_id, index, row.revoked_ms, reason)
+
+
 # -- verification of the whole store -------------------------------------------------------------
 
 
@@ -611,6 +679,7 @@ class LogReport:
     erased_events: int
     erasures: int
     urgent_records: int
+    revocations: int
     other_records: int
     checkpoints: int
     pending_events: int
@@ -667,16 +736,20 @@ _URGENT_KINDS = tuple(sorted(set(URGENT_LOG_KINDS.values())))
 
 #: One query per chunk of leaves: each leaf with its tree node and the record it stands for, every
 #: join a primary-key lookup. The urgent_records columns are read only for the kinds in
-#: _URGENT_KINDS (the join leaves out just the two kinds that have their own table).
+#: _URGENT_KINDS (the join leaves out just the three kinds that have their own table).
 _VERIFY_LEAVES = (
     "SELECT l.idx, l.kind, l.ref_id, l.commitment, n.hash,"
     " e.id, e.digest, e.salt, e.raw, x.event_id, x.reason_digest, x.erased_ms, x.salt,"
-    " u.id, u.kind, u.digest, u.salt, u.leaf"
+    " u.id, u.kind, u.digest, u.salt, u.leaf,"
+    " r.device_id, r.reason, r.reason_digest, r.revoked_ms, r.salt, d.revoked_ms"
     " FROM log_leaves l"
     " LEFT JOIN log_nodes n ON n.level = 0 AND n.idx = l.idx"
     " LEFT JOIN events e ON l.kind = 'event' AND e.id = l.ref_id"
     " LEFT JOIN erasures x ON l.kind = 'erasure' AND x.id = l.ref_id"
-    " LEFT JOIN urgent_records u ON l.kind NOT IN ('event', 'erasure') AND u.id = l.ref_id"
+    " LEFT JOIN urgent_records u"
+    " ON l.kind NOT IN ('event', 'erasure', 'revocation') AND u.id = l.ref_id"
+    " LEFT JOIN device_revocations r ON l.kind = 'revocation' AND r.id = l.ref_id"
+    " LEFT JOIN devices d ON d.device_id = r.device_id"
     " WHERE l.idx >= ? AND l.idx < ? ORDER BY l.idx"
 )
 
@@ -703,6 +776,9 @@ def _check_leaf(row: Sequence[object]) -> tuple[str, bytes]:
     if kind in _URGENT_KINDS:
         _check_urgent(idx, kind, ref_id, stored, row[13:18])
         return "urgent", leaf
+    if kind == "revocation":
+        _check_revocation(idx, ref_id, stored, row[18:24])
+        return "revocation", leaf
     return "other", leaf
 
 
@@ -747,6 +823,40 @@ def _check_erasure(idx: int, ref_id: int, stored: bytes, columns: Sequence[objec
         raise _mismatch(
             f"Log entry {idx}: the erasure record {ref_id} does not match its commitment.",
             "commitment-mismatch",
+        )
+
+
+def _check_revocation(idx: int, ref_id: int, stored: bytes, columns: Sequence[object]) -> None:
+    """Re-derive a revocation leaf from its record, and the record's device from it."""
+    device_id, reason, reason_digest, revoked_ms, salt, device_revoked_ms = columns
+    if device_id is None:
+        raise _mismatch(
+            f"Log entry {idx} refers to device revocation {ref_id}, which is not stored; the "
+            "record was deleted.",
+            "missing-record",
+        )
+    assert isinstance(device_id, str)
+    assert isinstance(reason, str)
+    assert isinstance(reason_digest, bytes)
+    assert isinstance(revoked_ms, int)
+    assert isinstance(salt, bytes)
+    digest = revocation_digest(device_id, reason_digest, revoked_ms)
+    if hashlib.sha256(reason.encode()).digest() != reason_digest or (
+        commitment("revocation", salt, digest) != stored
+    ):
+        raise _mismatch(
+            f"Log entry {idx}: device revocation {ref_id} (its device, reason, time or salt) "
+            "does not match its commitment; the record was altered.",
+            "commitment-mismatch",
+        )
+    # The flag ingest reads must say what the logged record says: a device quietly trusted
+    # again (or its revocation moved in time) is a claim the log contradicts.
+    if device_revoked_ms != revoked_ms:
+        raise _mismatch(
+            f"Device revocation {ref_id} (log entry {idx}) says its device was revoked at "
+            f"{revoked_ms}, but the device's row says {device_revoked_ms}; it was trusted "
+            "again, or its revocation moved, outside the gateway.",
+            "claim-mismatch",
         )
 
 
@@ -845,6 +955,7 @@ def verify_log(
     counts, last_event, rebuilt, final = _walk_leaves(db, size, wanted, progress)
     _check_events_complete(db, last_event, counts)
     _check_urgent_complete(db, counts)
+    _check_revocations_complete(db, counts)
     # Step 4 — rebuilt roots equal the stored tree's.
     for at, root in [*rebuilt.items(), (size, final)]:
         if tree.root(at) != root:
@@ -862,6 +973,7 @@ def verify_log(
         erased_events=counts["erased"],
         erasures=counts["erasure"],
         urgent_records=counts["urgent"],
+        revocations=counts["revocation"],
         other_records=counts["other"],
         checkpoints=len(checkpoints),
         pending_events=int(pending),
@@ -878,7 +990,7 @@ def _walk_leaves(
     """Check each leaf and rebuild the roots at *wanted* sizes (verify_log steps 2-3)."""
     rebuilt: dict[int, bytes] = {}
     builder = _RootBuilder()
-    counts = {"event": 0, "erased": 0, "erasure": 0, "urgent": 0, "other": 0}
+    counts = {"event": 0, "erased": 0, "erasure": 0, "urgent": 0, "revocation": 0, "other": 0}
     last_event = 0
     sizes = iter(wanted)
     next_size = next(sizes, None)
@@ -936,6 +1048,27 @@ def _check_urgent_complete(db: Database, counts: dict[str, int]) -> None:
             f"{claimed} urgent-lane records (recalls, offers, reports, SBOM verdicts) say they "
             f"are logged, but the log holds {counts['urgent']} of them; records were inserted, "
             "copied or re-pointed outside the gateway.",
+            "missing-record",
+        )
+
+
+def _check_revocations_complete(db: Database, counts: dict[str, int]) -> None:
+    """Step 3 of :func:`verify_log`: every revocation is logged, and every revoked device has one.
+
+    A revocation record is written and logged in one transaction (:func:`revoke_device`), so a
+    record the log lacks was inserted outside the gateway, and a device marked revoked without a
+    record was revoked where no party can see it.
+    """
+    kept, unrecorded = db.query(
+        "SELECT (SELECT count(*) FROM device_revocations),"
+        " (SELECT count(*) FROM devices d WHERE d.revoked_ms IS NOT NULL AND NOT EXISTS"
+        " (SELECT 1 FROM device_revocations r WHERE r.device_id = d.device_id))"
+    )[0]
+    if kept != counts["revocation"] or unrecorded:
+        raise _mismatch(
+            f"{kept} device revocations are kept and {unrecorded} more devices are marked "
+            f"revoked without one, but the log holds {counts['revocation']}; revocations were "
+            "made or inserted outside the gateway.",
             "missing-record",
         )
 

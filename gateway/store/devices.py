@@ -28,7 +28,9 @@ __all__ = ["DeviceKey", "DeviceRow", "DeviceStore"]
 _SELECT_DEVICES = (
     "SELECT device_id, manufacturer, kid, cert, chain, enrolled_ms,"
     " (SELECT max(seq) FROM events WHERE events.device_id = devices.device_id), revoked_ms,"
-    " rotated_from_kid, revoked_reason FROM devices"
+    " rotated_from_kid,"
+    " (SELECT reason FROM device_revocations r WHERE r.device_id = devices.device_id)"
+    " FROM devices"
 )
 
 
@@ -45,7 +47,7 @@ class DeviceRow:
     last_seq: int | None
     revoked_ms: int | None
     rotated_from_kid: bytes | None
-    #: Why the site revoked it (``provgw device revoke --reason``).
+    #: Why the site revoked it (``provgw device revoke --reason``; its logged record).
     revoked_reason: str | None = None
 
     @property
@@ -184,18 +186,17 @@ class DeviceStore:
             row = conn.execute(_SELECT_DEVICES + " WHERE device_id = ?", (device_id,)).fetchone()
         return _device(row)
 
-    def revoke(self, device_id: str, *, now_ms: int, reason: str | None = None) -> bool:
-        """Mark a device revoked at *now_ms* for *reason*; return ``False`` if it is not enrolled.
+    def revoke(self, device_id: str, *, now_ms: int) -> bool:
+        """Mark a device revoked at *now_ms*; return ``False`` if it is not enrolled.
 
-        Revoking twice keeps the first time and reason: the earliest revocation is the one that
-        counts for judging what the device signed afterwards.
+        Revoking twice keeps the first time: the earliest revocation is the one that counts for
+        judging what the device signed afterwards. (``provgw device revoke`` calls this through
+        :func:`gateway.ledger.log.revoke_device`, which also logs it.)
         """
         with self._db.atomic() as conn:
             cursor = conn.execute(
-                "UPDATE devices SET revoked_reason = CASE WHEN revoked_ms IS NULL THEN ?"
-                " ELSE revoked_reason END, revoked_ms = coalesce(revoked_ms, ?)"
-                " WHERE device_id = ?",
-                (reason, now_ms, device_id),
+                "UPDATE devices SET revoked_ms = coalesce(revoked_ms, ?) WHERE device_id = ?",
+                (now_ms, device_id),
             )
             return cursor.rowcount == 1
 

@@ -187,3 +187,24 @@ def _witnessed_means_quorum(conn: sqlite3.Connection) -> None:
         conn.execute(
             f"CREATE INDEX checkpoint_status_{name} ON checkpoint_status (size) WHERE {where}"
         )
+
+
+@migration("log_0104_device_revocations")
+def _device_revocations(conn: sqlite3.Connection) -> None:
+    # `provgw device revoke` (gateway.ledger.log.revoke_device): a device the site takes out of
+    # trust (stolen, scrapped). Logged as a leaf of its own kind committing to (device id,
+    # SHA-256(reason), time) under this salt, so every party can see that, when and why (by
+    # digest) the gateway began refusing a device: a revocation cannot be made, undone or
+    # backdated quietly. devices.revoked_ms is the flag ingest reads; this is its record.
+    conn.execute(
+        """
+        CREATE TABLE device_revocations (
+            id            INTEGER PRIMARY KEY,
+            device_id     TEXT    NOT NULL UNIQUE,
+            revoked_ms    INTEGER NOT NULL,
+            reason        TEXT    NOT NULL,
+            reason_digest BLOB    NOT NULL CHECK (length(reason_digest) = 32),
+            salt          BLOB    NOT NULL CHECK (length(salt) = 32)
+        ) STRICT
+        """
+    )

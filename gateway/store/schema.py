@@ -450,10 +450,3 @@ def _quarantine_overflow(conn: sqlite3.Connection) -> None:
         ) STRICT, WITHOUT ROWID
         """
     )
-
-
-@migration("0017_device_revocation_reason")
-def _device_revocation_reason(conn: sqlite3.Connection) -> None:
-    # `provgw device revoke ID --reason TEXT` (a stolen pump, a device taken out of service):
-    # the gateway then refuses everything the device signs. Why, beside when (revoked_ms).
-    conn.execute("ALTER TABLE devices ADD COLUMN revoked_reason TEXT")

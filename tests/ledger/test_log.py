@@ -603,10 +603,12 @@ def test_public_api_of_the_log_and_batcher_is_pinned():
         "Erasure",
         "LeafRecord",
         "LogReport",
+        "Revocation",
         "StoredCheckpoint",
         "TransparencyLog",
         "append_pending",
         "erase_event",
+        "revoke_device",
         "verify_log",
     ]
     assert batcher.__all__ == ["Batcher", "CheckpointHook", "in_thread", "stop_task"]

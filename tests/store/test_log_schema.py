@@ -71,7 +71,9 @@ def file_at_log_0102(tmp_path, monkeypatch):
 def test_log_0103_keeps_witnessed_only_on_anchored_checkpoints(file_at_log_0102):
     path, key, _ = file_at_log_0102
     with Database(path) as upgraded:
-        assert upgraded.migrations_applied == (LOG_0103,)
+        # log_0103, and whatever steps came after it.
+        names = db_module.registered_migrations()
+        assert upgraded.migrations_applied == names[names.index(LOG_0103) :]
         log = TransparencyLog(upgraded, key.signer)
         anchored, cosigned, plain = (log.status(size) for size in (1, 2, 3))
     # The service anchors only after the quorum: the anchored row keeps its moment.

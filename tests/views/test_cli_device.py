@@ -47,6 +47,7 @@ def test_a_revoked_device_is_refused_from_the_next_batch_and_keeps_its_history(s
         assert revoked.exit_code == 0, revoked.output
         assert "everything it signs is refused from now on" in revoked.output
         assert "its 3 stored events stay" in revoked.output
+        assert "Logged as entry 0 of the transparency log" in revoked.output  # nothing else yet
         outcome = pipeline.process([site.message(site.other)])
         assert (outcome.stored, outcome.rejected) == (0, {"device-revoked": 1})
         page = device_page(Page(db, None), site.other, limit=10)
@@ -97,4 +98,9 @@ def test_a_running_gateway_refuses_a_device_once_it_is_revoked(
     )
     wait_for(lambda: events(db_path) == sent + 2, "the other device's 2 stored")
     assert query(db_path, "SELECT count(*) FROM events WHERE device_id = ?", (stolen,)) == [(2,)]
+    # The revocation is in the log beside the events, and the log verifies.
+    verified = provgw(
+        "log", "verify", "--db", db_path, "--key", gateway.status["ledger"]["log_vkey"]
+    )
+    assert (verified["ok"], verified["revocations"]) == (True, 1)
     assert gateway.stop()["status"] == "stopped"

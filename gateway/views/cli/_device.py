@@ -1,7 +1,9 @@
 """``provgw device show | revoke``: an enrolled device's keys and state; taking one out of trust.
 
 A revoked device (a pump stolen from a ward, a monitor sent for scrap) is refused from then on:
-every message it signs is quarantined as ``device-revoked``. The verifiers of a running
+every message it signs is quarantined as ``device-revoked``. The revocation is logged in the
+transparency log (:func:`gateway.ledger.log.revoke_device`), so no party has to take the site's
+word for when it began refusing the device. The verifiers of a running
 ``provgw serve`` see the revocation at their next batch (their key cache checks the store's
 revocations once a batch: :meth:`gateway.service.ingest.StoreBackedRegistry.refresh`). Its stored
 history stays, and stays provable. The broker still lets it connect with its certificate: only
@@ -11,13 +13,14 @@ both read).
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
+from gateway.core.errors import MalformedError
+from gateway.ledger.log import revoke_device
 from gateway.store.devices import DeviceRow, DeviceStore
 from gateway.store.events import EventStore
 from gateway.views.cli._output import db_option, emit, fail, json_option, open_existing_db
@@ -114,22 +117,30 @@ def revoke_command(device_id: str, db_path: Path, reason: str, *, as_json: bool)
     if not reason.strip():
         fail("a revocation needs a reason", hint='--reason "stolen from ward 4"')
     with open_existing_db(db_path) as db:
-        store = DeviceStore(db)
-        before = store.get(device_id)
-        if before is None or not store.revoke(
-            device_id, now_ms=time.time_ns() // 1_000_000, reason=reason.strip()
-        ):
+        try:
+            revocation = revoke_device(db, device_id, reason.strip(), datetime.now(UTC))
+        except MalformedError:
             _not_enrolled(device_id, db_path)
+        store = DeviceStore(db)
         after = store.get(device_id)
         assert after is not None  # revoked, not deleted
         data = _device_json(after, store, EventStore(db))
-    already = before.revoked
     text = (
         f"device {device_id} was already revoked {data['revoked']}: {data['revoked_reason']}"
-        if already
+        if revocation.already
         else (
             f"device {device_id} revoked {data['revoked']}: everything it signs is refused from "
-            f"now on (quarantined as device-revoked); its {data['events']:,} stored events stay"
+            f"now on (quarantined as device-revoked); its {data['events']:,} stored events stay. "
+            f"Logged as entry {revocation.leaf_index} of the transparency log."
         )
     )
-    emit({"ok": True, "already_revoked": already, **data}, as_json=as_json, text=text)
+    emit(
+        {
+            "ok": True,
+            "already_revoked": revocation.already,
+            "log_index": revocation.leaf_index,
+            **data,
+        },
+        as_json=as_json,
+        text=text,
+    )

@@ -399,6 +399,7 @@ def verify(db_path: Path, key_ref: str, *, quiet: bool, as_json: bool) -> None:
                 "erased_events": report.erased_events,
                 "erasures": report.erasures,
                 "urgent_records": report.urgent_records,
+                "revocations": report.revocations,
                 "other_records": report.other_records,
                 "checkpoints": report.checkpoints,
                 "pending_events": report.pending_events,
@@ -409,7 +410,8 @@ def verify(db_path: Path, key_ref: str, *, quiet: bool, as_json: bool) -> None:
             text=(
                 f"log OK: {report.leaves} entries ({report.events} events, "
                 f"{report.erased_events} erased, {report.erasures} erasures, "
-                f"{report.urgent_records} urgent-lane records, {report.other_records} other), "
+                f"{report.urgent_records} urgent-lane records, "
+                f"{report.revocations} device revocations, {report.other_records} other), "
                 f"{report.checkpoints} checkpoints verified, "
                 f"{report.pending_events} events pending\n{claims.summary()}"
             ),

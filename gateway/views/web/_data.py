@@ -255,8 +255,9 @@ def device_page(page: Page, device_id: str, *, limit: int) -> dict[str, Any] | N
     total = store.count_for(device_id)
     inv = Inventory(page.db).get(device_id)
     enrolled = page.db.query(
-        "SELECT manufacturer, enrolled_ms, revoked_ms, revoked_reason FROM devices"
-        " WHERE device_id = ?",
+        "SELECT manufacturer, enrolled_ms, revoked_ms,"
+        " (SELECT reason FROM device_revocations r WHERE r.device_id = devices.device_id)"
+        " FROM devices WHERE device_id = ?",
         (device_id,),
     )
     if not history and inv is None and not enrolled:
