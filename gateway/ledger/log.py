@@ -643,6 +643,12 @@ def revoke_device(db: Database, device_id: str, reason: str, now: datetime) -> R
             leaf = conn.execute(
                 "SELECT idx FROM log_leaves WHERE kind = 'revocation' AND ref_id = ?", (known[0],)
             ).fetchone()
+            if leaf is None:
+                raise _mismatch(
+                    f"Device {device_id} has a revocation record that the log does not hold; "
+                    "it was made outside the gateway (run `provgw log verify`).",
+                    "missing-record",
+                )
             return Revocation(known[0], device_id, leaf[0], known[1], known[2], already=True)
         devices = DeviceStore(db)
         if not devices.revoke(device_id, now_ms=_ms(now)):

@@ -16,7 +16,8 @@ asks for. The steps:
 4. Store the verified events, the quarantined messages and the device-key changes in ONE
    transaction (:meth:`~gateway.store.events.EventStore.insert_batch`): duplicates by
    (device, seq) with identical bytes are absorbed; other bytes under a taken seq are quarantined
-   as ``replay``.
+   as ``replay``. Past a device's :class:`QuarantineBudget` for the hour, its refusals are
+   counted instead of kept (one device flooding junk must not fill the disk).
 5. Only after COMMIT, acknowledge every message of the batch, refused ones included (they are
    durably quarantined). MQTT 5 §4.3.2: until PUBACK the broker owns the message, and resends it
    after a reconnect; so a crash anywhere before step 5 loses nothing, and the store absorbs the

@@ -119,3 +119,16 @@ def test_verify_log_catches_a_revocation_altered_outside_the_gateway(
     with pytest.raises(MismatchError) as caught:
         verify_log(db, key.verifier)
     assert caught.value.reason == reason
+
+
+@pytest.mark.usefixtures("fleet")
+def test_revoking_again_refuses_a_record_the_log_does_not_hold(db):
+    # A record inserted behind the gateway's back (no leaf): revoking again must not report it as
+    # the logged revocation; it says where to look instead.
+    first = revoke_device(db, "pump-1", "stolen", NOW)
+    db.conn.execute("DELETE FROM log_leaves WHERE kind = 'revocation'")
+    with pytest.raises(MismatchError) as caught:
+        revoke_device(db, "pump-1", "stolen", NOW)
+    assert caught.value.reason == "missing-record"
+    assert "provgw log verify" in str(caught.value)
+    assert db.query("SELECT id FROM device_revocations") == [(first.revocation_id,)]

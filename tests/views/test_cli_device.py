@@ -75,6 +75,18 @@ def test_an_unknown_device_or_an_empty_reason_is_refused(site):
     assert "a revocation needs a reason" in empty.output
 
 
+def test_a_revocation_record_the_log_does_not_hold_is_reported_not_repeated(site):
+    assert (
+        _invoke("device", "revoke", site.other, "--db", site.path, "--reason", "x").exit_code == 0
+    )
+    with Database(site.path) as db:
+        db.conn.execute("DELETE FROM log_leaves WHERE kind = 'revocation'")
+    again = _invoke("device", "revoke", site.other, "--db", site.path, "--reason", "x")
+    assert again.exit_code == 1
+    assert "revocation record that the log does not hold" in again.output
+    assert "no enrolled device" not in again.output
+
+
 @pytest.mark.broker
 @pytest.mark.timeout(60)
 def test_a_running_gateway_refuses_a_device_once_it_is_revoked(

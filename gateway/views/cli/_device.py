@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 import click
 
-from gateway.core.errors import MalformedError
+from gateway.core.errors import ProvenanceError
 from gateway.ledger.log import revoke_device
 from gateway.store.devices import DeviceRow, DeviceStore
 from gateway.store.events import EventStore
@@ -119,8 +119,10 @@ def revoke_command(device_id: str, db_path: Path, reason: str, *, as_json: bool)
     with open_existing_db(db_path) as db:
         try:
             revocation = revoke_device(db, device_id, reason.strip(), datetime.now(UTC))
-        except MalformedError:
-            _not_enrolled(device_id, db_path)
+        except ProvenanceError as err:
+            if err.reason == "unknown-device":
+                _not_enrolled(device_id, db_path)
+            fail(str(err), code=1)
         store = DeviceStore(db)
         after = store.get(device_id)
         assert after is not None  # revoked, not deleted
