@@ -137,6 +137,11 @@ class LocalMosquitto:
         self.stop()
         self.start()
 
+    def reload(self) -> None:
+        """Have Mosquitto read its configuration and ACL again (SIGHUP), as ``systemctl reload``."""
+        assert self.proc is not None, "the broker is not running"
+        self.proc.send_signal(signal.SIGHUP)
+
     def log(self) -> str:
         """Everything the broker logged so far."""
         try:

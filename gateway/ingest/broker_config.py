@@ -32,14 +32,24 @@ Checks before anything is written, each against a named threat:
 Mosquitto takes a single ``crlfile``; OpenSSL's ``X509_load_crl_file`` loads every CRL in a PEM
 file, so the bundle concatenates them (pinned by a test against the real broker). With a CRL file
 configured, a leaf whose issuer has no CRL is refused, hence the site CA's own (empty) CRL.
+
+Devices the gateway revoked (``provgw device revoke``) hold certificates their manufacturer has
+not revoked, so the TLS checks still admit them. :func:`deny_devices` writes the ACL again with a
+``topic deny #`` for each (``provgw broker-acl``): Mosquitto re-reads the ACL on SIGHUP and then
+refuses every publish of theirs, their open connections included (measured against the real
+broker), with no restart and no new certificates. The list is kept in ``broker.json``, so a
+later ``provgw broker-config`` keeps refusing them: a revocation is not undone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import json
 import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +72,7 @@ __all__ = [
     "BrokerConfig",
     "BrokerLimits",
     "ClientCredentials",
+    "deny_devices",
     "render_acl",
     "write_broker_config",
 ]
@@ -131,6 +142,8 @@ class BrokerConfig:
     #: The earliest nextUpdate among the CRLs: regenerate and restart the broker before it.
     crl_next_update: dt.datetime
     clients: dict[str, ClientCredentials] = field(default_factory=dict)
+    #: Devices the ACL refuses everything (revoked by the gateway, :func:`deny_devices`).
+    denied_devices: tuple[str, ...] = ()
 
     @property
     def conf(self) -> Path:
@@ -252,6 +265,7 @@ class BrokerConfig:
             "site_ca": str(self.site_ca),
             "manufacturers": list(self.manufacturers),
             "revoked_issuers": list(self.revoked_issuers),
+            "denied_devices": list(self.denied_devices),
             "crl_next_update": self.crl_next_update.isoformat(),
             "limits": {
                 "max_inflight_messages": self.limits.max_inflight_messages,
@@ -290,6 +304,8 @@ class BrokerConfig:
                     )
                     for cid, c in data["clients"].items()
                 },
+                # Absent from files written before the gateway could deny devices.
+                denied_devices=tuple(data.get("denied_devices", ())),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise MalformedError(
@@ -298,11 +314,21 @@ class BrokerConfig:
             ) from exc
 
 
-def render_acl(gateway_clients: tuple[str, ...], manufacturers: tuple[str, ...]) -> str:
+#: What a username in the ACL may be: a line holds ``user NAME``, so no space, newline or ``#``.
+_ACL_USERNAME = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def render_acl(
+    gateway_clients: tuple[str, ...],
+    manufacturers: tuple[str, ...],
+    denied_devices: tuple[str, ...] = (),
+) -> str:
     """Render the Mosquitto ACL: devices own their topics, the gateway reads, manufacturers write.
 
     Usernames are certificate CNs (``use_identity_as_username``); ``%u`` is the device id.
-    Anything not granted here is denied.
+    Anything not granted here is denied; *denied_devices* are refused even what the device
+    patterns grant (Mosquitto applies ``deny`` before any grant). Raises :class:`MalformedError`
+    for a device id that cannot be written as an ACL username (it would change the file's rules).
     """
     lines = [
         "# Written by `provgw broker-config`; regenerate rather than edit.",
@@ -322,7 +348,51 @@ def render_acl(gateway_clients: tuple[str, ...], manufacturers: tuple[str, ...])
         ]
     for slug in manufacturers:
         lines += [f"user mfr-{slug}", f"topic write provgw/v1/mfr/{slug}/#", ""]
+    if denied_devices:
+        lines.append("# Revoked by the gateway (`provgw device revoke`, `provgw broker-acl`).")
+    for device_id in denied_devices:
+        if not _ACL_USERNAME.fullmatch(device_id):
+            raise MalformedError(
+                f"Device id {device_id!r} cannot be written into a Mosquitto ACL.",
+                reason="bad-device-id",
+            )
+        lines += [f"user {device_id}", "topic deny #", ""]
     return "\n".join(lines)
+
+
+def deny_devices(
+    directory: Path, device_ids: Iterable[str]
+) -> tuple[BrokerConfig, tuple[str, ...]]:
+    """Refuse *device_ids* everything at the broker written into *directory*.
+
+    Writes the ACL and ``broker.json`` again, with the devices denied before kept denied (the
+    list only grows). Returns the new configuration and the devices denied for the first time.
+    Mosquitto applies it on its next SIGHUP (``systemctl reload mosquitto``); nothing else of
+    the broker's configuration changes.
+    """
+    config = BrokerConfig.load(directory)
+    new = tuple(sorted(set(device_ids) - set(config.denied_devices)))
+    denied = tuple(sorted({*config.denied_devices, *new}))
+    acl = render_acl(_gateway_clients(config), config.manufacturers, denied)  # checks the ids
+    config = dataclasses.replace(config, denied_devices=denied)
+    _write(config.acl, acl.encode())
+    _write(directory / "broker.json", _config_json(config))
+    return config, new
+
+
+def _denied_before(outdir: Path) -> tuple[str, ...]:
+    """Return the devices a configuration already in *outdir* denies (kept: never dropped)."""
+    if not (outdir / "broker.json").exists():
+        return ()
+    return BrokerConfig.load(outdir).denied_devices
+
+
+def _gateway_clients(config: BrokerConfig) -> tuple[str, ...]:
+    return tuple(sorted(cid for cid in config.clients if not cid.startswith("mfr-")))
+
+
+def _config_json(config: BrokerConfig) -> bytes:
+    return json.dumps(config.to_json(), indent=2, sort_keys=True).encode()
 
 
 # --- reading the PKI -------------------------------------------------------------------------
@@ -602,6 +672,10 @@ def write_broker_config(  # noqa: PLR0913 - every argument is a separate, named 
         raise ValueError("routine_workers must be at least 1")
     slugs = _manufacturer_slugs(pki)
     manufacturers = [_manufacturer(pki, slug, now) for slug in slugs]
+    routine = tuple(f"gateway-routine-{i}" for i in range(2, routine_workers + 1))
+    gateway_clients = tuple(sorted(GATEWAY_CLIENTS + routine))
+    denied = _denied_before(outdir)
+    acl = render_acl(gateway_clients, slugs, denied)
 
     outdir = outdir.resolve()
     tls = outdir / "tls"
@@ -622,8 +696,6 @@ def write_broker_config(  # noqa: PLR0913 - every argument is a separate, named 
     _write(tls / "site-ca.crl.pem", _pem(site_crl))
     _write(tls / "crl-bundle.pem", b"".join(map(_pem, crls)))
 
-    routine = tuple(f"gateway-routine-{i}" for i in range(2, routine_workers + 1))
-    gateway_clients = tuple(sorted(GATEWAY_CLIENTS + routine))
     clients: dict[str, ClientCredentials] = {}
     for cid in gateway_clients + tuple(f"mfr-{slug}" for slug in slugs):
         key, cert = _leaf(ca_key, ca, cid, now)
@@ -647,9 +719,10 @@ def write_broker_config(  # noqa: PLR0913 - every argument is a separate, named 
         revoked_issuers=tuple(m.slug for m in manufacturers if m.issuing_revoked),
         crl_next_update=min(next_updates),
         clients=clients,
+        denied_devices=denied,
     )
     config.persistence_dir.mkdir(parents=True, exist_ok=True)
-    _write(outdir / "acl", render_acl(gateway_clients, slugs).encode())
+    _write(outdir / "acl", acl.encode())
     _write(outdir / "mosquitto.conf", config.mosquitto_conf().encode())
-    _write(outdir / "broker.json", json.dumps(config.to_json(), indent=2, sort_keys=True).encode())
+    _write(outdir / "broker.json", _config_json(config))
     return config

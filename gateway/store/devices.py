@@ -200,6 +200,13 @@ class DeviceStore:
             )
             return cursor.rowcount == 1
 
+    def revoked_ids(self) -> list[str]:
+        """Return the ids of every revoked device, sorted (``provgw broker-acl`` denies them)."""
+        rows = self._db.query(
+            "SELECT device_id FROM devices WHERE revoked_ms IS NOT NULL ORDER BY device_id"
+        )
+        return [str(r[0]) for r in rows]
+
     def get(self, device_id: str) -> DeviceRow | None:
         """Return the enrolled device *device_id*, or ``None``."""
         rows = self._db.query(_SELECT_DEVICES + " WHERE device_id = ?", (device_id,))

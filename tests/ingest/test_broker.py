@@ -12,7 +12,7 @@ import pytest
 from device_sim import pki
 from gateway.core.errors import UnavailableError
 from gateway.ingest import mqtt
-from gateway.ingest.broker_config import ClientCredentials, write_broker_config
+from gateway.ingest.broker_config import ClientCredentials, deny_devices, write_broker_config
 from gateway.ingest.mqtt import MqttClient
 from gateway.ingest.topics import EVENT_FILTER, MANUFACTURER_FILTER, command_topic, event_topic
 from tests._helpers import Inbox, logged, self_signed_credentials
@@ -372,3 +372,47 @@ def test_failing_handler_leaves_its_message_unacked_and_delivery_goes_on(mosquit
 
 def test_mqtt_public_api_is_pinned():
     assert mqtt.__all__ == ["MessageHandler", "MqttClient", "client_tls_context"]
+
+
+def test_a_device_the_gateway_revoked_is_refused_by_the_broker_after_a_reload(
+    tmp_path, broker_config, start_mosquitto
+):
+    # Its certificate is still good, so only the ACL can refuse it: `topic deny #` for its
+    # username beats the device pattern, on the connection already open, once Mosquitto reloads.
+    config = write_broker_config(
+        broker_config.pki, tmp_path / "broker", now=dt.datetime.now(dt.UTC)
+    )
+    broker = start_mosquitto(broker_config.pki, config)
+    inbox = Inbox()
+    with (
+        broker.client("gateway-routine", on_message=inbox) as gw,
+        broker.device(ACME_1) as stolen,
+        broker.device(ACME_2) as other,
+    ):
+        gw.subscribe(EVENT_FILTER)
+        stolen.publish(event_topic("icu", ACME_1, "custody"), b"before")
+        assert inbox.get()[:2] == (event_topic("icu", ACME_1, "custody"), b"before")
+        _, new = deny_devices(config.directory, [ACME_1])
+        assert new == (ACME_1,)
+        broker.reload()
+        deadline = time.monotonic() + 5
+        refused = None
+        while refused is None:  # the reload is asynchronous: Mosquitto applies it at its next loop
+            try:
+                stolen.publish(event_topic("icu", ACME_1, "custody"), b"after")
+            except UnavailableError as err:
+                refused = str(err)
+                break
+            assert time.monotonic() < deadline, "the broker still takes the revoked device"
+            assert inbox.get()[1] == b"after"
+            time.sleep(0.05)
+        assert "Not authorized" in refused
+        other.publish(event_topic("icu", ACME_2, "custody"), b"other")
+        assert inbox.get()[:2] == (event_topic("icu", ACME_2, "custody"), b"other")
+        assert inbox.nothing_within(0.3)
+    # A reconnect does not help it either, and a later broker-config keeps it denied.
+    with broker.device(ACME_1) as again, pytest.raises(UnavailableError, match="Not authorized"):
+        again.publish(event_topic("icu", ACME_1, "custody"), b"reconnected")
+    rerun = write_broker_config(broker_config.pki, config.directory, now=dt.datetime.now(dt.UTC))
+    assert rerun.denied_devices == (ACME_1,)
+    assert f"user {ACME_1}\ntopic deny #" in rerun.acl.read_text()

@@ -18,7 +18,15 @@ from gateway.core.errors import (
     UntrustedSignerError,
 )
 from gateway.ingest import broker_config as bc
-from gateway.ingest.broker_config import BrokerConfig, BrokerLimits, write_broker_config
+from gateway.ingest.broker_config import (
+    BrokerConfig,
+    BrokerLimits,
+    deny_devices,
+    render_acl,
+    write_broker_config,
+)
+from gateway.store.db import Database
+from gateway.store.devices import DeviceStore
 from gateway.views.cli._main import _register, cli
 
 NOW = dt.datetime.now(dt.UTC)
@@ -228,12 +236,91 @@ def test_cli_text_output_says_when_to_regenerate(pki, tmp_path):
     assert "re-run before then" in result.output
 
 
+def test_denied_devices_are_refused_everything_and_the_list_only_grows(pki, tmp_path):
+    config = write_broker_config(pki, tmp_path / "out", now=NOW)
+    assert config.denied_devices == ()
+    first, new = deny_devices(config.directory, ["pump-2", "pump-1"])
+    assert (first.denied_devices, new) == (("pump-1", "pump-2"), ("pump-1", "pump-2"))
+    second, new = deny_devices(config.directory, ["pump-3", "pump-1"])
+    assert (second.denied_devices, new) == (("pump-1", "pump-2", "pump-3"), ("pump-3",))
+    acl = config.acl.read_text()
+    for device in ("pump-1", "pump-2", "pump-3"):
+        assert f"user {device}\ntopic deny #\n" in acl
+    # Everything else is as broker-config wrote it, and broker.json says what the ACL holds.
+    assert acl.startswith(
+        render_acl(("gateway-admin", "gateway-routine", "gateway-urgent"), ("acme", "globex"))
+    )
+    assert BrokerConfig.load(config.directory) == second
+    assert BrokerConfig.load(config.directory).clients == config.clients
+
+
+def test_a_broker_json_from_before_denials_loads_with_none_denied(pki, tmp_path):
+    config = write_broker_config(pki, tmp_path / "out", now=NOW)
+    path = config.directory / "broker.json"
+    data = json.loads(path.read_text())
+    del data["denied_devices"]
+    path.write_text(json.dumps(data))
+    assert BrokerConfig.load(config.directory).denied_devices == ()
+
+
+@pytest.mark.parametrize("device", ["pump 1", "pump-1\ntopic readwrite #", "#", ""])
+def test_a_device_id_that_would_change_the_acl_rules_is_refused(device):
+    with pytest.raises(MalformedError) as err:
+        render_acl(("gateway-routine",), ("acme",), (device,))
+    assert err.value.reason == "bad-device-id"
+
+
+def _revoked_db(path, *devices):
+    with Database(path) as db:
+        store = DeviceStore(db)
+        for n, device in enumerate(devices):
+            store.enrol(
+                device_id=device, manufacturer="acme", kid=b"k%d" % n, cert=b"c", chain=[], now_ms=1
+            )
+        store.enrol(
+            device_id="kept", manufacturer="acme", kid=b"kept", cert=b"c", chain=[], now_ms=1
+        )
+        for device in devices:
+            store.revoke(device, now_ms=2)
+    return path
+
+
+def test_cli_broker_acl_denies_the_revoked_devices_and_says_to_reload(pki, tmp_path):
+    out = tmp_path / "out"
+    write_broker_config(pki, out, now=NOW)
+    db = _revoked_db(tmp_path / "gw.sqlite3", "pump-9")
+    result = CliRunner().invoke(cli, ["broker-acl", "-o", str(out), "--db", str(db), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert (data["denied"], data["new"]) == (["pump-9"], ["pump-9"])
+    assert "kill -HUP" in data["reload"]
+    acl = (out / "acl").read_text()
+    assert "user pump-9\ntopic deny #" in acl
+    assert "user kept" not in acl
+    again = CliRunner().invoke(cli, ["broker-acl", "-o", str(out), "--db", str(db)])
+    assert again.exit_code == 0, again.output
+    assert "1 revoked devices denied (0 new)" in again.output
+    assert "no reload needed" in again.output
+    # broker-config run again keeps the denial, and says so.
+    rerun = CliRunner().invoke(cli, ["broker-config", "--pki", str(pki), "-o", str(out)])
+    assert "denied     1 revoked devices" in rerun.output
+    assert "user pump-9\ntopic deny #" in (out / "acl").read_text()
+
+
+def test_cli_broker_acl_without_a_broker_config_says_what_to_run(tmp_path):
+    db = _revoked_db(tmp_path / "gw.sqlite3", "pump-9")
+    result = CliRunner().invoke(cli, ["broker-acl", "-o", str(tmp_path / "nope"), "--db", str(db)])
+    assert result.exit_code == 1
+    assert "provgw broker-config --pki DIR -o DIR" in result.output
+
+
 def test_public_api_is_pinned():
     assert set(bc.__all__) == {
         "GATEWAY_CLIENTS",
         "BrokerConfig",
         "BrokerLimits",
         "ClientCredentials",
+        "deny_devices",
         "render_acl",
         "write_broker_config",
     }

@@ -1,6 +1,8 @@
-"""``provgw broker-config``: write Mosquitto's configuration, ACL and TLS material for a site.
+"""``provgw broker-config`` and ``provgw broker-acl``: Mosquitto's configuration for a site.
 
-A single command rather than a group, so it is exposed as ``command``.
+``broker-config`` writes the configuration, ACL and TLS material; ``broker-acl`` writes the ACL
+again so that the broker refuses the devices the gateway revoked. Single commands rather than a
+group, exposed as ``command`` and ``acl_command``.
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ from pathlib import Path
 import click
 
 from gateway.core.errors import VerificationError
-from gateway.ingest.broker_config import write_broker_config
-from gateway.views.cli._output import emit, json_option
+from gateway.ingest.broker_config import deny_devices, write_broker_config
+from gateway.store.devices import DeviceStore
+from gateway.views.cli._output import db_option, emit, fail, json_option, open_existing_db
 
-__all__ = ["command"]
+__all__ = ["acl_command", "command"]
+
+#: How an operator makes Mosquitto read its ACL again (no restart: sessions and queues stay).
+RELOAD_HINT = "reload Mosquitto to apply it: `systemctl reload mosquitto` or `kill -HUP <its pid>`"
 
 
 @click.command("broker-config")
@@ -59,6 +65,8 @@ def command(  # noqa: PLR0913 - one parameter per command-line option
     `mosquitto -c OUTDIR/mosquitto.conf`. Re-run, and restart the broker, before the CRL date
     shown: an expired CRL makes the broker refuse every device of that manufacturer.
 
+    Devices an earlier run denied (`provgw broker-acl`) stay denied.
+
     Exit code 0: written; 1: the PKI was refused (nothing written; the reason says why).
     """
     now = datetime.now(UTC)
@@ -80,6 +88,11 @@ def command(  # noqa: PLR0913 - one parameter per command-line option
         f"  ACL        {config.acl}",
         f"  CA bundle  {config.cafile} (site CA + {len(config.manufacturers)} manufacturers)",
         f"  clients    {', '.join(sorted(config.clients))}",
+        *(
+            [f"  denied     {len(config.denied_devices):,} revoked devices (provgw broker-acl)"]
+            if config.denied_devices
+            else []
+        ),
         f"  CRLs valid until {config.crl_next_update:%Y-%m-%d %H:%M} UTC: re-run before then",
     ]
     lines += [
@@ -87,3 +100,49 @@ def command(  # noqa: PLR0913 - one parameter per command-line option
         for slug in config.revoked_issuers
     ]
     emit(data, as_json=as_json, text="\n".join(lines))
+
+
+@click.command("broker-acl")
+@click.option(
+    "-o",
+    "--out",
+    "outdir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The directory `provgw broker-config` wrote (mosquitto.conf, acl, broker.json).",
+)
+@db_option
+@json_option
+def acl_command(outdir: Path, db_path: Path, *, as_json: bool) -> None:
+    """Make the broker refuse every device the gateway revoked, then reload it to apply.
+
+    The gateway refuses a revoked device's messages at once (`provgw device revoke`), but the
+    device's certificate is still good, so the broker still takes what it sends. This writes the
+    broker's ACL again with every device revoked in the database denied all topics; after
+    Mosquitto's reload (SIGHUP) it refuses their publishes, on connections already open too. Only
+    the ACL and broker.json change: no restart, no new certificates, and devices denied before
+    stay denied.
+
+    Exit code 0: written (also when no device was new); 1: the broker directory or the database
+    cannot be read.
+    """
+    with open_existing_db(db_path) as db:
+        revoked = DeviceStore(db).revoked_ids()
+    try:
+        config, new = deny_devices(outdir, revoked)
+    except VerificationError as err:
+        fail(str(err), hint="run `provgw broker-config --pki DIR -o DIR` first", code=1)
+    data = {
+        "written": True,
+        "acl": str(config.acl),
+        "denied": list(config.denied_devices),
+        "new": list(new),
+        "reload": RELOAD_HINT,
+    }
+    named = f": {', '.join(new)}" if new else ""
+    text = (
+        f"wrote {config.acl}: {len(config.denied_devices):,} revoked devices denied "
+        f"({len(new):,} new{named})\n"
+        + (RELOAD_HINT if new else "nothing new to deny: no reload needed")
+    )
+    emit(data, as_json=as_json, text=text)

@@ -6,9 +6,9 @@ transparency log (:func:`gateway.ledger.log.revoke_device`), so no party has to 
 word for when it began refusing the device. The verifiers of a running
 ``provgw serve`` see the revocation at their next batch (their key cache checks the store's
 revocations once a batch: :meth:`gateway.service.ingest.StoreBackedRegistry.refresh`). Its stored
-history stays, and stays provable. The broker still lets it connect with its certificate: only
-the manufacturer can revoke that (a CRL in the trust folder, which the broker and the gateway
-both read).
+history stays, and stays provable. The broker still takes what it sends, since its certificate
+is still good: ``provgw broker-acl`` denies it there too (after a reload of Mosquitto), and its
+manufacturer can revoke the certificate itself (a CRL in the trust folder).
 """
 
 from __future__ import annotations
@@ -133,7 +133,9 @@ def revoke_command(device_id: str, db_path: Path, reason: str, *, as_json: bool)
         else (
             f"device {device_id} revoked {data['revoked']}: everything it signs is refused from "
             f"now on (quarantined as device-revoked); its {data['events']:,} stored events stay. "
-            f"Logged as entry {revocation.leaf_index} of the transparency log."
+            f"Logged as entry {revocation.leaf_index} of the transparency log.\n"
+            "The broker still takes its messages (its certificate is good): run "
+            "`provgw broker-acl -o BROKER_DIR --db ...` and reload Mosquitto to refuse it there."
         )
     )
     emit(

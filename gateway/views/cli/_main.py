@@ -29,6 +29,11 @@ _P = "gateway.views.cli."
 
 #: name -> where the command is, and the short help it shows (pinned by a test).
 _COMMANDS: dict[str, _Entry] = {
+    "broker-acl": _Entry(
+        _P + "_broker",
+        "acl_command",
+        "Make the broker refuse every device the gateway revoked, then reload it to apply.",
+    ),
     "broker-config": _Entry(
         _P + "_broker",
         "command",
