@@ -8,8 +8,10 @@ group, exposed as ``command`` and ``acl_command``.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -20,8 +22,22 @@ from gateway.views.cli._output import db_option, emit, fail, json_option, open_e
 
 __all__ = ["acl_command", "command"]
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
 #: How an operator makes Mosquitto read its ACL again (no restart: sessions and queues stay).
 RELOAD_HINT = "reload Mosquitto to apply it: `systemctl reload mosquitto` or `kill -HUP <its pid>`"
+
+
+def _out_option(help_text: str) -> Callable[[_F], _F]:
+    """``-o/--out DIR``: the broker's configuration directory."""
+    return click.option(
+        "-o",
+        "--out",
+        "outdir",
+        required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help=help_text,
+    )
 
 
 @click.command("broker-config")
@@ -32,13 +48,8 @@ RELOAD_HINT = "reload Mosquitto to apply it: `systemctl reload mosquitto` or `ki
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="PKI directory (as made by `provgw-sim pki init DIR`): trust/ roots and CRLs.",
 )
-@click.option(
-    "-o",
-    "--out",
-    "outdir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Directory to write mosquitto.conf, acl, tls/ and clients/ into (kept site CA reused).",
+@_out_option(
+    "Directory to write mosquitto.conf, acl, tls/ and clients/ into (kept site CA reused)."
 )
 @click.option(
     "--port", default=8883, show_default=True, type=click.IntRange(1, 65535), help="TLS port."
@@ -103,14 +114,7 @@ def command(  # noqa: PLR0913 - one parameter per command-line option
 
 
 @click.command("broker-acl")
-@click.option(
-    "-o",
-    "--out",
-    "outdir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The directory `provgw broker-config` wrote (mosquitto.conf, acl, broker.json).",
-)
+@_out_option("The directory `provgw broker-config` wrote (mosquitto.conf, acl, broker.json).")
 @db_option
 @json_option
 def acl_command(outdir: Path, db_path: Path, *, as_json: bool) -> None:
