@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
 
+from gateway.ingest.broker_config import write_broker_config
 from gateway.store.db import Database
 from gateway.views.cli._main import _register, cli
 from gateway.views.web._data import Page, device_page
@@ -85,6 +87,31 @@ def test_a_revocation_record_the_log_does_not_hold_is_reported_not_repeated(site
     assert again.exit_code == 1
     assert "revocation record that the log does not hold" in again.output
     assert "no enrolled device" not in again.output
+
+
+def test_revoke_with_broker_also_denies_the_device_at_the_broker(gateway_site, site, tmp_path):
+    broker = write_broker_config(gateway_site.pki, tmp_path / "broker", now=datetime.now(UTC))
+    result = _invoke(
+        "device", "revoke", site.other, "--db", site.path, "--reason", "stolen",
+        "--broker", broker.directory, "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert (data["revoked_reason"], data["broker"]["new"]) == ("stolen", [site.other])
+    assert f"user {site.other}\ntopic deny #" in broker.acl.read_text()
+    text = _invoke("device", "show", site.other, "--db", site.path)
+    assert "REVOKED" in text.output
+
+
+def test_revoke_with_a_broker_dir_that_is_not_one_revokes_nothing(site, tmp_path):
+    result = _invoke(
+        "device", "revoke", site.other, "--db", site.path, "--reason", "stolen",
+        "--broker", tmp_path / "not-a-broker",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "provgw broker-config --pki DIR -o DIR" in result.output
+    with Database(site.path) as db:
+        assert db.query("SELECT count(*) FROM device_revocations") == [(0,)]
 
 
 @pytest.mark.broker

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from gateway.core.errors import VerificationError
-from gateway.ingest.broker_config import deny_devices, write_broker_config
+from gateway.ingest.broker_config import BrokerConfig, deny_devices, write_broker_config
 from gateway.store.devices import DeviceStore
 from gateway.views.cli._output import db_option, emit, fail, json_option, open_existing_db
 
@@ -131,11 +131,29 @@ def acl_command(outdir: Path, db_path: Path, *, as_json: bool) -> None:
     cannot be read.
     """
     with open_existing_db(db_path) as db:
-        revoked = DeviceStore(db).revoked_ids()
+        data, text = deny_revoked(outdir, DeviceStore(db))
+    emit(data, as_json=as_json, text=text)
+
+
+def check_broker_dir(outdir: Path) -> None:
+    """Stop with exit 1 unless *outdir* holds a configuration ``provgw broker-config`` wrote."""
     try:
-        config, new = deny_devices(outdir, revoked)
+        BrokerConfig.load(outdir)
     except VerificationError as err:
         fail(str(err), hint="run `provgw broker-config --pki DIR -o DIR` first", code=1)
+
+
+def deny_revoked(outdir: Path, devices: DeviceStore) -> tuple[dict[str, Any], str]:
+    """Deny every device *devices* holds as revoked at the broker in *outdir*; say what was done.
+
+    Returns the JSON data and the text of the result. Stops with exit 1 if *outdir* is not a
+    broker configuration.
+    """
+    check_broker_dir(outdir)
+    try:
+        config, new = deny_devices(outdir, devices.revoked_ids())
+    except VerificationError as err:
+        fail(str(err), code=1)
     data = {
         "written": True,
         "acl": str(config.acl),
@@ -149,4 +167,4 @@ def acl_command(outdir: Path, db_path: Path, *, as_json: bool) -> None:
         f"({len(new):,} new{named})\n"
         + (RELOAD_HINT if new else "nothing new to deny: no reload needed")
     )
-    emit(data, as_json=as_json, text=text)
+    return data, text

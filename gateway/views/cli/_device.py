@@ -7,8 +7,9 @@ word for when it began refusing the device. The verifiers of a running
 ``provgw serve`` see the revocation at their next batch (their key cache checks the store's
 revocations once a batch: :meth:`gateway.service.ingest.StoreBackedRegistry.refresh`). Its stored
 history stays, and stays provable. The broker still takes what it sends, since its certificate
-is still good: ``provgw broker-acl`` denies it there too (after a reload of Mosquitto), and its
-manufacturer can revoke the certificate itself (a CRL in the trust folder).
+is still good: ``provgw broker-acl`` (or ``revoke --broker DIR``) denies it there too, after a
+reload of Mosquitto; and its manufacturer can revoke the certificate itself (a CRL in the trust
+folder).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from gateway.core.errors import ProvenanceError
 from gateway.ledger.log import revoke_device
 from gateway.store.devices import DeviceRow, DeviceStore
 from gateway.store.events import EventStore
+from gateway.views.cli._broker import check_broker_dir, deny_revoked
 from gateway.views.cli._output import db_option, emit, fail, json_option, open_existing_db
 
 __all__ = ["group"]
@@ -105,17 +107,31 @@ def show_command(device_id: str, db_path: Path, *, as_json: bool) -> None:
 @click.argument("device_id")
 @db_option
 @click.option("--reason", required=True, help='Why, for the record: e.g. "stolen from ward 4".')
+@click.option(
+    "--broker",
+    "broker_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also deny it at the broker: the directory `provgw broker-config` wrote (as "
+    "`provgw broker-acl`; reload Mosquitto after).",
+)
 @json_option
-def revoke_command(device_id: str, db_path: Path, reason: str, *, as_json: bool) -> None:
+def revoke_command(
+    device_id: str, db_path: Path, reason: str, broker_dir: Path | None, *, as_json: bool
+) -> None:
     """Revoke DEVICE_ID: refuse everything it signs from now on; keep its history.
 
     A running gateway refuses its messages from its next batch (quarantined as device-revoked).
-    There is no undo: a device found again is re-provisioned with a new identity. Exit code 0
-    once revoked (also when it already was: the first revocation, and its reason, stand); 1 if
-    no such device is enrolled.
+    With --broker, the broker's ACL is written again to refuse it too (reload Mosquitto to
+    apply). There is no undo: a device found again is re-provisioned with a new identity. Exit
+    code 0 once revoked (also when it already was: the first revocation, and its reason,
+    stand); 1 if no such device is enrolled or --broker is not a broker configuration (checked
+    first: then nothing is revoked).
     """
     if not reason.strip():
         fail("a revocation needs a reason", hint='--reason "stolen from ward 4"')
+    if broker_dir is not None:
+        check_broker_dir(broker_dir)
+    broker: dict[str, Any] | None = None
     with open_existing_db(db_path) as db:
         try:
             revocation = revoke_device(db, device_id, reason.strip(), datetime.now(UTC))
@@ -127,16 +143,22 @@ def revoke_command(device_id: str, db_path: Path, reason: str, *, as_json: bool)
         after = store.get(device_id)
         assert after is not None  # revoked, not deleted
         data = _device_json(after, store, EventStore(db))
+        if broker_dir is not None:
+            broker, broker_text = deny_revoked(broker_dir, store)
     text = (
         f"device {device_id} was already revoked {data['revoked']}: {data['revoked_reason']}"
         if revocation.already
         else (
             f"device {device_id} revoked {data['revoked']}: everything it signs is refused from "
             f"now on (quarantined as device-revoked); its {data['events']:,} stored events stay. "
-            f"Logged as entry {revocation.leaf_index} of the transparency log.\n"
-            "The broker still takes its messages (its certificate is good): run "
-            "`provgw broker-acl -o BROKER_DIR --db ...` and reload Mosquitto to refuse it there."
+            f"Logged as entry {revocation.leaf_index} of the transparency log."
         )
+    )
+    text += (
+        "\nThe broker still takes its messages (its certificate is good): run "
+        "`provgw broker-acl -o BROKER_DIR --db ...` and reload Mosquitto to refuse it there."
+        if broker is None
+        else f"\n{broker_text}"
     )
     emit(
         {
@@ -144,6 +166,7 @@ def revoke_command(device_id: str, db_path: Path, reason: str, *, as_json: bool)
             "already_revoked": revocation.already,
             "log_index": revocation.leaf_index,
             **data,
+            "broker": broker,
         },
         as_json=as_json,
         text=text,
