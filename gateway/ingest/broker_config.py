@@ -370,6 +370,7 @@ def deny_devices(
     Mosquitto applies it on its next SIGHUP (``systemctl reload mosquitto``); nothing else of
     the broker's configuration changes.
     """
+    directory = directory.resolve()  # broker.json holds absolute paths, as broker-config wrote
     config = BrokerConfig.load(directory)
     new = tuple(sorted(set(device_ids) - set(config.denied_devices)))
     denied = tuple(sorted({*config.denied_devices, *new}))
@@ -384,7 +385,15 @@ def _denied_before(outdir: Path) -> tuple[str, ...]:
     """Return the devices a configuration already in *outdir* denies (kept: never dropped)."""
     if not (outdir / "broker.json").exists():
         return ()
-    return BrokerConfig.load(outdir).denied_devices
+    try:
+        return BrokerConfig.load(outdir).denied_devices
+    except MalformedError as err:
+        # Never start afresh silently: the revoked devices it denies would be let in again.
+        raise MalformedError(
+            f"{err} Move it away to write a fresh configuration, then run `provgw broker-acl` "
+            "to deny the revoked devices again.",
+            reason=err.reason,
+        ) from err
 
 
 def _gateway_clients(config: BrokerConfig) -> tuple[str, ...]:

@@ -324,3 +324,20 @@ def test_public_api_is_pinned():
         "render_acl",
         "write_broker_config",
     }
+
+
+def test_broker_acl_writes_absolute_paths_from_a_relative_directory(pki, tmp_path, monkeypatch):
+    write_broker_config(pki, tmp_path / "out", now=NOW)
+    monkeypatch.chdir(tmp_path)
+    config, _ = deny_devices(tmp_path.joinpath("out").relative_to(tmp_path), ["pump-1"])
+    data = json.loads((tmp_path / "out" / "broker.json").read_text())
+    assert data["acl"] == str(tmp_path / "out" / "acl") == str(config.acl)
+
+
+def test_a_rerun_over_an_unreadable_broker_json_refuses_rather_than_forget_denials(pki, tmp_path):
+    config = write_broker_config(pki, tmp_path / "out", now=NOW)
+    deny_devices(config.directory, ["pump-1"])
+    (config.directory / "broker.json").write_text("{not json")
+    with pytest.raises(MalformedError, match="provgw broker-acl"):
+        write_broker_config(pki, config.directory, now=NOW)
+    assert "user pump-1\ntopic deny #" in config.acl.read_text()  # nothing was written
