@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -135,25 +135,33 @@ def acl_command(outdir: Path, db_path: Path, *, as_json: bool) -> None:
     emit(data, as_json=as_json, text=text)
 
 
+def _refused(err: VerificationError) -> NoReturn:
+    first = err.reason == "bad-broker-config"
+    fail(
+        str(err),
+        hint="run `provgw broker-config --pki DIR -o DIR` first" if first else None,
+        code=1,
+    )
+
+
 def check_broker_dir(outdir: Path) -> None:
     """Stop with exit 1 unless *outdir* holds a configuration ``provgw broker-config`` wrote."""
     try:
         BrokerConfig.load(outdir)
     except VerificationError as err:
-        fail(str(err), hint="run `provgw broker-config --pki DIR -o DIR` first", code=1)
+        _refused(err)
 
 
 def deny_revoked(outdir: Path, devices: DeviceStore) -> tuple[dict[str, Any], str]:
     """Deny every device *devices* holds as revoked at the broker in *outdir*; say what was done.
 
     Returns the JSON data and the text of the result. Stops with exit 1 if *outdir* is not a
-    broker configuration.
+    broker configuration, or a device id cannot be written into its ACL.
     """
-    check_broker_dir(outdir)
     try:
         config, new = deny_devices(outdir, devices.revoked_ids())
     except VerificationError as err:
-        fail(str(err), code=1)
+        _refused(err)
     data = {
         "written": True,
         "acl": str(config.acl),
