@@ -1,13 +1,13 @@
 """The supervisor's side channel to its children: names, log lines, signals, stop and ready flags.
 
-The supervisor spawns the ingest process (the receiver, or the ``shared`` workers), the ledger
-and the urgent lane; the receiver forks the verifiers. Each calls :func:`enter` as its first
-step, so that
+The supervisor starts the ingest process (the receiver, or the ``shared`` workers), the ledger
+and the urgent lane (:mod:`gateway.service.launch`); the receiver forks the verifiers. Each calls
+:func:`enter` as its first step, so that
 
 - ``ps``, ``top`` and ``pgrep -f`` show what it is and which gateway it belongs to
-  (``provgw verifier-0 (/etc/provgw/gateway.toml)``), not multiprocessing's
-  ``python -c "from multiprocessing.spawn import spawn_main; ..."`` -- an operator looking at a busy
-  core, or reading an out-of-memory report, can tell a verifier from the ledger;
+  (``provgw verifier-0 (/etc/provgw/gateway.toml)``), not ``python -m gateway.service.launch
+  ...`` -- an operator looking at a busy core, or reading an out-of-memory report, can tell a
+  verifier from the ledger;
 - its log lines say who wrote them, with a time, on stderr;
 - ``kill -USR1 PID`` prints every thread's stack (how to see where a stuck process waits);
 - Ctrl-C, which reaches the whole process group, is left to the supervisor, which decides when
@@ -15,26 +15,26 @@ step, so that
   receiver says so, after its last commit is acknowledged).
 
 The supervisor asks its children to stop, and they tell it they are ready, through a
-:class:`Flag` each, not a ``multiprocessing.Event``. An Event is a lock and a condition shared by
-every process, and both break when a process dies or is signalled at the wrong moment: a child
-killed (``kill -9``, the kernel's OOM killer) while it waits on the Event leaves the next
-``set()`` waiting for that child to wake, forever; and a child whose SIGTERM handler sets the
-Event while its own main thread waits on it deadlocks, holding the lock every other process then
-waits for. So ``provgw serve`` could not stop after a child had been killed, nor when SIGTERM
-reached its whole process group (systemd's default ``KillMode``). Both hangs were reproduced
-before the change, by ``tests/service/test_child.py`` and by the ``every-process`` case of
-``tests/service/test_crash_restart.py``.
+:class:`Flag` each (in one :class:`SharedFlags` block), not a ``multiprocessing.Event``. An
+Event is a lock and a condition shared by every process, and both break when a process dies or
+is signalled at the wrong moment: a child killed (``kill -9``, the kernel's OOM killer) while it
+waits on the Event leaves the next ``set()`` waiting for that child to wake, forever; and a
+child whose SIGTERM handler sets the Event while its own main thread waits on it deadlocks,
+holding the lock every other process then waits for. So ``provgw serve`` could not stop after a
+child had been killed, nor when SIGTERM reached its whole process group (systemd's default
+``KillMode``). Both hangs were reproduced before the change, by ``tests/service/test_child.py``
+and by the ``every-process`` case of ``tests/service/test_crash_restart.py``.
 """
 
 from __future__ import annotations
 
 import faulthandler
 import logging
+import mmap
 import os
 import signal
 import time
 from dataclasses import dataclass
-from multiprocessing.heap import BufferWrapper
 from pathlib import Path
 from types import FrameType
 
@@ -43,6 +43,7 @@ __all__ = [
     "URGENT",
     "ChildStatus",
     "Flag",
+    "SharedFlags",
     "enter",
     "ingest_role",
     "stopping",
@@ -54,24 +55,11 @@ class Flag:
     """One shared byte in memory, no lock: set, clear and read from any process, in any state.
 
     A single byte is written and read atomically, so a process that dies mid-call leaves nothing
-    held; :meth:`wait` polls instead of sleeping on a condition. The byte lives in
-    multiprocessing's shared heap (:class:`multiprocessing.heap.BufferWrapper`, what
-    ``RawValue`` is built on, without ctypes: 0.4 MB less in each process, measured), and
-    travels to a spawned child with it.
+    held; :meth:`wait` polls instead of sleeping on a condition. Made by :class:`SharedFlags`.
     """
 
-    def __init__(self) -> None:
-        self._buffer = BufferWrapper(1)
-        self._view: memoryview | None = None
-
-    def __getstate__(self) -> dict[str, object]:
-        return {"_buffer": self._buffer, "_view": None}  # a memoryview does not pickle
-
-    @property
-    def _byte(self) -> memoryview:
-        if self._view is None:
-            self._view = self._buffer.create_memoryview()
-        return self._view
+    def __init__(self, byte: memoryview) -> None:
+        self._byte = byte
 
     def set(self) -> None:
         """Raise the flag."""
@@ -94,6 +82,33 @@ class Flag:
                 return False
             time.sleep(min(poll, left))
         return True
+
+
+class SharedFlags:
+    """*count* :class:`Flag` bytes in one block of memory that the supervisor's children share.
+
+    The block is a memory file (``memfd_create(2)``: on no disk, gone with its last user) mapped
+    shared. The supervisor makes it; a child it starts gets the descriptor (``pass_fds``,
+    :mod:`gateway.service.launch`) and :meth:`attach` maps the same pages.
+    """
+
+    def __init__(self, count: int, *, fd: int | None = None) -> None:
+        if fd is None:
+            fd = os.memfd_create("provgw-flags")  # close-on-exec: passed on only on purpose
+            os.ftruncate(fd, count)
+        self.fd = fd
+        self.count = count
+        self._map = mmap.mmap(fd, count)
+        view = memoryview(self._map)
+        self._flags = [Flag(view[i : i + 1]) for i in range(count)]
+
+    @classmethod
+    def attach(cls, fd: int) -> SharedFlags:
+        """Map the block the supervisor passed as descriptor *fd* (in a child)."""
+        return cls(os.fstat(fd).st_size, fd=fd)
+
+    def __getitem__(self, index: int) -> Flag:
+        return self._flags[index]
 
 
 @dataclass(frozen=True)

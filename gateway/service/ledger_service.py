@@ -1,6 +1,6 @@
 """The ledger process of ``provgw serve``: batcher, witnesses and chain outbox, beside ingest.
 
-Why a process of its own (spawned and restarted by :class:`gateway.service.workers.Supervisor`,
+Why a process of its own (started and restarted by :class:`gateway.service.workers.Supervisor`,
 like an ingest worker): the log must never block or slow ingest (DESIGN, "urgent patches are
 never blocked by the ledger"). The ingest workers only write the ``events`` table; this process
 *tails* it (:meth:`~gateway.ledger.log.TransparencyLog.append_pending`) through its own SQLite
@@ -30,7 +30,7 @@ Each task has its own :class:`~gateway.store.db.Database` connection: :meth:`Tra
 refuses to run while its connection is inside a transaction, which another task's write on a
 shared connection would trip.
 
-Keys: :func:`prepare_ledger` runs once in the supervisor before anything is spawned, and writes
+Keys: :func:`prepare_ledger` runs once in the supervisor before any child starts, and writes
 the gateway log key (and the embedded witness key) at first start; the status line says so.
 """
 
@@ -602,7 +602,7 @@ def run_ledger(
     stop: child.Flag,
     ready: child.Flag,
 ) -> None:
-    """Entry point of the ledger process (spawned by the :class:`Supervisor`)."""
+    """Entry point of the ledger process (started by the :class:`Supervisor`)."""
     child.enter(child.LEDGER, config_path)
     config = load_config(Path(config_path))
     keys = load_ledger_keys(config)

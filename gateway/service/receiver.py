@@ -185,10 +185,10 @@ def run_worker(
     stop: child.Flag,
     ready: child.Flag,
 ) -> None:
-    """Entry point of ingest process *index* (spawned by ``workers.Supervisor``).
+    """Entry point of ingest process *index* (started by ``workers.Supervisor``).
 
     It lives here rather than beside the supervisor so that the process imports only what ingest
-    needs (a spawned process imports the module of its target function).
+    needs (:mod:`gateway.service.launch` imports the module of its role's entry point).
     """
     config = load_config(Path(config_path))
     shared = config.ingest.mode == "shared"

@@ -876,7 +876,7 @@ def load_offer_key(config: GatewayConfig) -> OfferKey:
     return OfferKey(key, path, config.urgent.offer_public_key)
 
 
-# -- the lane's process (spawned by gateway.service.workers.Supervisor) ---------------------------
+# -- the lane's process (started by gateway.service.workers.Supervisor) ---------------------------
 
 
 def _raise_priority(nice: int) -> int:
@@ -903,7 +903,7 @@ def run_urgent(
     stop: child.Flag,
     ready: child.Flag,
 ) -> None:
-    """Entry point of the urgent lane's process (spawned by ``workers.Supervisor``).
+    """Entry point of the urgent lane's process (started by ``workers.Supervisor``).
 
     Exits non-zero when the lane cannot start (broker or database unavailable): the supervisor
     starts it again with backoff. Stops when *stop* is set, on SIGTERM, or when its parent is gone

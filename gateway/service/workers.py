@@ -42,12 +42,15 @@ Every process watches its parent: if ``provgw serve`` is killed (even ``kill -9`
 within a batch window rather than linger and contend with a restarted gateway for their sessions.
 
 Memory (issue 3, measured with ``bench/bench_ingest.py``'s per-process PSS): the supervisor
-*spawns* its children -- it restarts them while its metrics thread runs, and a fork beside a
-running thread may copy a lock that thread holds; the receiver *forks* its verifiers before it
-starts any thread, after loading their modules, so they share those pages. Not kept, measured:
-a ``forkserver`` with the common modules preloaded (one more interpreter: more PSS, not less).
-multiprocessing's resource tracker (a small process of its own) comes with ``spawn``. The
-supervisor imports the urgent lane's and the ledger's modules only when they are switched on.
+starts its children afresh (exec) -- it restarts them while its metrics thread runs, and a fork
+beside a running thread may copy a lock that thread holds; the receiver *forks* its verifiers
+before it starts any thread, after loading their modules, so they share those pages. Not kept,
+measured: a ``forkserver`` with the common modules preloaded (one more interpreter: more PSS,
+not less).
+The supervisor starts its children as commands of their own (:mod:`gateway.service.launch`),
+not with multiprocessing's ``spawn``: no resource tracker process, and no re-run of the
+``provgw`` script in each. It imports the urgent lane's and the ledger's modules only when they
+are switched on.
 
 ``stop`` (the supervisor to every child) and each child's ``ready`` are lock-free flags in
 shared memory (:class:`gateway.service.child.Flag`), not ``multiprocessing.Event``: an Event
@@ -59,33 +62,31 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
 from gateway.core.errors import UnavailableError
 from gateway.ingest.mqtt import MqttClient
-from gateway.service import child
+from gateway.service import child, launch
 from gateway.service.config import GatewayConfig, load_config
 from gateway.service.metrics import (
     MetricsServer,
     mark_worker_dead,
     prepare_multiprocess_dir,
 )
-from gateway.service.receiver import run_worker
 from gateway.store.db import Database
 from gateway.store.events import EventStore
 from gateway.store.trust_files import load_trust_dir
 
-__all__ = ["Supervisor", "ingest_processes", "preflight", "run_worker", "serve"]
+__all__ = ["Supervisor", "ingest_processes", "preflight", "serve"]
 
 _log = logging.getLogger(__name__)
 
@@ -152,11 +153,35 @@ def preflight(config: GatewayConfig) -> dict[str, Any]:
     return {"roots": len(trust.roots), "events_stored": stored}
 
 
+class _Child:
+    """A started child as the supervisor watches it (:class:`subprocess.Popen` underneath)."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self.pid: int | None = popen.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        """Its exit status once it ended (``-N``: killed by signal N), else None."""
+        return self._popen.poll()
+
+    def join(self, timeout: float) -> None:
+        """Wait up to *timeout* seconds for it to end."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._popen.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL it."""
+        self._popen.kill()
+
+
 @dataclass
 class _Slot:
     index: int
+    #: Its ``ready`` flag's place in the supervisor's :class:`~gateway.service.child.SharedFlags`.
+    flag: int
     ready: child.Flag
-    process: BaseProcess | None = None
+    process: _Child | None = None
     restarts: int = 0  # in a row, each within a minute of its start: the backoff
     total_restarts: int = 0
     next_start: float = 0.0
@@ -168,17 +193,19 @@ class Supervisor:
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
-        self._ctx = multiprocessing.get_context("spawn")
-        # Flags, not multiprocessing Events: see gateway.service.child.
-        self._stop = child.Flag()
-        self._slots = [_Slot(i, child.Flag()) for i in range(ingest_processes(config))]
+        indexes = list(range(ingest_processes(config)))
         if config.log.enabled:
             # The ledger process runs beside the workers under the same watch and restart rules;
             # it only reads what they stored, so it can never hold up ingest.
-            self._slots.append(_Slot(_LEDGER, child.Flag()))
+            indexes.append(_LEDGER)
         if config.urgent.enabled:
             # Its own process: no GIL, connection or client id shared with routine ingest.
-            self._slots.append(_Slot(_URGENT, child.Flag()))
+            indexes.append(_URGENT)
+        # Flags, not multiprocessing Events (see gateway.service.child): 0 is stop, then one
+        # ready flag per child.
+        self._flags = child.SharedFlags(1 + len(indexes))
+        self._stop = self._flags[0]
+        self._slots = [_Slot(i, n, self._flags[n]) for n, i in enumerate(indexes, start=1)]
         self.metrics: MetricsServer | None = None
 
     @property
@@ -277,33 +304,17 @@ class Supervisor:
         return sum(slot.ready.is_set() for slot in self._slots)
 
     def _spawn(self, slot: _Slot) -> None:
-        if slot.index == _LEDGER:
-            from gateway.service.ledger_service import run_ledger  # noqa: PLC0415 - see preflight
-
-            process = self._ctx.Process(
-                target=run_ledger,
-                args=(str(self.config.path), os.getpid(), self._stop, slot.ready),
-                name="provgw-ledger",
-                daemon=False,
-            )
-        elif slot.index == _URGENT:
-            from gateway.service.urgent import run_urgent  # noqa: PLC0415 - see preflight
-
-            process = self._ctx.Process(
-                target=run_urgent,
-                args=(str(self.config.path), os.getpid(), self._stop, slot.ready),
-                name="provgw-urgent",
-                daemon=False,
-            )
-        else:
-            process = self._ctx.Process(
-                target=run_worker,
-                args=(str(self.config.path), slot.index, os.getpid(), self._stop, slot.ready),
-                name=f"provgw-worker-{slot.index}",
-                daemon=False,
-            )
-        process.start()
-        slot.process = process
+        role = {_LEDGER: launch.LEDGER, _URGENT: launch.URGENT}.get(slot.index, launch.INGEST)
+        popen = launch.start(
+            role,
+            index=slot.index,
+            config_path=self.config.path,
+            parent_pid=os.getpid(),
+            flags=self._flags,
+            stop=0,
+            ready=slot.flag,
+        )
+        slot.process = _Child(popen)
         slot.started = time.monotonic()
 
     def watch(self, stopping: Callable[[], bool], interval: float = 0.2) -> None:

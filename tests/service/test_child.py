@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -51,6 +52,10 @@ def test_each_serve_process_is_named_for_its_role_and_its_configuration(
         assert _comm(pid) == f"provgw {role} ({conf})"[:15]
     # The supervisor is the command the operator ran; it keeps its command line.
     assert f"serve --config {conf}" in _cmdline(status["pid"])
+    # Its children are these three and nothing else (no multiprocessing resource tracker).
+    assert sorted(_children(status["pid"])) == sorted(
+        [receiver, status["ledger_pid"], status["urgent_pid"]]
+    )
     assert gateway.stop()["status"] == "stopped"
 
 
@@ -71,26 +76,41 @@ def test_a_relative_configuration_path_is_shown_absolute(tmp_path, monkeypatch):
     assert child.title("ledger", "gateway.toml") == f"provgw ledger ({tmp_path / 'gateway.toml'})"
 
 
-def _wait_then_exit(flag: child.Flag) -> None:
-    flag.wait(60)
+def _waiter(flags: child.SharedFlags) -> subprocess.Popen[bytes]:
+    """A child process that maps *flags* and waits up to 60 s for flag 1: exit 0 if it saw it."""
+    code = (
+        "import sys; from gateway.service import child; "
+        f"sys.exit(0 if child.SharedFlags.attach({flags.fd})[1].wait(60) else 3)"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], pass_fds=(flags.fd,))
 
 
 def test_a_flag_still_works_after_a_process_waiting_on_it_was_killed():
     # A multiprocessing.Event's set() would wait forever here for the dead waiter to wake.
-    ctx = multiprocessing.get_context("spawn")
-    flag = child.Flag()
-    waiter = ctx.Process(target=_wait_then_exit, args=(flag,))
-    waiter.start()
+    flags = child.SharedFlags(2)
+    waiter = _waiter(flags)
     time.sleep(0.5)  # in wait()
-    os.kill(waiter.pid, signal.SIGKILL)
-    waiter.join()
+    waiter.kill()
+    waiter.wait()
     started = time.monotonic()
-    flag.set()
+    flags[1].set()
     assert time.monotonic() - started < 0.1
-    again = ctx.Process(target=_wait_then_exit, args=(flag,))
-    again.start()
-    again.join(5)
-    assert again.exitcode == 0  # saw the flag raised
+    again = _waiter(flags)
+    assert again.wait(5) == 0  # saw the flag raised
+    assert not flags[0].is_set()  # one byte each: raising flag 1 left flag 0 alone
+
+
+def test_a_child_sees_the_flags_its_supervisor_raises_and_the_supervisor_sees_the_childs():
+    flags = child.SharedFlags(3)
+    code = (
+        "import sys; from gateway.service import child; "
+        f"f = child.SharedFlags.attach({flags.fd}); f[2].set(); sys.exit(0 if f[0].wait(30) else 3)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(flags.fd,))
+    assert flags[2].wait(30)  # raised in the child
+    assert not flags[1].is_set()
+    flags[0].set()
+    assert proc.wait(30) == 0
 
 
 @pytest.mark.broker
