@@ -42,15 +42,14 @@ Every process watches its parent: if ``provgw serve`` is killed (even ``kill -9`
 within a batch window rather than linger and contend with a restarted gateway for their sessions.
 
 Memory (issue 3, measured with ``bench/bench_ingest.py``'s per-process PSS): the supervisor
-starts its children afresh (exec) -- it restarts them while its metrics thread runs, and a fork
-beside a running thread may copy a lock that thread holds; the receiver *forks* its verifiers
-before it starts any thread, after loading their modules, so they share those pages. Not kept,
+starts each child as a command of its own (:mod:`gateway.service.launch`: a fresh interpreter)
+-- it restarts them while its metrics thread runs, and a fork beside a running thread may copy
+a lock that thread holds; the receiver *forks* its verifiers before it starts any thread, after
+loading their modules, so they share those pages. Not multiprocessing's ``spawn``: that adds a
+resource tracker process and runs the ``provgw`` script again in each child. Not kept,
 measured: a ``forkserver`` with the common modules preloaded (one more interpreter: more PSS,
-not less).
-The supervisor starts its children as commands of their own (:mod:`gateway.service.launch`),
-not with multiprocessing's ``spawn``: no resource tracker process, and no re-run of the
-``provgw`` script in each. It imports the urgent lane's and the ledger's modules only when they
-are switched on.
+not less). The supervisor imports the urgent lane's and the ledger's modules only when they are
+switched on.
 
 ``stop`` (the supervisor to every child) and each child's ``ready`` are lock-free flags in
 shared memory (:class:`gateway.service.child.Flag`), not ``multiprocessing.Event``: an Event
@@ -290,7 +289,7 @@ class Supervisor:
                     reason="metrics-port",
                 ) from exc
         for slot in self._slots:
-            self._spawn(slot)
+            self._start(slot)
 
     def wait_ready(self, timeout: float) -> int:
         """Wait until every worker has subscribed (or *timeout*); return how many have.
@@ -303,7 +302,7 @@ class Supervisor:
             slot.ready.wait(max(0.0, deadline - time.monotonic()))
         return sum(slot.ready.is_set() for slot in self._slots)
 
-    def _spawn(self, slot: _Slot) -> None:
+    def _start(self, slot: _Slot) -> None:
         role = {_LEDGER: launch.LEDGER, _URGENT: launch.URGENT}.get(slot.index, launch.INGEST)
         popen = launch.start(
             role,
@@ -342,7 +341,7 @@ class Supervisor:
                     slot.process = None
                     slot.ready.clear()
                 if slot.process is None and now >= slot.next_start:
-                    self._spawn(slot)
+                    self._start(slot)
             time.sleep(interval)
 
     def stop(self) -> None:
