@@ -47,6 +47,7 @@ __all__ = [
     "MigrationSet",
     "gateway_migrations",
     "migration",
+    "padded",
     "registered_migrations",
     "unavailable_from",
 ]
@@ -203,6 +204,20 @@ def unavailable_from(
             reason="store-unopenable",
         )
     return None
+
+
+def padded(values: Sequence[Any], fill: object = None) -> list[Any]:
+    """*values* padded with *fill* to the next power of two, for a ``?`` list built to fit.
+
+    SQL with one placeholder per value is a new statement for every count, and the ``sqlite3``
+    module keeps the last 128 statements of a connection prepared: 128 lookups of 280-400 pairs
+    held 13.7 MB of SQLite's heap in one connection (measured; in a live verifier its heap grew
+    with every new batch size, 1 -> 10.5 MB). Padded, lookups of up to N values have at most
+    log2(N) + 1 shapes, each prepared once. The default *fill*, NULL, equals nothing, so the
+    padding matches no row (``x IN (..., NULL)`` is never true where ``x IN (...)`` is false).
+    """
+    size = 1 << (len(values) - 1).bit_length() if values else 0
+    return [*values, *([fill] * (size - len(values)))]
 
 
 def _refuse_nested_failure() -> NoReturn:

@@ -32,7 +32,7 @@ from typing import Any
 
 from gateway.core.cose import decode_sign1
 from gateway.core.errors import VerificationError
-from gateway.store.db import Database
+from gateway.store.db import Database, padded
 
 __all__ = [
     "BatchResult",
@@ -356,9 +356,10 @@ class EventStore:
         found: dict[tuple[str, int], bytes] = {}
         unique = list(dict.fromkeys(keys))
         for start in range(0, len(unique), _LOOKUP_CHUNK):
-            chunk = unique[start : start + _LOOKUP_CHUNK]
             # A VALUES CTE joined on the UNIQUE(device_id, seq) index: one indexed probe per
-            # pair (a row-value IN list would scan the table).
+            # pair (a row-value IN list would scan the table). Padded with (NULL, NULL) pairs,
+            # which match no row, to few statement shapes (gateway.store.db.padded).
+            chunk = padded(unique[start : start + _LOOKUP_CHUNK], (None, None))
             values = ",".join("(?,?)" for _ in chunk)
             rows = conn.execute(
                 f"WITH k(d, s) AS (VALUES {values}) "  # noqa: S608 - only "(?,?)" placeholders
@@ -465,7 +466,7 @@ class EventStore:
         """Return the quarantine rows of *ids* that exist, open or released, in id order."""
         found: list[QuarantinedRow] = []
         for start in range(0, len(ids), _LOOKUP_CHUNK):
-            chunk = ids[start : start + _LOOKUP_CHUNK]
+            chunk = padded(ids[start : start + _LOOKUP_CHUNK])
             marks = ",".join("?" * len(chunk))
             rows = self._db.query(
                 f"{_SELECT_QUARANTINE} WHERE id IN ({marks})",

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.errors import SignatureError
-from gateway.store.db import Database, gateway_migrations
+from gateway.store.db import Database, gateway_migrations, padded
 from gateway.store.devices import DeviceStore
 from gateway.store.events import EventRecord, EventStore, QuarantineRecord, signed_payload
 from tests._helpers import cose_signed
@@ -121,6 +121,35 @@ def test_redelivered_batch_stores_nothing_new_and_counts_duplicates(store):
     assert again.conflicts == []
     assert store.count() == 10
     assert store.quarantine_counts() == {}
+
+
+def test_lookups_of_every_batch_size_share_few_statements_and_find_every_duplicate(db, store):
+    # One statement per batch size would keep up to 128 large ones prepared (gateway.store.db.
+    # padded): the sizes are padded to powers of two, the padding matching nothing.
+    shapes: set[int] = set()
+
+    def trace(sql: str) -> None:  # the expanded SQL: one "(...)" of values a pair
+        if sql.startswith("WITH k(d, s) AS (VALUES"):
+            shapes.add(sql.partition(") SELECT")[0].count("),(") + 1)
+
+    db.conn.set_trace_callback(trace)
+    seq = 0
+    for size in range(1, 41):
+        batch = [record(seq=seq + i) for i in range(size)]
+        seq += size
+        assert len(store.insert_batch(batch).stored) == size
+        assert store.insert_batch(batch).duplicates == size
+    assert shapes == {1, 2, 4, 8, 16, 32, 64}
+    assert store.count() == seq
+
+
+@pytest.mark.parametrize(("count", "size"), [(0, 0), (1, 1), (2, 2), (3, 4), (5, 8), (400, 512)])
+def test_padded_fills_to_the_next_power_of_two_and_keeps_the_values_first(count, size):
+    values = list(range(count))
+    out = padded(values, fill=-1)
+    assert len(out) == size
+    assert out[:count] == values
+    assert out[count:] == [-1] * (size - count)
 
 
 def test_replayed_seq_with_other_bytes_is_quarantined_as_replay_and_first_kept(store):

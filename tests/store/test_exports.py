@@ -11,6 +11,7 @@ PINNED = {
         "MigrationSet",
         "gateway_migrations",
         "migration",
+        "padded",
         "registered_migrations",
         "unavailable_from",
     ],
