@@ -1,18 +1,18 @@
 """``python -m bench.ab_ingest [--workers N] [--slice N] CONSUMER ...``: chosen ingest runs only.
 
-For A/B work on one change: ``bench ingest`` runs every consumer (~1 min) and its ratios move
-with the host; this runs only the consumers named (``gateway``, ``naive``, ``raw``,
-``raw-lean``) on the same broker, fleet and pre-signed publisher as ``bench ingest``, and prints
-one line each: the median rate of the saturated slices and the CPU an event of the consumer, the
-broker and the publisher. Alternate the two builds (``git stash``) several times and compare
-medians; the consumer's CPU over the publisher's cancels much of the host's noise.
+For A/B work on one change: ``bench ingest`` runs every consumer (a few minutes); this runs only
+the consumers named (``gateway``, ``gateway+ledger``, ``naive``, ``raw``, ``raw-lean``) on the
+same broker, fleet and pre-signed publisher as ``bench ingest``, in the same interleaved rounds
+(:func:`bench.bench_ingest.contest`), and prints one line each: the median rate of the saturated
+slices and the CPU an event of the consumer, the broker and the publisher. Alternate the two
+builds (``git stash``) several times and compare medians; the consumer's CPU over the
+publisher's cancels much of the host's noise.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -24,7 +24,7 @@ from device_sim.fleet import raise_fd_limit, select_devices
 from device_sim.pki import init_pki
 from gateway.ingest.broker_config import write_broker_config
 
-CONSUMERS = ("gateway", "naive", "raw", "raw-lean")
+CONSUMERS = ("gateway", "gateway+ledger", "naive", "raw", "raw-lean")
 
 
 def main() -> None:
@@ -51,17 +51,17 @@ def main() -> None:
         with LocalMosquitto(config, folder) as broker:
             assert broker.proc is not None  # started by the `with`
             pool, _ = ingest.connect_pool(broker, pki, records, 4)
+            contestants = [
+                ingest.contestant(name, folder, broker, pki, args.workers)
+                for name in args.consumers
+            ]
             try:
-                for name in args.consumers:
-                    if name == "gateway":
-                        consumer = ingest.start_gateway(folder, broker, pki, args.workers)
-                    else:
-                        consumer = ingest.start_baseline(name, folder, broker, pki)
-                    result = ingest.measure(name, consumer, pool, work, broker.proc.pid)
-                    cpu = result.cpu
+                ingest.contest(contestants, pool, work, broker.proc.pid)
+                for who in contestants:
+                    cpu = who.cpu
                     print(
-                        f"{name}: {statistics.median(result.rates):,.0f} events/s (slices"
-                        f" {', '.join(f'{r:,.0f}' for r in result.rates)}); CPU an event:"
+                        f"{who.name}: {who.rate:,.0f} events/s (slices"
+                        f" {', '.join(f'{r:,.0f}' for r in who.rates)}); CPU an event:"
                         f" consumer {cpu.consumer:.1f} us, broker {cpu.broker:.1f} us,"
                         f" publisher {cpu.publisher:.1f} us",
                         flush=True,

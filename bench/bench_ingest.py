@@ -1,7 +1,7 @@
 """Ingest at line rate: ``provgw serve`` beside a raw subscriber and the naive pipeline.
 
 Same run, same Mosquitto, same PRE-SIGNED publisher (1,000 devices, one TLS connection each,
-QoS 1), the consumers in turn, each its own process (tree) with a fresh SQLite file:
+QoS 1), the consumers in turn, each its own process (tree) with a SQLite file of its own:
 
 * (a) raw subscriber: paho -> SQLite batch -> ack, no verification (issue 3's ceiling);
 * (a') the same with the gateway receiver's MQTT client instead of paho (the receive ceiling);
@@ -11,10 +11,16 @@ QoS 1), the consumers in turn, each its own process (tree) with a fresh SQLite f
   ingest; the ledger tails the store beside it and is measured once more, switched on, for the
   record (``gateway+ledger``).
 
-Per consumer: enrol every device (its first message, with the certificate chain), then publish
-kid-only events as fast as the consumer commits them, a window of ``WINDOW`` uncommitted messages
-at most (so the backlog, and with it the latency, stays bounded instead of piling up in the
-broker); then a paced phase at a rate every consumer sustains, for latency without queueing.
+Interleaved rounds (:func:`contest`): round 1 of every consumer, then round 2 of every consumer,
+and so on, each consumer started for its round and stopped after it. A consumer's slice and the
+others' of the same round are then seconds apart, not minutes: this host drifts within the hour
+(``docs/BENCHMARKS.md``), and a ratio of two slices taken far apart measured the drift too.
+In its round a consumer first gets one message a device, outside the timing (in round 1 the
+enrolment, with the certificate chain; after that a warm-up, since a consumer started again
+meets every device afresh), then one saturated slice of kid-only events, published as fast as it
+commits them, a window of ``WINDOW`` uncommitted messages at most (so the backlog, and with it
+the latency, stays bounded instead of piling up in the broker). In its last round come the
+memory slice and a paced phase at a rate every consumer sustains, for latency without queueing.
 
 "Committed" is observed, not reported: a thread polls the consumer's database every few ms for
 new rows and matches each row's SHA-256 digest to the time the publisher sent those bytes. So
@@ -22,7 +28,7 @@ latency is publish -> visible after COMMIT, measured the same way for all three.
 
 Memory, peak over one more saturated slice (not one of the rate slices: sampling costs the
 observer CPU in proportion to the consumer's processes), summed over the consumer's process tree
-(the gateway's supervisor, receiver, verifiers, multiprocessing's resource tracker): RSS (VmRSS:
+(the gateway's supervisor, receiver, verifiers, urgent lane): RSS (VmRSS:
 counts every shared page -- libcrypto, libpython, ... -- once per process), PSS
 (``/proc/PID/smaps_rollup`` Pss: each shared page split among the processes sharing it: what the
 tree costs the machine) and USS (private pages only). Everything, publisher and broker included,
@@ -65,6 +71,7 @@ from gateway.ingest.topics import event_topic
 WINDOW = 2000  # uncommitted messages the publisher allows itself
 POLL_S = 0.005  # how often the observer looks for new rows
 STALL_S = 30.0  # no commit for this long: the consumer is stuck, stop the benchmark
+SESSION_EXPIRY_S = 1  # the gateway's, between its rounds (the least its config allows)
 
 MB = 1024 * 1024
 
@@ -113,6 +120,9 @@ class Workload:
     for memory, paced phase."""
 
     enrol: list[Msg]
+    #: One message a device before each round but the first, outside the timing: a contestant
+    #: started again meets every device afresh (the gateway re-checks its certificate).
+    warm: list[list[Msg]]
     slices: list[list[Msg]]
     memory: list[Msg]
     paced: list[Msg]
@@ -120,7 +130,7 @@ class Workload:
 
     @property
     def size(self) -> int:
-        parts = (self.enrol, *self.slices, self.memory, self.paced)
+        parts = (self.enrol, *self.warm, *self.slices, self.memory, self.paced)
         return sum(map(len, parts))
 
 
@@ -143,10 +153,15 @@ def presign(pki: Path, records: list[DeviceRecord], plan: Plan) -> Workload:
             k += 1
         return out
 
-    slices = [take(plan.per_slice) for _ in range(plan.slices)]
+    # In the order they are published, each device's seq rising.
+    warm, slices = [], []
+    for index in range(plan.slices):
+        if index:
+            warm.append(take(n))
+        slices.append(take(plan.per_slice))
     memory = take(plan.per_slice)
     paced = take(int(plan.paced_rate * plan.paced_s))
-    return Workload(enrol, slices, memory, paced, plan.paced_rate)
+    return Workload(enrol, warm, slices, memory, paced, plan.paced_rate)
 
 
 # --- watching the consumer -----------------------------------------------------------------------
@@ -187,12 +202,10 @@ def _rollup(pid: int) -> tuple[str, int, int, int] | None:
         key, _, rest = line.partition(":")
         fields[key] = int(rest.split()[0]) * 1024
     # The serve processes name themselves ("provgw verifier-0 (CONFIG)", gateway.service.child):
-    # the role is enough here. multiprocessing's resource tracker shows "python3": its entry point.
+    # the role is enough here.
     for part in cmd:
         if part.startswith(b"provgw "):
             name = part.decode().partition(" (")[0]
-        elif part.startswith(b"from multiprocessing"):
-            name = part.decode()[:60]
     uss = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
     return name, fields.get("Rss", 0), fields.get("Pss", 0), uss
 
@@ -242,6 +255,8 @@ class Observer:
     committed: dict[bytes, float] = field(default_factory=dict)
     peak: Memory = field(default_factory=Memory)
     measuring_rss: bool = False
+    #: The newest row seen: a consumer started again for its next round is watched from there.
+    last_id: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -258,19 +273,18 @@ class Observer:
         while not self.db.exists() and not self._stop.wait(POLL_S):
             pass
         conn = sqlite3.connect(self.db, timeout=5)
-        last_id = 0
         next_rss = 0.0
         try:
             while not self._stop.wait(POLL_S):
                 try:
                     rows = conn.execute(
-                        "SELECT id, digest FROM events WHERE id > ? ORDER BY id", (last_id,)
+                        "SELECT id, digest FROM events WHERE id > ? ORDER BY id", (self.last_id,)
                     ).fetchall()
                 except sqlite3.OperationalError:
                     continue  # table not created yet, or a writer's checkpoint
                 now = time.monotonic()
                 for row_id, digest in rows:
-                    last_id = row_id
+                    self.last_id = row_id
                     if digest in self.published and digest not in self.committed:
                         self.committed[digest] = now
                 if self.measuring_rss and now >= next_rss:
@@ -370,7 +384,7 @@ def _wait_line(proc: subprocess.Popen[str], want: Callable[[str], bool], what: s
 
 
 def stop_process(proc: subprocess.Popen[str] | None) -> None:
-    """SIGTERM *proc* (if it runs) and wait for it; kill it after 30 s."""
+    """SIGTERM *proc* (if it runs) and wait for it, killing it after 30 s; close its stdout pipe."""
     if proc is not None and proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -378,6 +392,8 @@ def stop_process(proc: subprocess.Popen[str] | None) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    if proc is not None and proc.stdout is not None:
+        proc.stdout.close()
 
 
 def start_baseline(
@@ -398,8 +414,9 @@ def start_baseline(
         "--trust",
         str(pki / "trust"),
     ]
-    log = (folder / f"{kind}.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+    # Appended to, round after round; the child keeps its own copy of the descriptor.
+    with (folder / f"{kind}.log").open("a") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
     _wait_line(proc, lambda line: line.strip() == "ready", f"baseline {kind}")
     return proc, db
 
@@ -417,6 +434,9 @@ def start_gateway(
                 f'host = "{broker.host}"',
                 f"port = {broker.port}",
                 f'config_dir = "{broker.config.directory}"',
+                # Its session ends soon after each round (the baselines' at once): nothing
+                # meant for the other contestants waits on the broker for its next round.
+                f"session_expiry_s = {SESSION_EXPIRY_S}",
                 "[ingest]",
                 f"workers = {workers}",
                 "[trust]",
@@ -437,74 +457,143 @@ def start_gateway(
         encoding="utf-8",
     )
     provgw = Path(sys.executable).with_name("provgw")
-    log = (folder / f"{name}.log").open("w")
-    proc = subprocess.Popen(
-        [str(provgw), "serve", "--config", str(config), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
+    with (folder / f"{name}.log").open("a") as log:  # as start_baseline's
+        proc = subprocess.Popen(
+            [str(provgw), "serve", "--config", str(config), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
     _wait_line(proc, lambda line: '"running"' in line, "provgw serve")
     return proc, db
 
 
-def measure(
-    name: str,
-    consumer: tuple[subprocess.Popen[str], Path],
+Starter = Callable[[], tuple[subprocess.Popen[str], Path]]
+
+
+@dataclass
+class Contestant:
+    """One consumer of the contest and what its rounds measured (module docstring)."""
+
+    name: str
+    start: Starter
+    rates: list[float] = field(default_factory=list)
+    saturated_ms: list[float] = field(default_factory=list)
+    paced_ms: list[float] = field(default_factory=list)
+    peak: Memory = field(default_factory=Memory)
+    events: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # CPU: consumer, broker, publisher
+    by_process: dict[str, float] = field(default_factory=dict)  # CPU of the consumer's processes
+    last_id: int = 0
+    #: Seconds to wait after a round, until the broker has ended the contestant's session.
+    linger_s: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.rates)
+
+    @property
+    def cpu(self) -> Cpu:
+        per = {k: v / max(1, self.events) * 1e6 for k, v in self.seconds.items()}
+        return Cpu(per.get("consumer", 0.0), per.get("broker", 0.0), per.get("publisher", 0.0))
+
+    def result(self) -> Result:
+        return Result(self.name, self.rates, self.saturated_ms, self.paced_ms, self.peak, self.cpu)
+
+
+def _round(  # noqa: PLR0913 - one round of one contestant, with what it needs
+    who: Contestant,
     pool: LeanPublisher,
     work: Workload,
+    index: int,
     broker_pid: int,
-) -> Result:
-    proc, db = consumer
-    observer = Observer(db, proc.pid)
+    *,
+    last: bool,
+) -> None:
+    """Start *who*, publish saturated slice *index* to it (and, in its last round, the memory
+    slice and the paced phase), stop it."""
+    proc, db = who.start()
+    observer = Observer(db, proc.pid, last_id=who.last_id)
     observer.start()
     try:
-        publish(pool, observer, work.enrol)
-        rates, saturated = [], []
+        publish(pool, observer, work.warm[index - 1] if index else work.enrol)
         # CPU of every process of the consumer's tree, of the broker and of this process (the
-        # publisher, with the observer thread: a few % of it) over the saturated slices.
+        # publisher, with the observer thread: a few % of it) over the saturated slice.
         tree = _tree(proc.pid)
         before, self_before = cpu_seconds([*tree, broker_pid]), time.process_time()
-        for part in work.slices:
-            seconds = publish(pool, observer, part)
-            rates.append(len(part) / seconds)
-            saturated += latencies_ms(observer, part)
-            print(f"  {name}: {rates[-1]:,.0f} events/s", file=sys.stderr, flush=True)
+        part = work.slices[index]
+        seconds = publish(pool, observer, part)
         after, self_after = cpu_seconds([*tree, broker_pid]), time.process_time()
-        events = sum(len(part) for part in work.slices)
+        who.rates.append(len(part) / seconds)
+        who.saturated_ms += latencies_ms(observer, part)
+        who.events += len(part)
         used = {pid: after[pid] - before[pid] for pid in after if pid in before}
-        cpu = Cpu(
-            consumer=sum(v for pid, v in used.items() if pid != broker_pid) / events * 1e6,
-            broker=used.get(broker_pid, 0.0) / events * 1e6,
-            publisher=(self_after - self_before) / events * 1e6,
-        )
+        add = {
+            "consumer": sum(v for pid, v in used.items() if pid != broker_pid),
+            "broker": used.get(broker_pid, 0.0),
+            "publisher": self_after - self_before,
+        }
+        for key, value in add.items():
+            who.seconds[key] = who.seconds.get(key, 0.0) + value
+        for pid, value in used.items():
+            if pid != broker_pid and (rollup := _rollup(pid)) is not None:
+                who.by_process[rollup[0]] = who.by_process.get(rollup[0], 0.0) + value
+        print(f"  {who.name}: {who.rates[-1]:,.0f} events/s", file=sys.stderr, flush=True)
+        if last:
+            # Memory over a saturated slice of its own (module docstring; cost: Observer._run).
+            observer.measuring_rss = True
+            publish(pool, observer, work.memory)
+            observer.measuring_rss = False
+            publish(pool, observer, work.paced, rate=work.paced_rate)
+            who.paced_ms = latencies_ms(observer, work.paced)
+            who.peak = observer.peak
+    finally:
+        observer.stop()
+        who.last_id = observer.last_id
+        stop_process(proc)
+        time.sleep(who.linger_s)
+
+
+def contest(
+    contestants: list[Contestant], pool: LeanPublisher, work: Workload, broker_pid: int
+) -> None:
+    """Run every contestant's rounds, interleaved: round 1 of each, then round 2 of each, ...
+
+    A contestant's round and the others' of the same round are seconds apart, so a host that
+    drifts over the run (they do here: ``docs/BENCHMARKS.md``) moves them alike.
+    """
+    rounds = len(work.slices)
+    for index in range(rounds):
+        print(f"  round {index + 1} of {rounds}", file=sys.stderr, flush=True)
+        for who in contestants:
+            _round(who, pool, work, index, broker_pid, last=index == rounds - 1)
+    for who in contestants:
+        cpu = who.cpu
         print(
-            f"    {name} CPU per event: consumer {cpu.consumer:.0f} us, broker"
+            f"    {who.name} CPU per event: consumer {cpu.consumer:.0f} us, broker"
             f" {cpu.broker:.0f} us, publisher {cpu.publisher:.0f} us",
             file=sys.stderr,
         )
-        for pid, seconds in sorted(used.items()):
-            if pid != broker_pid and (who := _rollup(pid)) is not None:
-                print(
-                    f"      {who[0]} (pid {pid}): {seconds / events * 1e6:.0f} us",
-                    file=sys.stderr,
-                )
-        # Memory over a saturated slice of its own (module docstring; cost: Observer._run).
-        observer.measuring_rss = True
-        publish(pool, observer, work.memory)
-        observer.measuring_rss = False
-        publish(pool, observer, work.paced, rate=work.paced_rate)
-        paced = latencies_ms(observer, work.paced)
-        for proc_name, rss, pss, uss in observer.peak.detail:
+        for role, seconds in sorted(who.by_process.items()):
+            print(f"      {role}: {seconds / who.events * 1e6:.0f} us", file=sys.stderr)
+        for proc_name, rss, pss, uss in who.peak.detail:
             print(
-                f"    {name} {proc_name}: RSS {rss / MB:.1f} MB, PSS {pss / MB:.1f} MB,"
+                f"    {who.name} {proc_name}: RSS {rss / MB:.1f} MB, PSS {pss / MB:.1f} MB,"
                 f" USS {uss / MB:.1f} MB",
                 file=sys.stderr,
             )
-        return Result(name, rates, saturated, paced, observer.peak, cpu)
-    finally:
-        observer.stop()
-        stop_process(proc)
+
+
+def contestant(
+    name: str, folder: Path, broker: LocalMosquitto, pki: Path, workers: int
+) -> Contestant:
+    """The contestant *name* (``gateway``, ``gateway+ledger`` or a baseline of
+    :mod:`bench._ingest_consumers`), each round on the same SQLite file."""
+    if name.startswith("gateway"):
+        ledger = name == "gateway+ledger"
+        start = functools.partial(start_gateway, folder, broker, pki, workers, ledger=ledger)
+        return Contestant(name, start, linger_s=SESSION_EXPIRY_S + 1.5)
+    return Contestant(name, functools.partial(start_baseline, name, folder, broker, pki))
 
 
 def run(quick: bool) -> list[Row]:  # noqa: FBT001 - the bench runner's interface
@@ -547,20 +636,17 @@ def _contest(
     sequential_pool, sequential_s = connect_pool(broker, pki, records, 1)
     sequential_pool.close()
     pool, parallel_s = connect_pool(broker, pki, records, 4)
-    results: dict[str, Result] = {}
     assert broker.proc is not None  # started by the caller's `with`
-    broker_pid = broker.proc.pid
+    workers = os.cpu_count() or 1
+    names = ("raw", "raw-lean", "naive", "gateway", "gateway+ledger")
+    contestants = [contestant(name, folder, broker, pki, workers) for name in names]
     try:
-        for name in ("raw", "raw-lean", "naive"):
-            consumer = start_baseline(name, folder, broker, pki)
-            results[name] = measure(name, consumer, pool, work, broker_pid)
-        consumer = start_gateway(folder, broker, pki, os.cpu_count() or 1)
-        results["gateway"] = measure("gateway", consumer, pool, work, broker_pid)
-        consumer = start_gateway(folder, broker, pki, os.cpu_count() or 1, ledger=True)
-        results["ledger"] = measure("gateway+ledger", consumer, pool, work, broker_pid)
+        contest(contestants, pool, work, broker.proc.pid)
     finally:
         pool.close()
-    raw, naive, gw, gl = results["raw"], results["naive"], results["gateway"], results["ledger"]
+    results = {who.name: who.result() for who in contestants}
+    raw, naive, gw = results["raw"], results["naive"], results["gateway"]
+    gl = results["gateway+ledger"]
     lean = results["raw-lean"]
     n = len(records)
     at = f"{n:,} devices, QoS 1"
