@@ -163,7 +163,10 @@ class Outbox:
     whose blocks are final when produced). ``resend_after_s``: a sent transaction the node no
     longer knows after this long (dropped from its pool) is checked against the chain and sent
     again if absent. ``on_anchored(checkpoint, confirmation)`` is called once per confirmed row
-    (e.g. to record the anchor on the log's checkpoint and upgrade receipts to *anchored*).
+    (e.g. to record the anchor on the log's checkpoint and upgrade receipts to *anchored*),
+    inside the transaction that confirms the row: what it writes through the same
+    :class:`~gateway.store.db.Database` commits with the confirmation or not at all, and if it
+    raises, the row stays open and is confirmed (and the callback called) at a later step.
     """
 
     def __init__(  # noqa: PLR0913 -- every knob is keyword-only with a default
@@ -434,8 +437,10 @@ class Outbox:
                 (confirmation.tx_hash, confirmation.block_number, now, row.id),
             )
             _supersede_below(conn, row.log_id, row.size)
-        if self._on_anchored is not None:
-            self._on_anchored(Checkpoint(row.origin, row.size, row.root), confirmation)
+            # In the same transaction: a reader (or a crash) between two commits would see the
+            # row confirmed and the anchor not yet recorded on the checkpoint.
+            if self._on_anchored is not None:
+                self._on_anchored(Checkpoint(row.origin, row.size, row.root), confirmation)
 
     def _reschedule(self, row: _Row, at_ms: int) -> None:
         with self._db.atomic() as conn:

@@ -274,6 +274,38 @@ def test_task_named_outbox_drains_and_is_gone_after_exit(db):
     assert [c.tx_hash for _, c in confirmed] == [c.tx_hash for _, c in chain.events]
 
 
+def test_the_anchor_callback_commits_with_the_confirmation_or_not_at_all(db):
+    db.conn.execute("CREATE TABLE recorded (size INTEGER PRIMARY KEY)")
+    chain = MemoryAnchorBackend()
+    fail = [True]
+
+    def record(checkpoint, confirmation):
+        del confirmation
+        with db.atomic() as conn:  # joins the outbox's transaction
+            conn.execute("INSERT INTO recorded VALUES (?)", (checkpoint.size,))
+        if fail[0]:
+            raise RuntimeError("recording the anchor failed")
+
+    outbox = make(db, chain, on_anchored=record)
+    outbox.enqueue(signed(4))
+    raised = 0
+    for _ in range(4):  # send, then confirm: the callback raises at each confirmation
+        try:
+            asyncio.run(outbox.step())
+        except RuntimeError:
+            raised += 1
+    assert raised >= 2
+    # Neither the confirmation nor what the callback wrote was kept; the row is still open.
+    assert db.query("SELECT count(*) FROM recorded") == [(0,)]
+    assert [r.status for r in outbox.rows()] == ["sent"]
+    fail[0] = False
+    for _ in range(3):
+        asyncio.run(outbox.step())
+    assert [r.status for r in outbox.rows()] == ["confirmed"]
+    assert db.query("SELECT size FROM recorded") == [(4,)]
+    assert anchored_sizes(chain) == {4: 1}  # sent once, confirmed from the chain afterwards
+
+
 def test_same_size_with_another_root_is_refused_as_a_fork(db):
     outbox = make(db, MemoryAnchorBackend())
     outbox.enqueue(signed(4))
