@@ -41,7 +41,7 @@ from typing import Any
 from gateway.core.errors import VerificationError
 from gateway.core.identity import TrustStore
 from gateway.service.ingest import BatchOutcome, Delivery, IngestPipeline
-from gateway.store.db import Database
+from gateway.store.db import Database, in_list
 from gateway.store.events import REPLAY_REASON, EventRecord, EventStore, QuarantinedRow
 
 __all__ = ["RetryReport", "RowOutcome", "retry_quarantined"]
@@ -127,8 +127,9 @@ def _open_rows(
     params: list[object] = []
     wanted = sorted(set(ids))
     if wanted:
-        sql += f" AND id IN ({','.join('?' * len(wanted))})"
-        params += wanted
+        marks, values = in_list(wanted)
+        sql += f" AND id IN ({marks})"
+        params += values
     if reason is not None:
         sql += " AND reason = ?"
         params.append(reason)

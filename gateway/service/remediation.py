@@ -48,7 +48,7 @@ from gateway.core.errors import (
 from gateway.core.sbom import check_sbom
 from gateway.ledger.commitments import URGENT_LOG_KINDS
 from gateway.ledger.log import TransparencyLog
-from gateway.store.db import Database, padded
+from gateway.store.db import Database, in_list
 from gateway.store.events import signed_payload
 from gateway.store.inventory import Inventory
 from gateway.store.manifests import ManifestStore
@@ -249,8 +249,7 @@ def _tracked_devices(conn: sqlite3.Connection, devices: set[str]) -> set[str]:
     measured). One query per chunk of reports (at most ``_EVENT_CHUNK`` devices: two parameters
     each, far below SQLite's limit), on the ``(device_id, state)`` indexes.
     """
-    ids = padded(list(devices))  # few statement shapes (gateway.store.db.padded)
-    marks = ",".join("?" * len(ids))
+    marks, ids = in_list(list(devices))
     query = (
         f"SELECT device_id FROM manifest_offers WHERE device_id IN ({marks})"  # noqa: S608 - "?" only
         " AND state != 'installed' UNION SELECT device_id FROM recall_impacts"

@@ -105,7 +105,7 @@ from gateway.ledger.keys import (
 from gateway.service import child
 from gateway.service.config import GatewayConfig, load_config
 from gateway.service.remediation import RemediationTracker, RetryPolicy, record, sbom_verdict
-from gateway.store.db import Database, padded
+from gateway.store.db import Database, in_list
 from gateway.store.events import EventStore, QuarantineRecord
 from gateway.store.manifests import ManifestStore, load_manifest_trust
 from gateway.store.offers import campaign_id, campaign_manifest
@@ -683,11 +683,10 @@ class UrgentLane:
         devices = sorted({retry.device_id for retry in retries})
         sites: dict[str, str] = {}
         for start in range(0, len(devices), _SITE_CHUNK):
-            chunk = padded(devices[start : start + _SITE_CHUNK])  # few statement shapes
+            marks, chunk = in_list(devices[start : start + _SITE_CHUNK])
             sites.update(
                 self._db.query(
-                    "SELECT device_id, site FROM inventory WHERE device_id IN"  # noqa: S608
-                    f" ({','.join('?' * len(chunk))})",  # only "?" placeholders
+                    f"SELECT device_id, site FROM inventory WHERE device_id IN ({marks})",  # noqa: S608 - "?" only
                     chunk,
                 )
             )

@@ -46,6 +46,7 @@ __all__ = [
     "Migration",
     "MigrationSet",
     "gateway_migrations",
+    "in_list",
     "migration",
     "padded",
     "registered_migrations",
@@ -218,6 +219,12 @@ def padded(values: Sequence[Any], fill: object = None) -> list[Any]:
     """
     size = 1 << (len(values) - 1).bit_length() if values else 0
     return [*values, *([fill] * (size - len(values)))]
+
+
+def in_list(values: Sequence[Any]) -> tuple[str, list[Any]]:
+    """Return the ``?`` marks and the parameters of ``IN (...)`` over *values*, :func:`padded`."""
+    params = padded(values)
+    return ",".join("?" * len(params)), params
 
 
 def _refuse_nested_failure() -> NoReturn:

@@ -32,7 +32,7 @@ from typing import Any
 
 from gateway.core.cose import decode_sign1
 from gateway.core.errors import VerificationError
-from gateway.store.db import Database, padded
+from gateway.store.db import Database, in_list, padded
 
 __all__ = [
     "BatchResult",
@@ -466,12 +466,8 @@ class EventStore:
         """Return the quarantine rows of *ids* that exist, open or released, in id order."""
         found: list[QuarantinedRow] = []
         for start in range(0, len(ids), _LOOKUP_CHUNK):
-            chunk = padded(ids[start : start + _LOOKUP_CHUNK])
-            marks = ",".join("?" * len(chunk))
-            rows = self._db.query(
-                f"{_SELECT_QUARANTINE} WHERE id IN ({marks})",
-                chunk,
-            )
+            marks, chunk = in_list(ids[start : start + _LOOKUP_CHUNK])
+            rows = self._db.query(f"{_SELECT_QUARANTINE} WHERE id IN ({marks})", chunk)
             found += (QuarantinedRow(*row) for row in rows)
         return sorted(found, key=lambda row: row.id)
 

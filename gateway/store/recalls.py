@@ -71,7 +71,7 @@ from gateway.core.recall import (
     rule_detail,
     rule_verdict,
 )
-from gateway.store.db import Database
+from gateway.store.db import Database, in_list
 
 __all__ = [
     "REMEDIATION_STATES",
@@ -404,8 +404,9 @@ class RecallStore:
         )
         params: list[Any] = [vendor.bytes]
         if wanted is not None:
-            sql += f" AND purl IN ({', '.join('?' * len(wanted))})"
-            params += wanted
+            marks, values = in_list(wanted)
+            sql += f" AND purl IN ({marks})"
+            params += values
         for klass, version, purl, subpath, comp_version in self._db.query(sql, params):
             key = (uuid.UUID(bytes=klass), version)
             out.setdefault(key, []).append(Component(purl, subpath, comp_version))

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.errors import SignatureError
-from gateway.store.db import Database, gateway_migrations, padded
+from gateway.store.db import Database, gateway_migrations, in_list, padded
 from gateway.store.devices import DeviceStore
 from gateway.store.events import EventRecord, EventStore, QuarantineRecord, signed_payload
 from tests._helpers import cose_signed
@@ -150,6 +150,15 @@ def test_padded_fills_to_the_next_power_of_two_and_keeps_the_values_first(count,
     assert len(out) == size
     assert out[:count] == values
     assert out[count:] == [-1] * (size - count)
+
+
+def test_in_list_marks_match_its_padded_parameters_and_the_padding_matches_no_row(db):
+    marks, params = in_list([3, 1, 2])
+    assert (marks, params) == ("?,?,?,?", [3, 1, 2, None])
+    sql = f"SELECT value FROM json_each('[1, 2, 5]') WHERE value IN ({marks})"  # noqa: S608
+    rows = db.conn.execute(sql, params)
+    assert sorted(v for (v,) in rows) == [1, 2]
+    assert in_list([]) == ("", [])
 
 
 def test_replayed_seq_with_other_bytes_is_quarantined_as_replay_and_first_kept(store):

@@ -10,6 +10,7 @@ PINNED = {
         "Migration",
         "MigrationSet",
         "gateway_migrations",
+        "in_list",
         "migration",
         "padded",
         "registered_migrations",
