@@ -355,20 +355,6 @@ def pct(values: list[float], q: float) -> float:
 # --- the consumers -------------------------------------------------------------------------------
 
 
-@dataclass
-class Result:
-    name: str
-    rates: list[float]
-    saturated_ms: list[float]
-    paced_ms: list[float]
-    peak: Memory
-    cpu: Cpu
-
-    @property
-    def rate(self) -> float:
-        return statistics.median(self.rates)
-
-
 def _wait_line(proc: subprocess.Popen[str], want: Callable[[str], bool], what: str) -> str:
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
@@ -496,9 +482,6 @@ class Contestant:
     def cpu(self) -> Cpu:
         per = {k: v / max(1, self.events) * 1e6 for k, v in self.seconds.items()}
         return Cpu(per.get("consumer", 0.0), per.get("broker", 0.0), per.get("publisher", 0.0))
-
-    def result(self) -> Result:
-        return Result(self.name, self.rates, self.saturated_ms, self.paced_ms, self.peak, self.cpu)
 
 
 def _round(  # noqa: PLR0913 - one round of one contestant, with what it needs
@@ -644,7 +627,7 @@ def _contest(
         contest(contestants, pool, work, broker.proc.pid)
     finally:
         pool.close()
-    results = {who.name: who.result() for who in contestants}
+    results = {who.name: who for who in contestants}
     raw, naive, gw = results["raw"], results["naive"], results["gateway"]
     gl = results["gateway+ledger"]
     lean = results["raw-lean"]
