@@ -1,7 +1,8 @@
 """Ingest at line rate: ``provgw serve`` beside a raw subscriber and the naive pipeline.
 
 Same run, same Mosquitto, same PRE-SIGNED publisher (1,000 devices, one TLS connection each,
-QoS 1), the consumers in turn, each its own process (tree) with a SQLite file of its own:
+QoS 1), the consumers in interleaved rounds (below), each its own process (tree) with a SQLite
+file of its own:
 
 * (a) raw subscriber: paho -> SQLite batch -> ack, no verification (issue 3's ceiling);
 * (a') the same with the gateway receiver's MQTT client instead of paho (the receive ceiling);
@@ -468,7 +469,10 @@ class Contestant:
     paced_ms: list[float] = field(default_factory=list)
     peak: Memory = field(default_factory=Memory)
     events: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)  # CPU: consumer, broker, publisher
+    # CPU seconds over its saturated slices: its process tree, the broker, the publisher.
+    consumer_s: float = 0.0
+    broker_s: float = 0.0
+    publisher_s: float = 0.0
     by_process: dict[str, float] = field(default_factory=dict)  # CPU of the consumer's processes
     last_id: int = 0
     #: Seconds to wait after a round, until the broker has ended the contestant's session.
@@ -480,8 +484,8 @@ class Contestant:
 
     @property
     def cpu(self) -> Cpu:
-        per = {k: v / max(1, self.events) * 1e6 for k, v in self.seconds.items()}
-        return Cpu(per.get("consumer", 0.0), per.get("broker", 0.0), per.get("publisher", 0.0))
+        per = 1e6 / max(1, self.events)
+        return Cpu(self.consumer_s * per, self.broker_s * per, self.publisher_s * per)
 
 
 def _round(  # noqa: PLR0913 - one round of one contestant, with what it needs
@@ -511,13 +515,9 @@ def _round(  # noqa: PLR0913 - one round of one contestant, with what it needs
         who.saturated_ms += latencies_ms(observer, part)
         who.events += len(part)
         used = {pid: after[pid] - before[pid] for pid in after if pid in before}
-        add = {
-            "consumer": sum(v for pid, v in used.items() if pid != broker_pid),
-            "broker": used.get(broker_pid, 0.0),
-            "publisher": self_after - self_before,
-        }
-        for key, value in add.items():
-            who.seconds[key] = who.seconds.get(key, 0.0) + value
+        who.consumer_s += sum(v for pid, v in used.items() if pid != broker_pid)
+        who.broker_s += used.get(broker_pid, 0.0)
+        who.publisher_s += self_after - self_before
         for pid, value in used.items():
             if pid != broker_pid and (rollup := _rollup(pid)) is not None:
                 who.by_process[rollup[0]] = who.by_process.get(rollup[0], 0.0) + value
