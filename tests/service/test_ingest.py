@@ -218,6 +218,16 @@ def test_serve_says_in_words_which_processes_it_runs(gateway_site, site_broker, 
     assert proc.returncode == 0
 
 
+def test_serve_without_a_configuration_file_says_where_one_comes_from(tmp_path):
+    _register()
+    result = CliRunner().invoke(cli, ["serve", "--config", str(tmp_path / "gateway.toml")])
+    assert result.exit_code == 2
+    assert "Cannot read the configuration file" in result.output
+    # The hint adds where a working file comes from, rather than repeating the error.
+    assert "/etc/provgw/gateway.toml" in result.output
+    assert "make demo" in result.output
+
+
 def test_serve_explains_a_missing_trust_directory(gateway_site, site_broker, tmp_path):
     conf = tmp_path / "gateway.toml"
     conf.write_text(

@@ -24,7 +24,8 @@ _HINTS = {
     "broker-config-missing": "run `provgw broker-config --pki DIR -o BROKER_DIR` first",
     "config-missing-client": "re-run `provgw broker-config` with --routine-workers N",
     "tls-file-missing": "re-run `provgw broker-config`, then restart Mosquitto",
-    "config-unreadable": "copy gateway.example.toml and adapt its paths",
+    "config-unreadable": "as a service: deploy/gateway.toml, installed as /etc/provgw/gateway.toml;"
+    " for a try: `make demo` writes and runs demo-run/gateway.toml",
 }
 
 
