@@ -12,7 +12,6 @@ publisher's cancels much of the host's noise.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -31,7 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ab_ingest", description=__doc__)
     parser.add_argument("consumers", nargs="+", choices=CONSUMERS)
     parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="gateway verifier processes"
+        "--workers", type=int, default=ingest.WORKERS, help="gateway verifier processes"
     )
     parser.add_argument(
         "--slice", type=int, default=ingest.FULL.per_slice, help="events per saturated slice"

@@ -73,6 +73,8 @@ WINDOW = 2000  # uncommitted messages the publisher allows itself
 POLL_S = 0.005  # how often the observer looks for new rows
 STALL_S = 30.0  # no commit for this long: the consumer is stuck, stop the benchmark
 SESSION_EXPIRY_S = 1  # the gateway's, between its rounds (the least its config allows)
+#: The gateway's verifier processes (``ingest.workers``) and its broker client certificates.
+WORKERS = os.cpu_count() or 1
 
 MB = 1024 * 1024
 
@@ -586,9 +588,8 @@ def run(quick: bool) -> list[Row]:  # noqa: FBT001 - the bench runner's interfac
         folder = Path(tmp)
         pki = folder / "pki"
         init_pki(pki, devices_per_model=-(-plan.devices // 9))
-        workers = os.cpu_count() or 1
         config = write_broker_config(
-            pki, folder / "broker", now=datetime.now(UTC), routine_workers=workers
+            pki, folder / "broker", now=datetime.now(UTC), routine_workers=WORKERS
         )
         records = select_devices(pki, plan.devices)
         t = time.perf_counter()
@@ -620,9 +621,8 @@ def _contest(
     sequential_pool.close()
     pool, parallel_s = connect_pool(broker, pki, records, 4)
     assert broker.proc is not None  # started by the caller's `with`
-    workers = os.cpu_count() or 1
     names = ("raw", "raw-lean", "naive", "gateway", "gateway+ledger")
-    contestants = [contestant(name, folder, broker, pki, workers) for name in names]
+    contestants = [contestant(name, folder, broker, pki, WORKERS) for name in names]
     try:
         contest(contestants, pool, work, broker.proc.pid)
     finally:
