@@ -139,7 +139,7 @@ class BrokerConfig:
     #: Manufacturers whose issuing CA their root has revoked: left out of the CA bundle (their
     #: devices cannot connect until the manufacturer issues a new issuing CA).
     revoked_issuers: tuple[str, ...]
-    #: The earliest nextUpdate among the CRLs: regenerate and restart the broker before it.
+    #: The earliest nextUpdate among the CRLs: regenerate and reload the broker before it.
     crl_next_update: dt.datetime
     clients: dict[str, ClientCredentials] = field(default_factory=dict)
     #: Devices the ACL refuses everything (revoked by the gateway, :func:`deny_devices`).

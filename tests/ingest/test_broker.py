@@ -416,3 +416,58 @@ def test_a_device_the_gateway_revoked_is_refused_by_the_broker_after_a_reload(
     rerun = write_broker_config(broker_config.pki, config.directory, now=dt.datetime.now(dt.UTC))
     assert rerun.denied_devices == (ACME_1,)
     assert f"user {ACME_1}\ntopic deny #" in rerun.acl.read_text()
+
+
+def _refused_within(broker, device_id: str, seconds: float) -> UnavailableError | None:
+    """The error a new connection of *device_id* meets, tried until *seconds* have passed."""
+    deadline = time.monotonic() + seconds
+    while True:  # a reload is asynchronous: Mosquitto applies it at its next loop
+        try:
+            with broker.device(device_id):
+                pass
+        except UnavailableError as err:
+            return err
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.1)
+
+
+def test_a_crl_or_ca_bundle_rewritten_by_broker_config_takes_effect_at_a_reload(
+    tmp_path, start_mosquitto
+):
+    # Mosquitto 2 builds its listener's TLS context again on SIGHUP, CRL file and CA bundle
+    # included: a manufacturer's new CRL (or a renewed one, before nextUpdate) needs a re-run of
+    # broker-config and a reload, not a restart. A connection already open keeps its handshake.
+    records = pki.init_pki(tmp_path / "pki", devices_per_model=2)
+    now = dt.datetime.now(dt.UTC)
+    config = write_broker_config(tmp_path / "pki", tmp_path / "broker", now=now)
+    broker = start_mosquitto(tmp_path / "pki", config)
+    stolen, kept = [r for r in records if r.manufacturer_slug == records[0].manufacturer_slug][:2]
+    other = next(r for r in records if r.manufacturer_slug != stolen.manufacturer_slug)
+    pki.revoke_device(tmp_path / "pki", stolen.id)
+    pki.revoke_issuing_ca(tmp_path / "pki", other.manufacturer_slug)
+    rerun = write_broker_config(tmp_path / "pki", config.directory, now=now)
+    assert rerun.revoked_issuers == (other.manufacturer_slug,)
+    # Written, not yet read: the running broker still admits both.
+    assert _refused_within(broker, stolen.id, 0) is None
+    assert _refused_within(broker, other.id, 0) is None
+    inbox = Inbox()
+    with (
+        broker.client("gateway-routine", on_message=inbox) as gw,
+        broker.device(stolen.id) as still_open,
+    ):
+        gw.subscribe(EVENT_FILTER)
+        broker.reload()
+        # Waited for on the other maker's device: a handshake of the stolen one that began
+        # before the reload applied would take over still_open's session (same client id).
+        untrusted = _refused_within(broker, other.id, 5)
+        assert untrusted is not None, "a reload did not put the new CA bundle in force"
+        assert untrusted.reason == "broker-refused"
+        revoked = _refused_within(broker, stolen.id, 0)
+        assert revoked is not None, "a reload did not put the new CRL in force"
+        assert revoked.reason == "broker-refused"
+        assert _refused_within(broker, kept.id, 0) is None  # the CRL, not the reload, refused
+        # The revoked device's open connection goes on: `provgw broker-acl` denies that one.
+        topic = event_topic(stolen.site, stolen.id, "custody")
+        still_open.publish(topic, b"open")
+        assert inbox.get()[:2] == (topic, b"open")

@@ -233,7 +233,7 @@ def test_cli_text_output_says_when_to_regenerate(pki, tmp_path):
         cli, ["broker-config", "--pki", str(pki), "-o", str(tmp_path / "o")]
     )
     assert result.exit_code == 0, result.output
-    assert "re-run before then" in result.output
+    assert "re-run and reload the broker before then" in result.output
 
 
 def test_denied_devices_are_refused_everything_and_the_list_only_grows(pki, tmp_path):

@@ -73,8 +73,11 @@ def command(  # noqa: PLR0913 - one parameter per command-line option
     Devices connect with their manufacturer-issued certificates; the gateway's clients
     (gateway-routine, gateway-urgent, gateway-admin) and each manufacturer (mfr-<name>) get
     certificates from a site CA created here. Start the broker with
-    `mosquitto -c OUTDIR/mosquitto.conf`. Re-run, and restart the broker, before the CRL date
-    shown: an expired CRL makes the broker refuse every device of that manufacturer.
+    `mosquitto -c OUTDIR/mosquitto.conf`. Re-run before the CRL date shown, and after a
+    manufacturer's CRL changes, then reload the broker (`systemctl reload mosquitto`, or SIGHUP:
+    Mosquitto 2 reads its CRL file and CA bundle again, no restart): an expired CRL makes the
+    broker refuse every device of that manufacturer. The new CRLs refuse new connections; a
+    revoked device's open connection is denied by `provgw broker-acl`.
 
     Devices an earlier run denied (`provgw broker-acl`) stay denied.
 
@@ -104,7 +107,7 @@ def command(  # noqa: PLR0913 - one parameter per command-line option
             if config.denied_devices
             else []
         ),
-        f"  CRLs valid until {config.crl_next_update:%Y-%m-%d %H:%M} UTC: re-run before then",
+        f"  CRLs valid until {config.crl_next_update:%Y-%m-%d %H:%M} UTC: re-run and reload the broker before then",
     ]
     lines += [
         f"  WARNING: {slug}'s issuing CA is revoked by its root; its devices cannot connect"
