@@ -107,7 +107,10 @@ def command(  # noqa: PLR0913 - one parameter per command-line option
             if config.denied_devices
             else []
         ),
-        f"  CRLs valid until {config.crl_next_update:%Y-%m-%d %H:%M} UTC: re-run and reload the broker before then",
+        (
+            f"  CRLs valid until {config.crl_next_update:%Y-%m-%d %H:%M} UTC:"
+            " re-run and reload the broker before then"
+        ),
     ]
     lines += [
         f"  WARNING: {slug}'s issuing CA is revoked by its root; its devices cannot connect"
