@@ -28,6 +28,7 @@ from gateway.service.health import HealthCollector
 from gateway.store.db import Database
 from gateway.store.health import QUERIES
 from gateway.views.cli._main import _register, cli
+from gateway.views.cli._status import EXIT_NOT_RUNNING, _running
 from tests.service.test_ledger_service import FAST_LOG, SITE, TODAY, Fleet
 
 ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "alerts.yml"
@@ -265,3 +266,39 @@ def test_status_says_the_same_from_the_database_when_no_gateway_serves_metrics(
     refused = _status(conf, "--json")
     assert refused.exit_code == 1
     assert json.loads(refused.output)["reason"] == "store-missing"
+
+
+def test_status_exits_3_when_the_gateway_does_not_answer_so_a_check_script_sees_it(
+    gateway_site, tmp_path
+):
+    db = tmp_path / "gateway.sqlite3"
+    Database(db).close()
+    port = free_port()  # nothing listens there
+    conf = tmp_path / "gateway.toml"
+    conf.write_text(
+        f'[broker]\nconfig_dir = "{gateway_site.config.directory}"\n'
+        f'[trust]\ndir = "{gateway_site.pki / "trust"}"\n'
+        f'[store]\npath = "{db}"\n[metrics]\nhost = "127.0.0.1"\nport = {port}\n',
+        encoding="utf-8",
+    )
+    result = _status(conf)
+    assert result.exit_code == EXIT_NOT_RUNNING == 3, result.output
+    assert f"no answer from http://127.0.0.1:{port}/metrics" in result.output
+    assert "is `provgw serve` running with this configuration?" in result.output
+    shown = _status(conf, "--json")
+    assert shown.exit_code == 3
+    assert json.loads(shown.output)["processes"]["answered"] is False
+
+
+@pytest.mark.parametrize(
+    ("children", "running"),
+    [
+        ({"receiver": {"up": True, "ready": True, "restarts": 0}}, True),
+        ({"receiver": {"up": True, "ready": False, "restarts": 0}}, False),  # starting
+        ({"receiver": {"up": False, "ready": False, "restarts": 2}}, False),  # down
+    ],
+)
+def test_status_is_running_only_when_every_process_is_ready(children, running):
+    assert _running({"url": "u", "answered": True, "children": children}) is running
+    assert _running({"url": "u", "answered": False, "error": "refused", "children": {}}) is False
+    assert _running(None) is True  # [metrics] port 0: nothing to ask

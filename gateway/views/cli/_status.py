@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -17,6 +18,9 @@ from gateway.views.cli._output import config_option, emit, fail, json_option, re
 __all__ = ["command"]
 
 _SCRAPE_TIMEOUT_S = 3.0
+#: Exit code when the gateway's processes do not answer or one is not ready: LSB's "program is
+#: not running" (``systemctl status`` says the same with it), so a check script sees it.
+EXIT_NOT_RUNNING = 3
 
 
 def _processes(config: GatewayConfig) -> dict[str, Any] | None:
@@ -55,6 +59,14 @@ def _processes(config: GatewayConfig) -> dict[str, Any] | None:
             for role, v in sorted(children.items())
         },
     }
+
+
+def _running(processes: dict[str, Any] | None) -> bool:
+    """Whether the gateway answered and every process of it is ready (True when unknowable)."""
+    if processes is None:
+        return True  # [metrics] port 0: nothing to ask; the text says so
+    children = processes["children"].values()
+    return bool(processes["answered"]) and all(c["ready"] for c in children)
 
 
 def _ago(at_ms: int | None, now_ms: int) -> str:
@@ -115,7 +127,11 @@ def command(config_path: Path, *, as_json: bool) -> None:
 
     Reads the database read-only (it never slows ingest) and, when [metrics] port is set, the
     running gateway's /metrics for its processes. The same figures as `/metrics`
-    (deploy/alerts.yml alerts on them). Exit 1 if the database cannot be read.
+    (deploy/alerts.yml alerts on them).
+
+    Exit code 0: read, and every process of the gateway is ready (or [metrics] port is 0, so
+    there is none to ask); 1: the database cannot be read; 3: the gateway's /metrics does not
+    answer, or one of its processes is down or not ready yet (LSB: not running).
     """
     try:
         config = load_config(config_path)
@@ -140,3 +156,5 @@ def command(config_path: Path, *, as_json: bool) -> None:
         "processes": processes,
     }
     emit(data, as_json=as_json, text=_text(config, health, processes))
+    if not _running(processes):
+        sys.exit(EXIT_NOT_RUNNING)
