@@ -264,7 +264,8 @@ class GatewayConfig:
             raise MalformedError(
                 f"The broker configuration in {self.broker.config_dir} has no client certificate "
                 f"for the urgent lane ({_URGENT_CLIENT!r}). Re-run `provgw broker-config` and "
-                "restart the broker, or set [urgent] enabled = false.",
+                "reload the broker (`systemctl reload mosquitto`, or SIGHUP), or set [urgent] "
+                "enabled = false.",
                 reason="config-missing-client",
             ) from None
 
@@ -279,7 +280,8 @@ class GatewayConfig:
                 f"The broker configuration in {self.broker.config_dir} has no client certificate "
                 f"for worker {cid!r} ({self.ingest.workers} workers configured). Run "
                 f"`provgw broker-config --pki PKI -o {self.broker.config_dir} "
-                f"--routine-workers {self.ingest.workers}` and restart the broker.",
+                f"--routine-workers {self.ingest.workers}` and reload the broker "
+                "(`systemctl reload mosquitto`, or SIGHUP).",
                 reason="config-missing-client",
             ) from None
 

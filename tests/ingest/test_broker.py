@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import socket
 import ssl
@@ -471,3 +472,33 @@ def test_a_crl_or_ca_bundle_rewritten_by_broker_config_takes_effect_at_a_reload(
         topic = event_topic(stolen.site, stolen.id, "custody")
         still_open.publish(topic, b"open")
         assert inbox.get()[:2] == (topic, b"open")
+
+
+def test_a_worker_identity_added_by_broker_config_can_subscribe_after_a_reload(
+    tmp_path, broker_config, start_mosquitto
+):
+    # `[ingest] workers` raised: broker-config writes the new client's certificate (from the
+    # site CA the broker already trusts) and its ACL lines; a reload is enough to admit it.
+    now = dt.datetime.now(dt.UTC)
+    config = write_broker_config(broker_config.pki, tmp_path / "broker", now=now)
+    broker = start_mosquitto(broker_config.pki, config)
+    assert "gateway-routine-2" not in config.clients
+    more = write_broker_config(broker_config.pki, config.directory, now=now, routine_workers=2)
+    broker.setup = dataclasses.replace(broker.setup, config=more)  # its new client's files
+    topic = event_topic("icu", ACME_1, "custody")
+    inbox = Inbox()
+    with (
+        broker.device(ACME_1) as dev,
+        broker.client("gateway-routine-2", on_message=inbox) as worker,
+    ):
+        worker.subscribe(EVENT_FILTER)
+        # Written, not yet read: the running broker's ACL grants the new identity nothing.
+        dev.publish(topic, b"before")
+        assert inbox.nothing_within(0.5)
+        broker.reload()
+        deadline = time.monotonic() + 5
+        while not inbox.messages:  # the reload is asynchronous: applied at the next loop
+            assert time.monotonic() < deadline, "the new worker identity still gets nothing"
+            dev.publish(topic, b"after")
+            time.sleep(0.1)
+    assert inbox.get()[:2] == (topic, b"after")

@@ -23,7 +23,7 @@ _HINTS = {
     "trust-dir-missing": "for a demo: `provgw-sim pki init DIR`, then trust.dir = DIR/trust",
     "broker-config-missing": "run `provgw broker-config --pki DIR -o BROKER_DIR` first",
     "config-missing-client": "re-run `provgw broker-config` with --routine-workers N",
-    "tls-file-missing": "re-run `provgw broker-config`, then restart Mosquitto",
+    "tls-file-missing": "re-run `provgw broker-config`, then `systemctl reload mosquitto`",
     "config-unreadable": "as a service: deploy/gateway.toml, installed as /etc/provgw/gateway.toml;"
     " for a try: `make demo` writes and runs demo-run/gateway.toml",
 }
