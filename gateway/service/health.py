@@ -18,7 +18,13 @@ reads them when ``/metrics`` is scraped, in one read-only snapshot
 - ``provgw_anchor_outbox`` (label ``status``: ``pending``, ``sent``): anchors not yet confirmed;
 - ``provgw_remediation_devices`` (labels ``campaign``, ``state``): each recall's devices by state
   (``manifest:<digest>`` for an urgent manifest without a recall, as ``provgw recall status``
-  names it): devices still ``offered`` or ``unreachable`` are the ones to chase.
+  names it): devices still ``offered`` or ``unreachable`` are the ones to chase;
+- ``provgw_broker_crl_next_update_timestamp_seconds``: when the broker's copy of the CRLs
+  (``provgw broker-config``'s ``crl-bundle.pem``, from its ``broker.json``) runs out. From then
+  Mosquitto refuses every device of that manufacturer at the TLS handshake, and the gateway
+  hears nothing from them: re-run ``provgw broker-config`` with current CRLs and reload the
+  broker before it. Left out of a scrape when ``[broker] config_dir`` holds no readable
+  ``broker.json``.
 
 ``deploy/alerts.yml`` holds alerting rules on these and on ingest's counters.
 
@@ -39,7 +45,8 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from gateway.core.errors import UnavailableError
+from gateway.core.errors import MalformedError, UnavailableError
+from gateway.ingest.broker_config import BrokerConfig
 from gateway.service.child import ChildStatus
 from gateway.store.health import read_store_health
 
@@ -51,14 +58,21 @@ _log = logging.getLogger(__name__)
 class HealthCollector:
     """A prometheus_client collector: the gateway's state at the moment of each scrape.
 
-    *children* returns the supervisor's view of its processes. If the database cannot be read
-    (missing, locked beyond the busy timeout), the store's families are left out of that scrape
-    and ``provgw_store_readable`` is 0, rather than the scrape failing.
+    *children* returns the supervisor's view of its processes; *broker_dir* is the broker
+    configuration ``provgw broker-config`` wrote (``[broker] config_dir``). If the database cannot
+    be read (missing, locked beyond the busy timeout), the store's families are left out of that
+    scrape and ``provgw_store_readable`` is 0, rather than the scrape failing.
     """
 
-    def __init__(self, database: Path, children: Callable[[], Sequence[ChildStatus]]) -> None:
+    def __init__(
+        self,
+        database: Path,
+        children: Callable[[], Sequence[ChildStatus]],
+        broker_dir: Path | None = None,
+    ) -> None:
         self.database = database
         self.children = children
+        self.broker_dir = broker_dir
 
     def describe(self) -> list[Metric]:
         """Nothing up front: the registry then reads the families at scrape time only."""
@@ -90,6 +104,18 @@ class HealthCollector:
             value=1 if store else 0,
         )
         yield from store
+        if self.broker_dir is not None:
+            try:
+                next_update = BrokerConfig.load(self.broker_dir).crl_next_update
+            except MalformedError as err:
+                _log.warning("metrics: cannot read the broker configuration: %s", err)
+            else:
+                yield GaugeMetricFamily(
+                    "provgw_broker_crl_next_update_timestamp_seconds",
+                    "When the broker's copy of the CRLs runs out (the earliest nextUpdate):"
+                    " re-run provgw broker-config and reload the broker before it.",
+                    value=next_update.timestamp(),
+                )
 
     def _store_families(self) -> Iterator[Metric]:
         health = read_store_health(self.database)

@@ -135,6 +135,20 @@ def test_remediation_is_counted_per_campaign_and_state_and_no_label_names_a_devi
     assert not any("DEV-" in value for key in samples for _, value in key[1])
 
 
+def test_the_broker_crls_end_is_the_earliest_next_update_broker_config_wrote(
+    gateway_site, tmp_path
+):
+    config = gateway_site.config
+    samples = _collect(HealthCollector(tmp_path / "gateway.sqlite3", list, config.directory))
+    key = ("provgw_broker_crl_next_update_timestamp_seconds", ())
+    assert samples[key] == config.crl_next_update.timestamp()
+    assert samples[key] > time.time()  # the demo PKI's CRLs are current
+    # No broker.json there: that family is left out, the scrape still answers.
+    samples = _collect(HealthCollector(tmp_path / "gateway.sqlite3", list, tmp_path))
+    assert key not in samples
+    assert ("provgw_store_readable", ()) in samples
+
+
 def test_an_unreadable_database_is_a_zero_not_a_failed_scrape(tmp_path):
     samples = _collect(HealthCollector(tmp_path / "missing.sqlite3", list))
     assert samples[("provgw_store_readable", ())] == 0
@@ -258,7 +272,10 @@ def test_status_says_the_same_from_the_database_when_no_gateway_serves_metrics(
         {"campaign": "Z-0412-2026", "state": "unreachable", "devices": 1},
     ]
     assert data["processes"] is None
+    assert data["broker_crls_valid_until"] == gateway_site.config.crl_next_update.isoformat()
     text = _status(conf).output
+    when = f"{gateway_site.config.crl_next_update:%Y-%m-%d %H:%M} UTC"
+    assert f"broker CRLs valid until {when}: re-run `provgw broker-config` and reload" in text
     assert "remediation Z-0412-2026: 1 installed, 1 unreachable" in text
     assert "witnessed 0 (never)" in text
     assert "[metrics] port is 0" in text

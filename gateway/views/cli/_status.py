@@ -5,12 +5,14 @@ from __future__ import annotations
 import sys
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
 from gateway.core.errors import ProvenanceError
+from gateway.ingest.broker_config import BrokerConfig
 from gateway.service.config import GatewayConfig, load_config
 from gateway.store.health import StoreHealth, read_store_health
 from gateway.views.cli._output import config_option, emit, fail, json_option, refusals
@@ -80,7 +82,12 @@ def _ago(at_ms: int | None, now_ms: int) -> str:
     return f"{seconds // 3600} h ago"
 
 
-def _text(config: GatewayConfig, health: StoreHealth, processes: dict[str, Any] | None) -> str:
+def _text(
+    config: GatewayConfig,
+    health: StoreHealth,
+    processes: dict[str, Any] | None,
+    broker_crls: datetime,
+) -> str:
     now_ms = int(time.time() * 1000)
     newest = health.newest
     signed, witnessed, anchored = (newest[k] for k in ("signed", "witnessed", "anchored"))
@@ -96,6 +103,10 @@ def _text(config: GatewayConfig, health: StoreHealth, processes: dict[str, Any] 
             f"({_ago(anchored.at_ms, now_ms)})"
         ),
         f"anchors waiting: {health.anchors['pending']} pending, {health.anchors['sent']} sent",
+        (
+            f"broker CRLs valid until {broker_crls:%Y-%m-%d %H:%M} UTC: re-run "
+            "`provgw broker-config` and reload the broker before then"
+        ),
     ]
     campaigns: dict[str, list[str]] = {}
     for campaign, state, count in health.remediation:
@@ -125,6 +136,9 @@ def _text(config: GatewayConfig, health: StoreHealth, processes: dict[str, Any] 
 def command(config_path: Path, *, as_json: bool) -> None:
     """Show the gateway's progress: events, log, witnesses, anchors, remediation, processes.
 
+    Also when the broker's copy of the CRLs runs out (`provgw broker-config`'s broker.json):
+    re-run that and reload the broker before then.
+
     Reads the database read-only (it never slows ingest) and, when [metrics] port is set, the
     running gateway's /metrics for its processes. The same figures as `/metrics`
     (deploy/alerts.yml alerts on them).
@@ -139,6 +153,7 @@ def command(config_path: Path, *, as_json: bool) -> None:
         fail(str(err), hint="pass the configuration `provgw serve --config` runs with")
     with refusals(as_json=as_json):
         health = read_store_health(config.database)
+        broker_crls = BrokerConfig.load(config.broker.config_dir).crl_next_update
     processes = _processes(config)
     data = {
         "database": str(config.database),
@@ -154,7 +169,8 @@ def command(config_path: Path, *, as_json: bool) -> None:
             {"campaign": c, "state": s, "devices": n} for c, s, n in health.remediation
         ],
         "processes": processes,
+        "broker_crls_valid_until": broker_crls.isoformat(),
     }
-    emit(data, as_json=as_json, text=_text(config, health, processes))
+    emit(data, as_json=as_json, text=_text(config, health, processes, broker_crls))
     if not _running(processes):
         sys.exit(EXIT_NOT_RUNNING)
