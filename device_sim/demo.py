@@ -595,7 +595,8 @@ def _show_status(provgw: str, config: Path, gateway: dict[str, Any], *, say: Say
         return {}
     result = _run(provgw, "status", "--config", str(config), "--json")
     try:
-        status = dict(json.loads(result.stdout)) if result.returncode == 0 else {}
+        # 3: a process not ready yet; the figures are printed all the same.
+        status = dict(json.loads(result.stdout)) if result.returncode in (0, 3) else {}
     except ValueError:
         status = {}
     processes = status.get("processes") or {}
