@@ -194,6 +194,21 @@ class TrustStore:
         """Known intermediate CA certificates (path-building helpers, not anchors)."""
         return self._intermediates
 
+    @property
+    def crls_next_update(self) -> datetime | None:
+        """The earliest nextUpdate of this store's CRLs (RFC 5280 §5.1.2.5); None without one.
+
+        From then the devices under that CRL's issuer are refused as ``crl-stale`` until a
+        current CRL takes its place.
+        """
+        dates = [
+            crl.next_update_utc
+            for lists in self._crls.values()
+            for crl in lists
+            if crl.next_update_utc is not None
+        ]
+        return min(dates, default=None)
+
     def crls_by(self, issuer: x509.Name) -> tuple[x509.CertificateRevocationList, ...]:
         """CRLs that name *issuer* (not yet checked against its key)."""
         return self._crls.get(issuer, ())

@@ -24,7 +24,11 @@ reads them when ``/metrics`` is scraped, in one read-only snapshot
   Mosquitto refuses every device of that manufacturer at the TLS handshake, and the gateway
   hears nothing from them: re-run ``provgw broker-config`` with current CRLs and reload the
   broker before it. Left out of a scrape when ``[broker] config_dir`` holds no readable
-  ``broker.json``.
+  ``broker.json``;
+- ``provgw_trust_crl_next_update_timestamp_seconds``: the same for the gateway's own trust
+  folder (``[trust] dir``): from then the verifiers quarantine that manufacturer's devices as
+  ``crl-stale``. Drop the manufacturer's current CRL in; it is read without a restart. Left out
+  when the folder does not load or holds no CRL.
 
 ``deploy/alerts.yml`` holds alerting rules on these and on ingest's counters.
 
@@ -45,10 +49,11 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from gateway.core.errors import MalformedError, UnavailableError
+from gateway.core.errors import MalformedError, UnavailableError, VerificationError
 from gateway.ingest.broker_config import BrokerConfig
 from gateway.service.child import ChildStatus
 from gateway.store.health import read_store_health
+from gateway.store.trust_files import load_trust_dir
 
 __all__ = ["HealthCollector"]
 
@@ -69,10 +74,12 @@ class HealthCollector:
         database: Path,
         children: Callable[[], Sequence[ChildStatus]],
         broker_dir: Path | None = None,
+        trust_dir: Path | None = None,
     ) -> None:
         self.database = database
         self.children = children
         self.broker_dir = broker_dir
+        self.trust_dir = trust_dir
 
     def describe(self) -> list[Metric]:
         """Nothing up front: the registry then reads the families at scrape time only."""
@@ -115,6 +122,19 @@ class HealthCollector:
                     "When the broker's copy of the CRLs runs out (the earliest nextUpdate):"
                     " re-run provgw broker-config and reload the broker before it.",
                     value=next_update.timestamp(),
+                )
+        if self.trust_dir is not None:
+            try:
+                trusted = load_trust_dir(self.trust_dir).crls_next_update
+            except VerificationError as err:
+                _log.warning("metrics: cannot read the trust folder: %s", err)
+                trusted = None
+            if trusted is not None:
+                yield GaugeMetricFamily(
+                    "provgw_trust_crl_next_update_timestamp_seconds",
+                    "When the first CRL of the gateway's trust folder runs out (the earliest"
+                    " nextUpdate): put the manufacturer's current CRL in before it.",
+                    value=trusted.timestamp(),
                 )
 
     def _store_families(self) -> Iterator[Metric]:

@@ -277,7 +277,9 @@ class Supervisor:
             # Only with metrics on: prometheus_client's memory (gateway.service.metrics).
             from gateway.service.health import HealthCollector  # noqa: PLC0415
 
-            health = HealthCollector(cfg.database, self.children, cfg.broker.config_dir)
+            health = HealthCollector(
+                cfg.database, self.children, cfg.broker.config_dir, cfg.trust_dir
+            )
             try:
                 self.metrics = MetricsServer(
                     cfg.metrics_host, cfg.metrics_port, directory, collectors=[health]

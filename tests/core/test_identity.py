@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -143,6 +144,19 @@ def test_single_leaf_bstr_verifies_when_the_store_knows_the_intermediate(acme):
     # RFC 9360 §2: a single certificate travels as one bstr instead of an array.
     identity = verify_device_chain(device.cert.public_bytes(DER), store, NOW)
     assert identity.device_id == udi.device_id
+
+
+def test_the_stores_crls_end_at_their_earliest_next_update(acme, borealis):
+    earlier = borealis.crls(now=NOW - timedelta(days=1))
+    store = TrustStore.from_pem(
+        [acme.root.cert.public_bytes(PEM), borealis.root.cert.public_bytes(PEM)],
+        acme.crls() + earlier,
+    )
+    ends = {x509.load_pem_x509_crl(pem).next_update_utc for pem in acme.crls() + earlier}
+    assert len(ends) == 2  # acme's, and borealis's a day sooner
+    assert store.crls_next_update == min(ends)
+    assert store.crls_next_update == x509.load_pem_x509_crl(earlier[0]).next_update_utc
+    assert TrustStore.from_pem([acme.root.cert.public_bytes(PEM)]).crls_next_update is None
 
 
 # --- refusals ------------------------------------------------------------------------------

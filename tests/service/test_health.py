@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import random
 import re
+import shutil
 import signal
 import sqlite3
 import time
@@ -16,6 +18,9 @@ import promql_parser
 import pytest
 import yaml
 from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -146,6 +151,38 @@ def test_the_broker_crls_end_is_the_earliest_next_update_broker_config_wrote(
     # No broker.json there: that family is left out, the scrape still answers.
     samples = _collect(HealthCollector(tmp_path / "gateway.sqlite3", list, tmp_path))
     assert key not in samples
+    assert ("provgw_store_readable", ()) in samples
+
+
+def test_the_trust_folders_crls_end_is_their_earliest_next_update(gateway_site, tmp_path):
+    trust = tmp_path / "trust"
+    shutil.copytree(gateway_site.pki / "trust", trust)
+    crl_files = sorted(trust.glob("*.crl.pem"))
+    assert len(crl_files) > 1
+    # Make one CRL end sooner than the rest, re-signed by its issuer: that one is the answer.
+    first = x509.load_pem_x509_crl(crl_files[0].read_bytes())
+    soon = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(days=2)
+    slug, kind = crl_files[0].name.split(".")[:2]  # <mfr>.<root|issuing>.crl.pem
+    key = serialization.load_pem_private_key(
+        (gateway_site.pki / "manufacturers" / slug / f"{kind}.key.pem").read_bytes(), None
+    )
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(first.issuer)
+        .last_update(soon - dt.timedelta(days=1))
+        .next_update(soon)
+    )
+    for revoked in first:
+        builder = builder.add_revoked_certificate(revoked)
+    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    crl_files[0].write_bytes(builder.sign(key, algorithm).public_bytes(serialization.Encoding.PEM))
+    samples = _collect(HealthCollector(tmp_path / "gateway.sqlite3", list, trust_dir=trust))
+    assert samples[("provgw_trust_crl_next_update_timestamp_seconds", ())] == soon.timestamp()
+    # The rule fires on it: under 3 days left.
+    assert soon.timestamp() - time.time() < 3 * 86400
+    # A folder that does not load: the family is left out, the scrape still answers.
+    samples = _collect(HealthCollector(tmp_path / "gateway.sqlite3", list, trust_dir=tmp_path))
+    assert ("provgw_trust_crl_next_update_timestamp_seconds", ()) not in samples
     assert ("provgw_store_readable", ()) in samples
 
 
