@@ -27,8 +27,10 @@ reads them when ``/metrics`` is scraped, in one read-only snapshot
   ``broker.json``;
 - ``provgw_trust_crl_next_update_timestamp_seconds``: the same for the gateway's own trust
   folder (``[trust] dir``): from then the verifiers quarantine that manufacturer's devices as
-  ``crl-stale``. Drop the manufacturer's current CRL in; it is read without a restart. Left out
-  when the folder does not load or holds no CRL.
+  ``crl-stale``. Drop the manufacturer's current CRL in; it is read without a restart. Read
+  through a :class:`~gateway.store.trust_files.TrustFolder`, as the verifiers read it: parsed
+  again only when its files change, and a folder that then fails to load leaves the store in
+  force, and its date, as it leaves the verifiers'. Left out when the folder holds no CRL.
 
 ``deploy/alerts.yml`` holds alerting rules on these and on ingest's counters.
 
@@ -49,11 +51,11 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from gateway.core.errors import MalformedError, UnavailableError, VerificationError
+from gateway.core.errors import MalformedError, UnavailableError
 from gateway.ingest.broker_config import BrokerConfig
 from gateway.service.child import ChildStatus
 from gateway.store.health import read_store_health
-from gateway.store.trust_files import load_trust_dir
+from gateway.store.trust_files import TrustFolder
 
 __all__ = ["HealthCollector"]
 
@@ -64,9 +66,10 @@ class HealthCollector:
     """A prometheus_client collector: the gateway's state at the moment of each scrape.
 
     *children* returns the supervisor's view of its processes; *broker_dir* is the broker
-    configuration ``provgw broker-config`` wrote (``[broker] config_dir``). If the database cannot
-    be read (missing, locked beyond the busy timeout), the store's families are left out of that
-    scrape and ``provgw_store_readable`` is 0, rather than the scrape failing.
+    configuration ``provgw broker-config`` wrote (``[broker] config_dir``); *trust* the gateway's
+    trust folder (``[trust] dir``). If the database cannot be read (missing, locked beyond the
+    busy timeout), the store's families are left out of that scrape and ``provgw_store_readable``
+    is 0, rather than the scrape failing.
     """
 
     def __init__(
@@ -74,12 +77,12 @@ class HealthCollector:
         database: Path,
         children: Callable[[], Sequence[ChildStatus]],
         broker_dir: Path | None = None,
-        trust_dir: Path | None = None,
+        trust: TrustFolder | None = None,
     ) -> None:
         self.database = database
         self.children = children
         self.broker_dir = broker_dir
-        self.trust_dir = trust_dir
+        self.trust = trust
 
     def describe(self) -> list[Metric]:
         """Nothing up front: the registry then reads the families at scrape time only."""
@@ -123,12 +126,9 @@ class HealthCollector:
                     " re-run provgw broker-config and reload the broker before it.",
                     value=next_update.timestamp(),
                 )
-        if self.trust_dir is not None:
-            try:
-                trusted = load_trust_dir(self.trust_dir).crls_next_update
-            except VerificationError as err:
-                _log.warning("metrics: cannot read the trust folder: %s", err)
-                trusted = None
+        if self.trust is not None:
+            self.trust.changed()  # read again only if its files changed, as the verifiers do
+            trusted = self.trust.store.crls_next_update
             if trusted is not None:
                 yield GaugeMetricFamily(
                     "provgw_trust_crl_next_update_timestamp_seconds",

@@ -83,7 +83,7 @@ from gateway.service.metrics import (
 )
 from gateway.store.db import Database
 from gateway.store.events import EventStore
-from gateway.store.trust_files import load_trust_dir
+from gateway.store.trust_files import TrustFolder, load_trust_dir
 
 __all__ = ["Supervisor", "ingest_processes", "preflight", "serve"]
 
@@ -278,7 +278,7 @@ class Supervisor:
             from gateway.service.health import HealthCollector  # noqa: PLC0415
 
             health = HealthCollector(
-                cfg.database, self.children, cfg.broker.config_dir, cfg.trust_dir
+                cfg.database, self.children, cfg.broker.config_dir, TrustFolder(cfg.trust_dir)
             )
             try:
                 self.metrics = MetricsServer(

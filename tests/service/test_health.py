@@ -7,7 +7,6 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
 import sqlite3
 import time
@@ -18,20 +17,19 @@ import promql_parser
 import pytest
 import yaml
 from click.testing import CliRunner
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from device_sim.demo import free_port
 from device_sim.events import SimDevice, make_event
 from device_sim.fleet import flip_signature_bit
+from device_sim.pki import CRL_DAYS, init_pki, revoke_device
 from gateway.ingest.topics import event_topic
 from gateway.service.child import ChildStatus
 from gateway.service.health import HealthCollector
 from gateway.store.db import Database
 from gateway.store.health import QUERIES
+from gateway.store.trust_files import TrustFolder
 from gateway.views.cli._main import _register, cli
 from gateway.views.cli._status import EXIT_NOT_RUNNING, _running
 from tests.service.test_ledger_service import FAST_LOG, SITE, TODAY, Fleet
@@ -154,35 +152,27 @@ def test_the_broker_crls_end_is_the_earliest_next_update_broker_config_wrote(
     assert ("provgw_store_readable", ()) in samples
 
 
-def test_the_trust_folders_crls_end_is_their_earliest_next_update(gateway_site, tmp_path):
-    trust = tmp_path / "trust"
-    shutil.copytree(gateway_site.pki / "trust", trust)
-    crl_files = sorted(trust.glob("*.crl.pem"))
-    assert len(crl_files) > 1
-    # Make one CRL end sooner than the rest, re-signed by its issuer: that one is the answer.
-    first = x509.load_pem_x509_crl(crl_files[0].read_bytes())
+def test_the_trust_folders_crls_end_is_read_as_the_verifiers_read_the_folder(tmp_path, caplog):
     soon = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(days=2)
-    slug, kind = crl_files[0].name.split(".")[:2]  # <mfr>.<root|issuing>.crl.pem
-    key = serialization.load_pem_private_key(
-        (gateway_site.pki / "manufacturers" / slug / f"{kind}.key.pem").read_bytes(), None
-    )
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(first.issuer)
-        .last_update(soon - dt.timedelta(days=1))
-        .next_update(soon)
-    )
-    for revoked in first:
-        builder = builder.add_revoked_certificate(revoked)
-    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
-    crl_files[0].write_bytes(builder.sign(key, algorithm).public_bytes(serialization.Encoding.PEM))
-    samples = _collect(HealthCollector(tmp_path / "gateway.sqlite3", list, trust_dir=trust))
-    assert samples[("provgw_trust_crl_next_update_timestamp_seconds", ())] == soon.timestamp()
-    # The rule fires on it: under 3 days left.
-    assert soon.timestamp() - time.time() < 3 * 86400
-    # A folder that does not load: the family is left out, the scrape still answers.
-    samples = _collect(HealthCollector(tmp_path / "gateway.sqlite3", list, trust_dir=tmp_path))
-    assert ("provgw_trust_crl_next_update_timestamp_seconds", ()) not in samples
+    # The demo PKI issued a year ago: its CRLs (CRL_DAYS long) run out in two days.
+    issued = soon - dt.timedelta(days=CRL_DAYS)
+    records = init_pki(tmp_path / "pki", devices_per_model=1, now=issued)
+    trust = tmp_path / "pki" / "trust"
+    folder = TrustFolder(trust, every_s=0)  # look at every scrape, not once a second
+    collector = HealthCollector(tmp_path / "gateway.sqlite3", list, trust=folder)
+    key = ("provgw_trust_crl_next_update_timestamp_seconds", ())
+    assert _collect(collector)[key] == soon.timestamp()
+    assert soon.timestamp() - time.time() < 3 * 86400  # the rule fires on it
+    # A CRL issued a day earlier still (a revocation dated then): the folder is read again.
+    revoke_device(tmp_path / "pki", records[0].id, now=issued - dt.timedelta(days=1))
+    sooner = soon - dt.timedelta(days=1)
+    assert _collect(collector)[key] == sooner.timestamp()
+    # A half-copied CRL: the folder does not load, so the store in force (and its date) stays,
+    # as it stays the verifiers'; the scrape still answers.
+    (trust / "partial.crl.pem").write_bytes(b"-----BEGIN X509 CRL-----\nMIIB")
+    samples = _collect(collector)
+    assert "cannot be loaded" in caplog.text
+    assert samples[key] == sooner.timestamp()
     assert ("provgw_store_readable", ()) in samples
 
 
