@@ -256,6 +256,28 @@ class GatewayConfig:
     #: The urgent patch lane process (issue 6).
     urgent: UrgentSettings = field(default_factory=UrgentSettings)
 
+    def warnings(self) -> list[dict[str, str]]:
+        """List what this valid configuration risks: ``{"reason", "message"}`` each.
+
+        ``provgw serve`` logs each one and reports it in its ``running`` status.
+        """
+        found = []
+        if self.ingest.mode == "shared":
+            found.append(
+                {
+                    "reason": "shared-mode-restart-loss",
+                    "message": (
+                        'ingest.mode = "shared": after a broker restart Mosquitto 2.0.11 routes '
+                        "nothing to a restored shared subscription until its workers subscribe "
+                        "again, and drops the device events published in that window although "
+                        "the devices got their PUBACK (tests/service/test_crash_restart.py). Use "
+                        '"partitioned" (the default) unless your broker keeps shared '
+                        "subscriptions across a restart."
+                    ),
+                }
+            )
+        return found
+
     def urgent_credentials(self) -> ClientCredentials:
         """TLS client files of the urgent lane (``gateway-urgent``); :class:`MalformedError`."""
         try:

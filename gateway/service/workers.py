@@ -411,6 +411,9 @@ def serve(config_path: Path, on_status: Callable[[dict[str, Any]], None]) -> dic
     """
     config = load_config(config_path)
     checked = preflight(config)
+    warnings = config.warnings()
+    for warning in warnings:
+        _log.warning("%s", warning["message"])
     # Keys are made here, once, before any process could race to make them (first start).
     ledger = None
     if config.log.enabled:
@@ -454,6 +457,7 @@ def serve(config_path: Path, on_status: Callable[[dict[str, Any]], None]) -> dic
                     if supervisor.metrics
                     else None
                 ),
+                "warnings": warnings,
                 **checked,
             }
         )

@@ -93,3 +93,10 @@ def test_the_example_file_states_the_defaults(write_config):
     assert example["ingest"]["in_flight_mb"] == defaults.ingest.in_flight_mb
     assert example["broker"]["receive_maximum"] == defaults.broker.receive_maximum
     assert example["urgent"]["receive_maximum"] == defaults.urgent.receive_maximum
+
+
+def test_only_shared_mode_is_warned_of(write_config):
+    assert write_config().warnings() == []
+    (warning,) = write_config(ingest='mode = "shared"\n').warnings()
+    assert warning["reason"] == "shared-mode-restart-loss"
+    assert '"partitioned"' in warning["message"]  # what to do instead
