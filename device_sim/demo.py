@@ -48,6 +48,7 @@ from gateway.ingest.broker_config import BrokerConfig, write_broker_config
 from gateway.ingest.mqtt import client_tls_context
 from gateway.ledger.commitments import leaf_for
 from gateway.ledger.receipts import verify_receipt
+from gateway.views.cli._status import EXIT_NOT_RUNNING
 
 __all__ = ["DemoError", "DemoOptions", "LocalMosquitto", "free_port", "run_demo"]
 
@@ -595,8 +596,9 @@ def _show_status(provgw: str, config: Path, gateway: dict[str, Any], *, say: Say
         return {}
     result = _run(provgw, "status", "--config", str(config), "--json")
     try:
-        # 3: a process not ready yet; the figures are printed all the same.
-        status = dict(json.loads(result.stdout)) if result.returncode in (0, 3) else {}
+        # EXIT_NOT_RUNNING: a process not ready yet; the figures are printed all the same.
+        readable = result.returncode in (0, EXIT_NOT_RUNNING)
+        status = dict(json.loads(result.stdout)) if readable else {}
     except ValueError:
         status = {}
     processes = status.get("processes") or {}

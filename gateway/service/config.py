@@ -270,7 +270,7 @@ class GatewayConfig:
                         'ingest.mode = "shared": after a broker restart Mosquitto 2.0.11 routes '
                         "nothing to a restored shared subscription until its workers subscribe "
                         "again, and drops the device events published in that window although "
-                        "the devices got their PUBACK (tests/service/test_crash_restart.py). Use "
+                        "the devices got their PUBACK. Use "
                         '"partitioned" (the default) unless your broker keeps shared '
                         "subscriptions across a restart."
                     ),

@@ -114,6 +114,7 @@ def test_the_shipped_configuration_serves_and_writes_only_its_state_folder(
     status = serve.start()
     assert status["status"] == "running", serve.log()
     assert status["workers_subscribed"] == 3  # receiver, ledger, urgent lane
+    assert status["warnings"] == []  # partitioned ingest: nothing risked
     assert status["ledger"]["keys_generated"] == [
         str(state / "gateway-log.key"),
         str(state / "witness.key"),
@@ -121,6 +122,7 @@ def test_the_shipped_configuration_serves_and_writes_only_its_state_folder(
     with urllib.request.urlopen(status["metrics"], timeout=5) as response:  # noqa: S310 - loopback
         assert "provgw_store_readable 1.0" in response.read().decode()
     assert serve.stop()["status"] == "stopped"
+    assert "ingest.mode" not in serve.log()
 
     assert {p: p.stat().st_mtime_ns for p in etc.rglob("*")} == before  # read only
     made = {p.name for p in state.iterdir()}
