@@ -48,8 +48,9 @@ a lock that thread holds; the receiver *forks* its verifiers before it starts an
 loading their modules, so they share those pages. Not multiprocessing's ``spawn``: that adds a
 resource tracker process and runs the ``provgw`` script again in each child. Not kept,
 measured: a ``forkserver`` with the common modules preloaded (one more interpreter: more PSS,
-not less). The supervisor imports the urgent lane's and the ledger's modules only when they are
-switched on.
+not less). The start-up checks, and the first start's keys, are made in a short-lived child of
+their own (:mod:`gateway.service.preflight`): the supervisor never imports the manifest, recall
+and SBOM checks, paho, or the ledger's and the lane's key handling (8.9 MB less PSS, measured).
 
 ``stop`` (the supervisor to every child) and each child's ``ready`` are lock-free flags in
 shared memory (:class:`gateway.service.child.Flag`), not ``multiprocessing.Event``: an Event
@@ -73,7 +74,6 @@ from pathlib import Path
 from typing import Any
 
 from gateway.core.errors import UnavailableError
-from gateway.ingest.mqtt import MqttClient
 from gateway.service import child, launch
 from gateway.service.config import GatewayConfig, load_config
 from gateway.service.metrics import (
@@ -81,11 +81,12 @@ from gateway.service.metrics import (
     mark_worker_dead,
     prepare_multiprocess_dir,
 )
+from gateway.service.preflight import run_checked
 from gateway.store.db import Database
 from gateway.store.events import EventStore
-from gateway.store.trust_files import TrustFolder, load_trust_dir
+from gateway.store.trust_files import TrustFolder
 
-__all__ = ["Supervisor", "ingest_processes", "preflight", "serve"]
+__all__ = ["Supervisor", "ingest_processes", "serve"]
 
 _log = logging.getLogger(__name__)
 
@@ -103,53 +104,6 @@ _NAMES = {_LEDGER: "ledger", _URGENT: "urgent lane"}
 def ingest_processes(config: GatewayConfig) -> int:
     """How many ingest processes the supervisor runs: one receiver, or one per shared member."""
     return config.ingest.workers if config.ingest.mode == "shared" else 1
-
-
-def preflight(config: GatewayConfig) -> dict[str, Any]:
-    """Check trust store, database and broker before any worker starts; say what is wrong.
-
-    Raises :class:`~gateway.core.errors.VerificationError` (trust directory) or
-    :class:`UnavailableError` (database, broker) with a sentence naming the fix.
-    """
-    trust = load_trust_dir(config.trust_dir)
-    if config.urgent.enabled:
-        # Imported only with the lane on (the manifest, recall and SBOM checks: ~6 MB of this
-        # long-running process's memory, measured); likewise the lane's and the ledger's modules.
-        from gateway.store.manifests import load_manifest_trust  # noqa: PLC0415
-        from gateway.store.recalls import load_recall_trust  # noqa: PLC0415
-
-        # A wrong manufacturer key directory is a configuration error (exit 2) now, not a lane
-        # process that dies at every restart.
-        if config.urgent.manifest_trust is not None:
-            load_manifest_trust(config.urgent.manifest_trust)
-        if config.urgent.recall_trust is not None:
-            load_recall_trust(config.urgent.recall_trust)
-    # Opening applies pending migrations once, here, not racing in N workers.
-    with Database(config.database) as db:
-        stored = EventStore(db).count()
-    admin = config.broker.config_dir
-    creds = config.credentials(0)
-    # The gateway-admin identity checks reachability without touching a worker's session.
-    from gateway.ingest.broker_config import BrokerConfig  # noqa: PLC0415 - preflight only
-
-    try:
-        admin_creds = BrokerConfig.load(admin).client("gateway-admin")
-    except KeyError:
-        admin_creds = creds
-    probe = MqttClient(
-        admin_creds, host=config.broker.host, port=config.broker.port, session_expiry=0
-    )
-    try:
-        probe.connect()
-    except UnavailableError as err:
-        raise UnavailableError(
-            f"{err} Is Mosquitto running (`mosquitto -c {admin / 'mosquitto.conf'}`) and "
-            f"listening on {config.broker.host}:{config.broker.port} (broker.host/port in "
-            f"{config.path})? The client files are in {admin / 'clients'}.",
-            reason=err.reason,
-        ) from err
-    probe.disconnect()
-    return {"roots": len(trust.roots), "events_stored": stored}
 
 
 class _Child:
@@ -407,24 +361,17 @@ def _notify_systemd(state: str) -> None:
 def serve(config_path: Path, on_status: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Run the gateway until SIGTERM or SIGINT; report ``running`` then return the final status.
 
-    Raises what :func:`load_config` and :func:`preflight` raise, before anything starts.
+    Raises what :func:`load_config` and :func:`~gateway.service.preflight.preflight` raise,
+    before anything starts.
     """
     config = load_config(config_path)
-    checked = preflight(config)
+    # In a child of its own (gateway.service.preflight says why), as is making the keys a first
+    # start needs: once, before any process could race to make them.
+    prepared = run_checked(config)
+    checked, ledger, offer_key = prepared["checked"], prepared["ledger"], prepared["offer_key"]
     warnings = config.warnings()
     for warning in warnings:
         _log.warning("%s", warning["message"])
-    # Keys are made here, once, before any process could race to make them (first start).
-    ledger = None
-    if config.log.enabled:
-        from gateway.service.ledger_service import prepare_ledger  # noqa: PLC0415 - preflight
-
-        ledger = prepare_ledger(config).status(config)
-    offer_key = None
-    if config.urgent.enabled:
-        from gateway.service.urgent import prepare_offer_key  # noqa: PLC0415 - see preflight
-
-        offer_key = prepare_offer_key(config).status()
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -478,7 +425,7 @@ def serve(config_path: Path, on_status: Callable[[dict[str, Any]], None]) -> dic
         events = EventStore(db)
         summary = None
         if config.log.enabled:
-            from gateway.service.ledger_service import ledger_summary  # noqa: PLC0415 - preflight
+            from gateway.service.ledger_service import ledger_summary  # noqa: PLC0415 - at the stop only
 
             summary = ledger_summary(db)
         return {
