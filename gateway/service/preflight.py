@@ -139,8 +139,14 @@ def run_checked(config: GatewayConfig) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     """Run the child's end of :func:`run_checked`: print one JSON line; 0 if the checks passed."""
+    from setproctitle import setproctitle  # noqa: PLC0415
+
+    from gateway.service import child  # noqa: PLC0415
     from gateway.service.config import load_config  # noqa: PLC0415
 
+    # ``provgw preflight (CONFIG)`` in ps and top, as the other children name themselves: a
+    # long database upgrade is seen for what it is.
+    setproctitle(child.title("preflight", argv[0]))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s provgw %(levelname)s %(message)s")
     try:
         result: dict[str, Any] = {"ok": prepare(load_config(Path(argv[0])))}

@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,28 @@ def test_the_supervisor_does_not_load_what_only_the_checks_need():
     ).stdout
 
     assert json.loads(out) == []
+
+
+def test_while_it_waits_the_child_names_itself_in_ps(gateway_site, tmp_path):
+    # A broker port that accepts and never answers: the checks wait there (as on a long
+    # database upgrade), and an operator's ps shows what is waiting.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        conf = _config(tmp_path, gateway_site, silent.getsockname()[1])
+        proc = subprocess.Popen(
+            [sys.executable, "-P", "-m", "gateway.service.preflight", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            cmdline = Path(f"/proc/{proc.pid}/cmdline")
+            deadline = time.monotonic() + 20
+            title = f"provgw preflight ({conf})".encode()
+            while not cmdline.read_bytes().startswith(title):
+                assert proc.poll() is None, "the checks ended instead of waiting"
+                assert time.monotonic() < deadline, cmdline.read_bytes()
+                time.sleep(0.02)
+        finally:
+            proc.kill()
+            proc.wait()
