@@ -30,8 +30,9 @@ Each task has its own :class:`~gateway.store.db.Database` connection: :meth:`Tra
 refuses to run while its connection is inside a transaction, which another task's write on a
 shared connection would trip.
 
-Keys: :func:`prepare_ledger` runs once in the supervisor before any child starts, and writes
-the gateway log key (and the embedded witness key) at first start; the status line says so.
+Keys: :func:`prepare_ledger` runs once before any child starts (in ``provgw serve``'s start-up
+checks, :mod:`gateway.service.preflight`), and writes the gateway log key (and the embedded
+witness key) at first start; the status line says so.
 """
 
 from __future__ import annotations

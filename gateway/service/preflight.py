@@ -10,10 +10,11 @@ The supervisor runs all of this through :func:`run_checked`, in a short-lived ch
 (``python -P -m gateway.service.preflight CONFIG``), not in its own interpreter: the checks load
 modules the supervisor never needs again -- the manifest, recall and SBOM checks, paho, the
 ledger's and the lane's key handling -- and a Python process keeps what it imported for the rest of
-its life. Measured with ``bench/bench_ingest.py``'s per-process PSS: the supervisor held 26.7 MB of
-anonymous memory with the checks in it (``docs/BENCHMARKS.md``, session 16).
+its life. Measured with ``bench/bench_ingest.py``'s per-process PSS: the supervisor's went from
+28.9 to 22.0 MB under load (``docs/BENCHMARKS.md``, session 16).
 
-The child prints one JSON line: ``{"ok": {...}}``, or ``{"error": {"type", "reason",
+The child names itself ``provgw preflight (CONFIG)`` in ``ps`` and prints one JSON line:
+``{"ok": {...}}``, or ``{"error": {"type", "reason",
 "message"}}`` for a :class:`~gateway.core.errors.ProvenanceError`, which :func:`run_checked`
 raises again in the supervisor as the same class, so ``provgw serve`` exits and words it exactly
 as before. Its log lines (a database upgrade, say) go to the supervisor's stderr.

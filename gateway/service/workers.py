@@ -50,7 +50,7 @@ resource tracker process and runs the ``provgw`` script again in each child. Not
 measured: a ``forkserver`` with the common modules preloaded (one more interpreter: more PSS,
 not less). The start-up checks, and the first start's keys, are made in a short-lived child of
 their own (:mod:`gateway.service.preflight`): the supervisor never imports the manifest, recall
-and SBOM checks, paho, or the ledger's and the lane's key handling (8.9 MB less PSS, measured).
+and SBOM checks, paho, or the ledger's and the lane's key handling (7-9 MB less PSS, measured).
 
 ``stop`` (the supervisor to every child) and each child's ``ready`` are lock-free flags in
 shared memory (:class:`gateway.service.child.Flag`), not ``multiprocessing.Event``: an Event
