@@ -31,6 +31,7 @@ from gateway.core.merkle import (
 from gateway.core.note import Checkpoint, Signer
 from gateway.ingest.broker_config import ClientCredentials
 from gateway.ledger.witness import AddCheckpointRequest
+from gateway.store.db import Database
 
 __all__ = [
     "Inbox",
@@ -229,3 +230,24 @@ def alive(pid: int, *, group: bool = False) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def enrol_demo_devices(db: Database, pki: Path, device_ids: list[str], now: dt.datetime) -> None:
+    """Enrol devices of a `provgw-sim pki init` folder in *db*, as first contact would."""
+    from device_sim.events import SimDevice  # noqa: PLC0415 - only these tests load the sim
+    from gateway.core.identity import verify_device_chain  # noqa: PLC0415
+    from gateway.store.devices import DeviceStore  # noqa: PLC0415
+    from gateway.store.trust_files import load_trust_dir  # noqa: PLC0415
+
+    trust = load_trust_dir(pki / "trust")
+    for device_id in device_ids:
+        chain = list(SimDevice.load(pki, device_id).chain)
+        identity = verify_device_chain(chain, trust, now)
+        DeviceStore(db).enrol(
+            device_id=device_id,
+            manufacturer=identity.manufacturer,
+            kid=identity.kid,
+            cert=chain[0],
+            chain=chain[1:],
+            now_ms=int(now.timestamp() * 1000),
+        )

@@ -16,7 +16,8 @@ its life. Measured with ``bench/bench_ingest.py``'s per-process PSS: the supervi
 The child names itself ``provgw preflight (CONFIG)`` in ``ps`` and prints one JSON line:
 ``{"ok": {...}}``, or ``{"error": {"type", "reason", "message"}}`` for a
 :class:`~gateway.core.errors.ProvenanceError`, which :func:`run_checked` raises again in the
-supervisor as the same class, so ``provgw serve`` exits and words it exactly as before. Its log lines (a database upgrade, say) go to the supervisor's stderr.
+supervisor as the same class, so ``provgw serve`` exits and words it exactly as before. Its log
+lines (a database upgrade, say) go to the supervisor's stderr.
 """
 
 from __future__ import annotations

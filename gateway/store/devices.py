@@ -16,12 +16,18 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cbor2
 
-from gateway.core.errors import PolicyError, RevokedError, UntrustedSignerError
+from gateway.core.errors import PolicyError, RevokedError, UntrustedSignerError, VerificationError
+from gateway.core.identity import verify_device_chain
 from gateway.store.db import Database
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from gateway.core.identity import TrustStore
 
 __all__ = ["DeviceKey", "DeviceRow", "DeviceStore"]
 
@@ -206,6 +212,28 @@ class DeviceStore:
             "SELECT device_id FROM devices WHERE revoked_ms IS NOT NULL ORDER BY device_id"
         )
         return [str(r[0]) for r in rows]
+
+    def revoked_by(self, trust: TrustStore, now: datetime) -> list[tuple[str, str]]:
+        """Return ``(device_id, why)`` for every device not revoked here that *trust* revokes.
+
+        That is: whose current certificate, or the CA that issued it, a CRL of *trust* lists.
+        Each stored chain is checked as the gateway checks it when it loads a device
+        (:func:`~gateway.core.identity.verify_device_chain` at *now*), so these are the devices
+        it refuses as ``revoked``; *why* is the core's sentence. Sorted by device id. Other
+        refusals (a root taken out, a certificate out of date) are not revocations: not listed.
+        """
+        rows = self._db.query(
+            "SELECT device_id, cert, chain FROM devices WHERE revoked_ms IS NULL ORDER BY device_id"
+        )
+        found = []
+        for device_id, cert, chain in rows:
+            try:
+                verify_device_chain([cert, *cbor2.loads(chain)], trust, now)
+            except RevokedError as err:
+                found.append((str(device_id), str(err)))
+            except VerificationError:
+                continue  # not a revocation (see above)
+        return found
 
     def get(self, device_id: str) -> DeviceRow | None:
         """Return the enrolled device *device_id*, or ``None``."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import socket
 import ssl
 import time
 
 import pytest
+from click.testing import CliRunner
 
 from device_sim import pki
 from gateway.core.errors import UnavailableError
@@ -16,7 +18,9 @@ from gateway.ingest import mqtt
 from gateway.ingest.broker_config import ClientCredentials, deny_devices, write_broker_config
 from gateway.ingest.mqtt import MqttClient
 from gateway.ingest.topics import EVENT_FILTER, MANUFACTURER_FILTER, command_topic, event_topic
-from tests._helpers import Inbox, logged, self_signed_credentials
+from gateway.store.db import Database
+from gateway.views.cli._main import _register, cli
+from tests._helpers import Inbox, enrol_demo_devices, logged, self_signed_credentials
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(30)]
 
@@ -396,17 +400,7 @@ def test_a_device_the_gateway_revoked_is_refused_by_the_broker_after_a_reload(
         _, new = deny_devices(config.directory, [ACME_1])
         assert new == (ACME_1,)
         broker.reload()
-        deadline = time.monotonic() + 5
-        refused = None
-        while refused is None:  # the reload is asynchronous: Mosquitto applies it at its next loop
-            try:
-                stolen.publish(event_topic("icu", ACME_1, "custody"), b"after")
-            except UnavailableError as err:
-                refused = str(err)
-                continue
-            assert time.monotonic() < deadline, "the broker still takes the revoked device"
-            assert inbox.get()[1] == b"after"
-            time.sleep(0.05)
+        refused = _publish_until_refused(stolen, event_topic("icu", ACME_1, "custody"), inbox)
         assert "Not authorized" in refused
         other.publish(event_topic("icu", ACME_2, "custody"), b"other")
         assert inbox.get()[:2] == (event_topic("icu", ACME_2, "custody"), b"other")
@@ -417,6 +411,23 @@ def test_a_device_the_gateway_revoked_is_refused_by_the_broker_after_a_reload(
     rerun = write_broker_config(broker_config.pki, config.directory, now=dt.datetime.now(dt.UTC))
     assert rerun.denied_devices == (ACME_1,)
     assert f"user {ACME_1}\ntopic deny #" in rerun.acl.read_text()
+
+
+def _publish_until_refused(device: MqttClient, topic: str, inbox: Inbox) -> str:
+    """Publish on *device*'s open connection until the broker refuses it; return the refusal.
+
+    Each publish still taken must reach *inbox*. A reload is asynchronous (Mosquitto applies it
+    at its next loop), so this tries for 5 s.
+    """
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            device.publish(topic, b"after")
+        except UnavailableError as err:
+            return str(err)
+        assert time.monotonic() < deadline, "the broker still takes the revoked device"
+        assert inbox.get()[1] == b"after"
+        time.sleep(0.05)
 
 
 def _refused_within(broker, device_id: str, seconds: float) -> UnavailableError | None:
@@ -468,10 +479,52 @@ def test_a_crl_or_ca_bundle_rewritten_by_broker_config_takes_effect_at_a_reload(
         assert revoked is not None, "a reload did not put the new CRL in force"
         assert revoked.reason == "broker-refused"
         assert _refused_within(broker, kept.id, 0) is None  # the CRL, not the reload, refused
-        # The revoked device's open connection goes on: `provgw broker-acl` denies that one.
+        # The revoked device's open connection goes on: `provgw broker-acl --trust` denies it
+        # (test_broker_acl_with_the_trust_folder_cuts_a_crl_revoked_devices_open_connection).
         topic = event_topic(stolen.site, stolen.id, "custody")
         still_open.publish(topic, b"open")
         assert inbox.get()[:2] == (topic, b"open")
+
+
+def test_broker_acl_with_the_trust_folder_cuts_a_crl_revoked_devices_open_connection(
+    tmp_path, start_mosquitto
+):
+    # The manufacturer revoked the device's certificate: a re-run of broker-config refuses its
+    # new connections (above), and `provgw broker-acl --trust` the one it holds open, from the
+    # certificates the gateway enrolled, without a `provgw device revoke` of its own.
+    records = pki.init_pki(tmp_path / "pki", devices_per_model=2)
+    now = dt.datetime.now(dt.UTC)
+    config = write_broker_config(tmp_path / "pki", tmp_path / "broker", now=now)
+    broker = start_mosquitto(tmp_path / "pki", config)
+    stolen, kept = [r for r in records if r.manufacturer_slug == records[0].manufacturer_slug][:2]
+    db_path = tmp_path / "gateway.sqlite3"
+    with Database(db_path) as db:
+        enrol_demo_devices(db, tmp_path / "pki", [stolen.id, kept.id], now)
+    inbox = Inbox()
+    with (
+        broker.client("gateway-routine", on_message=inbox) as gw,
+        broker.device(stolen.id) as still_open,
+        broker.device(kept.id) as other,
+    ):
+        gw.subscribe(EVENT_FILTER)
+        pki.revoke_device(tmp_path / "pki", stolen.id)
+        _register()
+        acl = CliRunner().invoke(
+            cli,
+            ["broker-acl", "-o", str(config.directory), "--db", str(db_path),
+             "--trust", str(tmp_path / "pki" / "trust"), "--json"],
+        )  # fmt: skip
+        assert acl.exit_code == 0, acl.output
+        data = json.loads(acl.output)
+        assert data["new"] == [stolen.id]
+        assert [d["device"] for d in data["revoked_by_crl"]] == [stolen.id]
+        assert "revoked" in data["revoked_by_crl"][0]["detail"]
+        broker.reload()
+        topic = event_topic(stolen.site, stolen.id, "custody")
+        assert "Not authorized" in _publish_until_refused(still_open, topic, inbox)
+        other_topic = event_topic(kept.site, kept.id, "custody")
+        other.publish(other_topic, b"other")
+        assert inbox.get()[:2] == (other_topic, b"other")
 
 
 def test_a_worker_identity_added_by_broker_config_can_subscribe_after_a_reload(

@@ -314,6 +314,20 @@ def test_cli_broker_acl_without_a_broker_config_says_what_to_run(tmp_path):
     assert "provgw broker-config --pki DIR -o DIR" in result.output
 
 
+def test_cli_broker_acl_with_a_trust_folder_that_does_not_load_changes_nothing(pki, tmp_path):
+    out = tmp_path / "out"
+    write_broker_config(pki, out, now=NOW)
+    before = (out / "acl").read_text()
+    db = _revoked_db(tmp_path / "gw.sqlite3", "pump-9")
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(
+        cli, ["broker-acl", "-o", str(out), "--db", str(db), "--trust", str(tmp_path / "empty")]
+    )
+    assert result.exit_code == 1
+    assert "empty" in result.output
+    assert (out / "acl").read_text() == before  # not even the database's revocations
+
+
 def test_public_api_is_pinned():
     assert set(bc.__all__) == {
         "GATEWAY_CLIENTS",

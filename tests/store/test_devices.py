@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
+from device_sim.events import SimDevice
+from device_sim.pki import init_pki, revoke_device, revoke_issuing_ca
 from gateway.core.errors import PolicyError, RevokedError, UntrustedSignerError
+from gateway.core.identity import verify_device_chain
 from gateway.store.devices import DeviceStore
 from gateway.store.events import EventRecord, EventStore
+from gateway.store.trust_files import load_trust_dir
+from tests._helpers import enrol_demo_devices
 
 
 @pytest.fixture
@@ -128,3 +135,31 @@ def test_device_enrolled_after_its_events_starts_from_the_highest_stored_seq(db,
     assert enrol(devices).last_seq == 11
     assert devices.last_seq("pump-1") == 11
     assert devices.last_seq("ghost") is None
+
+
+def test_revoked_by_lists_the_devices_a_crl_revokes_as_the_gateway_would_refuse_them(tmp_path, db):
+    # A real demo PKI: the manufacturer revokes one device's certificate and (another maker)
+    # its whole issuing CA; the store names exactly those devices, with the core's sentence.
+    pki = tmp_path / "pki"
+    records = init_pki(pki, devices_per_model=2)
+    now = datetime.now(UTC)
+    devices = DeviceStore(db)
+    chains = {r.id: list(SimDevice.load(pki, r.id).chain) for r in records}
+    enrol_demo_devices(db, pki, list(chains), now)
+    first = records[0].manufacturer_slug
+    stolen, scrapped = [r.id for r in records if r.manufacturer_slug == first][:2]
+    second = next(r.manufacturer_slug for r in records if r.manufacturer_slug != first)
+    assert devices.revoked_by(load_trust_dir(pki / "trust"), now) == []
+
+    revoke_device(pki, stolen)
+    revoke_device(pki, scrapped)
+    revoke_issuing_ca(pki, second)
+    devices.revoke(scrapped, now_ms=1)  # revoked here already: denied anyway, not listed again
+    trust = load_trust_dir(pki / "trust")
+    found = dict(devices.revoked_by(trust, now))
+
+    assert set(found) == {stolen, *(r.id for r in records if r.manufacturer_slug == second)}
+    for device_id, why in found.items():
+        with pytest.raises(RevokedError) as refused:
+            verify_device_chain(chains[device_id], trust, now)
+        assert why == str(refused.value)

@@ -1,7 +1,8 @@
 """``provgw broker-config`` and ``provgw broker-acl``: Mosquitto's configuration for a site.
 
 ``broker-config`` writes the configuration, ACL and TLS material; ``broker-acl`` writes the ACL
-again so that the broker refuses the devices the gateway revoked. Single commands rather than a
+again so that the broker refuses the devices the gateway revoked (and, with ``--trust``, those
+the trust folder's CRLs revoke). Single commands rather than a
 group, exposed as ``command`` and ``acl_command``.
 """
 
@@ -16,8 +17,10 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from gateway.core.errors import VerificationError
+from gateway.core.identity import TrustStore
 from gateway.ingest.broker_config import BrokerConfig, deny_devices, write_broker_config
 from gateway.store.devices import DeviceStore
+from gateway.store.trust_files import load_trust_dir
 from gateway.views.cli._output import db_option, emit, fail, json_option, open_existing_db
 
 __all__ = ["acl_command", "command"]
@@ -77,7 +80,7 @@ def command(  # noqa: PLR0913 - one parameter per command-line option
     manufacturer's CRL changes, then reload the broker (`systemctl reload mosquitto`, or SIGHUP:
     Mosquitto 2 reads its CRL file and CA bundle again, no restart): an expired CRL makes the
     broker refuse every device of that manufacturer. The new CRLs refuse new connections; a
-    revoked device's open connection is denied by `provgw broker-acl`.
+    revoked device's open connection is denied by `provgw broker-acl --trust DIR`.
 
     Devices an earlier run denied (`provgw broker-acl`) stay denied.
 
@@ -122,8 +125,14 @@ def command(  # noqa: PLR0913 - one parameter per command-line option
 @click.command("broker-acl")
 @_out_option("The directory `provgw broker-config` wrote (mosquitto.conf, acl, broker.json).")
 @db_option
+@click.option(
+    "--trust",
+    "trust_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The gateway's trust folder (trust.dir): also deny every device its CRLs revoke.",
+)
 @json_option
-def acl_command(outdir: Path, db_path: Path, *, as_json: bool) -> None:
+def acl_command(outdir: Path, db_path: Path, trust_dir: Path | None, *, as_json: bool) -> None:
     """Make the broker refuse every device the gateway revoked, then reload it to apply.
 
     The gateway refuses a revoked device's messages at once (`provgw device revoke`), but the
@@ -133,11 +142,21 @@ def acl_command(outdir: Path, db_path: Path, *, as_json: bool) -> None:
     the ACL and broker.json change: no restart, no new certificates, and devices denied before
     stay denied.
 
-    Exit code 0: written (also when no device was new); 1: the broker directory or the database
-    cannot be read.
+    With --trust, also every enrolled device whose certificate (or issuing CA) a CRL in that
+    folder revokes: a re-run of `provgw broker-config` makes the broker refuse such a device's
+    new connections, this its connection already open.
+
+    Exit code 0: written (also when no device was new); 1: the broker directory, the database or
+    the trust folder cannot be read.
     """
+    trust = None
+    if trust_dir is not None:
+        try:
+            trust = load_trust_dir(trust_dir)
+        except VerificationError as err:
+            fail(str(err), code=1)
     with open_existing_db(db_path) as db:
-        data, text = deny_revoked(outdir, DeviceStore(db))
+        data, text = deny_revoked(outdir, DeviceStore(db), trust=trust)
     emit(data, as_json=as_json, text=text)
 
 
@@ -158,17 +177,21 @@ def check_broker_dir(outdir: Path) -> None:
         _refused(err)
 
 
-def deny_revoked(outdir: Path, devices: DeviceStore) -> tuple[dict[str, Any], str]:
+def deny_revoked(
+    outdir: Path, devices: DeviceStore, *, trust: TrustStore | None = None
+) -> tuple[dict[str, Any], str]:
     """Deny every device *devices* holds as revoked at the broker in *outdir*; say what was done.
 
-    Returns the JSON data and the text of the result. Stops with exit 1 if *outdir* is not a
-    broker configuration, or a device id cannot be written into its ACL.
+    With *trust*, also the devices its CRLs revoke (:meth:`DeviceStore.revoked_by`). Returns the
+    JSON data and the text of the result. Stops with exit 1 if *outdir* is not a broker
+    configuration, or a device id cannot be written into its ACL.
     """
+    by_crl = [] if trust is None else devices.revoked_by(trust, datetime.now(UTC))
     try:
-        config, new = deny_devices(outdir, devices.revoked_ids())
+        config, new = deny_devices(outdir, [*devices.revoked_ids(), *(d for d, _ in by_crl)])
     except VerificationError as err:
         _refused(err)
-    data = {
+    data: dict[str, Any] = {
         "written": True,
         "acl": str(config.acl),
         "denied": list(config.denied_devices),
@@ -176,9 +199,10 @@ def deny_revoked(outdir: Path, devices: DeviceStore) -> tuple[dict[str, Any], st
         "reload": RELOAD_HINT,
     }
     named = f": {', '.join(new)}" if new else ""
-    text = (
-        f"wrote {config.acl}: {len(config.denied_devices):,} revoked devices denied "
-        f"({len(new):,} new{named})\n"
-        + (RELOAD_HINT if new else "nothing new to deny: no reload needed")
-    )
-    return data, text
+    denied = len(config.denied_devices)
+    lines = [f"wrote {config.acl}: {denied:,} revoked devices denied ({len(new):,} new{named})"]
+    if trust is not None:
+        data["revoked_by_crl"] = [{"device": d, "detail": why} for d, why in by_crl]
+        lines += [f"  revoked by a CRL: {d} ({why})" for d, why in by_crl]
+    lines.append(RELOAD_HINT if new else "nothing new to deny: no reload needed")
+    return data, "\n".join(lines)
