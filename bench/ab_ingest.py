@@ -62,7 +62,8 @@ def main() -> None:
                         f"{who.name}: {who.rate:,.0f} events/s (slices"
                         f" {', '.join(f'{r:,.0f}' for r in who.rates)}); CPU an event:"
                         f" consumer {cpu.consumer:.1f} us, broker {cpu.broker:.1f} us,"
-                        f" publisher {cpu.publisher:.1f} us",
+                        f" publisher {cpu.publisher:.1f} us; host steal"
+                        f" {', '.join(f'{x:.0%}' for x in who.steal)}",
                         flush=True,
                     )
             finally:

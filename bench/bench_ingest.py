@@ -231,6 +231,17 @@ def cpu_seconds(pids: list[int]) -> dict[int, float]:
     return out
 
 
+def host_steal_s() -> float:
+    """CPU seconds the hypervisor has taken from this VM so far, all CPUs (``/proc/stat``).
+
+    ``steal``: time a virtual CPU was ready to run while the host ran something else (proc(5)),
+    the noise of this shared machine that no process's own CPU time shows.
+    """
+    fields = Path("/proc/stat").read_text(encoding="ascii").split("\n", 1)[0].split()
+    # "cpu", then user nice system idle iowait irq softirq steal: steal is field 8.
+    return int(fields[8]) * _TICK_S if len(fields) > 8 else 0.0
+
+
 @dataclass(frozen=True)
 class Cpu:
     """CPU microseconds per committed event, over the saturated slices."""
@@ -476,6 +487,8 @@ class Contestant:
     broker_s: float = 0.0
     publisher_s: float = 0.0
     by_process: dict[str, float] = field(default_factory=dict)  # CPU of the consumer's processes
+    #: Per saturated slice, the share of the VM's CPU time the host took (:func:`host_steal_s`).
+    steal: list[float] = field(default_factory=list)
     last_id: int = 0
     #: Seconds to wait after a round, until the broker has ended the contestant's session.
     linger_s: float = 0.0
@@ -510,9 +523,12 @@ def _round(  # noqa: PLR0913 - one round of one contestant, with what it needs
         # publisher, with the observer thread: a few % of it) over the saturated slice.
         tree = _tree(proc.pid)
         before, self_before = cpu_seconds([*tree, broker_pid]), time.process_time()
+        steal_before, wall_before = host_steal_s(), time.monotonic()
         part = work.slices[index]
         seconds = publish(pool, observer, part)
         after, self_after = cpu_seconds([*tree, broker_pid]), time.process_time()
+        wall = (time.monotonic() - wall_before) * (os.cpu_count() or 1)
+        who.steal.append((host_steal_s() - steal_before) / wall)
         who.rates.append(len(part) / seconds)
         who.saturated_ms += latencies_ms(observer, part)
         who.events += len(part)
@@ -523,7 +539,11 @@ def _round(  # noqa: PLR0913 - one round of one contestant, with what it needs
         for pid, value in used.items():
             if pid != broker_pid and (rollup := _rollup(pid)) is not None:
                 who.by_process[rollup[0]] = who.by_process.get(rollup[0], 0.0) + value
-        print(f"  {who.name}: {who.rates[-1]:,.0f} events/s", file=sys.stderr, flush=True)
+        print(
+            f"  {who.name}: {who.rates[-1]:,.0f} events/s (host steal {who.steal[-1]:.0%})",
+            file=sys.stderr,
+            flush=True,
+        )
         if last:
             # Memory over a saturated slice of its own (module docstring; cost: Observer._run).
             observer.measuring_rss = True
@@ -704,6 +724,13 @@ def _contest(
             "us",
             "publisher + broker, same slices",
             raw.cpu.publisher + raw.cpu.broker,
+        ),
+        row(
+            "host steal in the gateway's saturated slices, median",
+            statistics.median(gw.steal) * 100,
+            "%",
+            "(a) raw's slices",
+            statistics.median(raw.steal) * 100,
         ),
         row(
             "(a') raw, gateway's MQTT client, CPU per event",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -39,9 +40,22 @@ def test_every_round_of_every_contestant_commits_its_own_slice_and_nothing_else(
         assert who.events == PLAN.slices * PLAN.per_slice, who.name
         assert len(who.paced_ms) == len(work.paced), who.name
         assert who.peak.pss > 0, who.name
+        # The host's steal over each slice, a share of the VM's CPU time: printed beside it.
+        assert len(who.steal) == PLAN.slices, who.name
+        assert all(0 <= share <= 1 for share in who.steal), (who.name, who.steal)
         # Every message once: none lost across the restarts, none delivered to a contestant
         # from another's round (the observer would have waited for it, and the row counted).
         db = tmp_path / f"{who.name}.sqlite3"
         with sqlite3.connect(db) as conn:
             (rows,) = conn.execute("SELECT count(*) FROM events").fetchone()
         assert rows == stored, who.name
+
+
+def test_host_steal_is_proc_stats_steal_column_in_seconds():
+    fields = Path("/proc/stat").read_text(encoding="ascii").split("\n", 1)[0].split()
+    assert fields[0] == "cpu"
+    before = int(fields[8]) * ingest._TICK_S
+
+    steal = ingest.host_steal_s()
+
+    assert before <= steal <= before + 1.0  # read a moment later: it only grows
