@@ -2,8 +2,8 @@
 
 ``broker-config`` writes the configuration, ACL and TLS material; ``broker-acl`` writes the ACL
 again so that the broker refuses the devices the gateway revoked (and, with ``--trust``, those
-the trust folder's CRLs revoke). Single commands rather than a
-group, exposed as ``command`` and ``acl_command``.
+the trust folder's CRLs revoke). Single commands rather than a group, exposed as ``command`` and
+``acl_command``.
 """
 
 from __future__ import annotations
