@@ -444,16 +444,21 @@ def _refused_within(broker, device_id: str, seconds: float) -> UnavailableError 
         time.sleep(0.1)
 
 
+def _demo_site(tmp_path, start_mosquitto):
+    """A `provgw-sim pki init` PKI in *tmp_path*, its broker configuration, a running broker."""
+    records = pki.init_pki(tmp_path / "pki", devices_per_model=2)
+    now = dt.datetime.now(dt.UTC)
+    config = write_broker_config(tmp_path / "pki", tmp_path / "broker", now=now)
+    return records, now, config, start_mosquitto(tmp_path / "pki", config)
+
+
 def test_a_crl_or_ca_bundle_rewritten_by_broker_config_takes_effect_at_a_reload(
     tmp_path, start_mosquitto
 ):
     # Mosquitto 2 builds its listener's TLS context again on SIGHUP, CRL file and CA bundle
     # included: a manufacturer's new CRL (or a renewed one, before nextUpdate) needs a re-run of
     # broker-config and a reload, not a restart. A connection already open keeps its handshake.
-    records = pki.init_pki(tmp_path / "pki", devices_per_model=2)
-    now = dt.datetime.now(dt.UTC)
-    config = write_broker_config(tmp_path / "pki", tmp_path / "broker", now=now)
-    broker = start_mosquitto(tmp_path / "pki", config)
+    records, now, config, broker = _demo_site(tmp_path, start_mosquitto)
     stolen, kept = [r for r in records if r.manufacturer_slug == records[0].manufacturer_slug][:2]
     other = next(r for r in records if r.manufacturer_slug != stolen.manufacturer_slug)
     pki.revoke_device(tmp_path / "pki", stolen.id)
@@ -492,10 +497,7 @@ def test_broker_acl_with_the_trust_folder_cuts_a_crl_revoked_devices_open_connec
     # The manufacturer revoked the device's certificate: a re-run of broker-config refuses its
     # new connections (above), and `provgw broker-acl --trust` the one it holds open, from the
     # certificates the gateway enrolled, without a `provgw device revoke` of its own.
-    records = pki.init_pki(tmp_path / "pki", devices_per_model=2)
-    now = dt.datetime.now(dt.UTC)
-    config = write_broker_config(tmp_path / "pki", tmp_path / "broker", now=now)
-    broker = start_mosquitto(tmp_path / "pki", config)
+    records, now, config, broker = _demo_site(tmp_path, start_mosquitto)
     stolen, kept = [r for r in records if r.manufacturer_slug == records[0].manufacturer_slug][:2]
     db_path = tmp_path / "gateway.sqlite3"
     with Database(db_path) as db:
