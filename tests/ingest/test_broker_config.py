@@ -11,6 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from device_sim.pki import init_pki
 from gateway.core.errors import (
     ExpiredError,
     MalformedError,
@@ -27,7 +28,9 @@ from gateway.ingest.broker_config import (
 )
 from gateway.store.db import Database
 from gateway.store.devices import DeviceStore
+from gateway.views.cli import _output
 from gateway.views.cli._main import _register, cli
+from tests._helpers import enrol_demo_devices
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -326,6 +329,24 @@ def test_cli_broker_acl_with_a_trust_folder_that_does_not_load_changes_nothing(p
     assert result.exit_code == 1
     assert "empty" in result.output
     assert (out / "acl").read_text() == before  # not even the database's revocations
+
+
+def test_cli_broker_acl_with_trust_reports_progress_on_stderr_only_in_text(tmp_path, monkeypatch):
+    records = init_pki(tmp_path / "pki", devices_per_model=1)[:3]
+    out = tmp_path / "out"
+    write_broker_config(tmp_path / "pki", out, now=NOW)
+    with Database(tmp_path / "gw.sqlite3") as db:
+        enrol_demo_devices(db, tmp_path / "pki", [r.id for r in records], NOW)
+    monkeypatch.setattr(_output, "PROGRESS_EVERY_S", 0.0)  # every device counts as long work
+    args = ["broker-acl", "-o", str(out), "--db", str(tmp_path / "gw.sqlite3")]
+    args += ["--trust", str(tmp_path / "pki" / "trust")]
+    text = CliRunner().invoke(cli, args)
+    assert text.exit_code == 0, text.output
+    assert "checked 3 of 3 enrolled devices" in text.stderr
+    assert "0 revoked devices denied (0 new)" in text.stdout
+    quiet = CliRunner().invoke(cli, [*args, "--json"])
+    assert quiet.stderr == ""
+    assert json.loads(quiet.stdout)["revoked_by_crl"] == []
 
 
 def test_public_api_is_pinned():

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from gateway.service.ingest import Delivery
 from gateway.store.db import Database
-from gateway.views.cli import _quarantine
+from gateway.views.cli import _output
 from gateway.views.cli._main import _register, cli
 from gateway.views.web._data import Page, quarantine_page
 from gateway.views.web._html import quarantine_html
@@ -126,7 +126,7 @@ def test_the_web_page_lists_the_open_rows_and_counts_the_released(site):
 
 
 def test_a_long_retry_reports_progress_on_stderr_only_in_text(site, monkeypatch):
-    monkeypatch.setattr(_quarantine, "_PROGRESS_EVERY_S", 0.0)  # every chunk counts as long
+    monkeypatch.setattr(_output, "PROGRESS_EVERY_S", 0.0)  # every chunk counts as long
     text = _invoke("quarantine", "retry", "--config", site.config, "--dry-run")
     assert "retried 2 of 2" in text.stderr
     quiet = _invoke("quarantine", "retry", "--config", site.config, "--dry-run", "--json")

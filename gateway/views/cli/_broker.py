@@ -21,7 +21,14 @@ from gateway.core.identity import TrustStore
 from gateway.ingest.broker_config import BrokerConfig, deny_devices, write_broker_config
 from gateway.store.devices import DeviceStore
 from gateway.store.trust_files import load_trust_dir
-from gateway.views.cli._output import db_option, emit, fail, json_option, open_existing_db
+from gateway.views.cli._output import (
+    db_option,
+    emit,
+    fail,
+    json_option,
+    long_work_progress,
+    open_existing_db,
+)
 
 __all__ = ["acl_command", "command"]
 
@@ -156,7 +163,7 @@ def acl_command(outdir: Path, db_path: Path, trust_dir: Path | None, *, as_json:
         except VerificationError as err:
             fail(str(err), code=1)
     with open_existing_db(db_path) as db:
-        data, text = deny_revoked(outdir, DeviceStore(db), trust=trust)
+        data, text = deny_revoked(outdir, DeviceStore(db), trust=trust, as_json=as_json)
     emit(data, as_json=as_json, text=text)
 
 
@@ -178,15 +185,19 @@ def check_broker_dir(outdir: Path) -> None:
 
 
 def deny_revoked(
-    outdir: Path, devices: DeviceStore, *, trust: TrustStore | None = None
+    outdir: Path, devices: DeviceStore, *, trust: TrustStore | None = None, as_json: bool = False
 ) -> tuple[dict[str, Any], str]:
     """Deny every device *devices* holds as revoked at the broker in *outdir*; say what was done.
 
-    With *trust*, also the devices its CRLs revoke (:meth:`DeviceStore.revoked_by`). Returns the
-    JSON data and the text of the result. Stops with exit 1 if *outdir* is not a broker
+    With *trust*, also the devices its CRLs revoke (:meth:`DeviceStore.revoked_by`; progress on
+    stderr if that takes long, unless *as_json*). Returns the JSON data and the text of the
+    result. Stops with exit 1 if *outdir* is not a broker
     configuration, or a device id cannot be written into its ACL.
     """
-    by_crl = [] if trust is None else devices.revoked_by(trust, datetime.now(UTC))
+    by_crl = []
+    if trust is not None:
+        progress = long_work_progress("checked", "enrolled devices", as_json=as_json)
+        by_crl = devices.revoked_by(trust, datetime.now(UTC), progress)
     try:
         config, new = deny_devices(outdir, [*devices.revoked_ids(), *(d for d, _ in by_crl)])
     except VerificationError as err:

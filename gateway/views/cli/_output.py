@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +40,31 @@ def config_option(help_text: str) -> Callable[[_F], _F]:
         type=click.Path(dir_okay=False, path_type=Path),
         help=help_text,
     )
+
+
+#: Seconds between two progress lines of long work.
+PROGRESS_EVERY_S = 2.0
+
+
+def long_work_progress(verb: str, what: str = "", *, as_json: bool) -> Callable[[int, int], None]:
+    """Return a ``progress(done, total)``: ``VERB done of total WHAT`` on stderr in long work.
+
+    Silent for work that ends within :data:`PROGRESS_EVERY_S`; then a line every that many
+    seconds, and one at the end. Never with ``--json`` (scripts read stdout; nothing to say).
+    """
+    said: list[float] = []  # when progress was last printed; empty until the work runs long
+    began = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        if as_json:
+            return
+        now = time.monotonic()
+        long_one_ends = bool(said) and done == total
+        if now - (said[-1] if said else began) >= PROGRESS_EVERY_S or long_one_ends:
+            said.append(now)
+            click.echo(f"{verb} {done:,} of {total:,}{' ' if what else ''}{what}", err=True)
+
+    return progress
 
 
 def emit(data: dict[str, Any], *, as_json: bool, text: str) -> None:

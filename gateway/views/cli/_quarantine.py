@@ -8,7 +8,6 @@ a retry judges with exactly what ``provgw serve`` uses.
 from __future__ import annotations
 
 import base64
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from gateway.views.cli._output import (
     emit,
     fail,
     json_option,
+    long_work_progress,
     open_existing_db,
     refusals,
 )
@@ -34,7 +34,6 @@ __all__ = ["group"]
 
 _LISTED = 50  # rows listed by default
 _DETAILS = 20  # still-refused rows a retry prints in text (--json has them all)
-_PROGRESS_EVERY_S = 2.0  # seconds between two progress lines of a long retry
 
 
 def _when(ms: int | None) -> str:
@@ -193,18 +192,7 @@ def retry_command(  # noqa: PLR0913 - one per option
             hint="check the [store] path in the configuration",
         )
 
-    said: list[float] = []  # when progress was last printed; empty until a retry runs long
-    began = time.monotonic()
-
-    def progress(done: int, total: int) -> None:
-        # On stderr, every few seconds of a long retry, and its end (never with --json).
-        if as_json:
-            return
-        now = time.monotonic()
-        long_one_ends = bool(said) and done == total
-        if now - (said[-1] if said else began) >= _PROGRESS_EVERY_S or long_one_ends:
-            said.append(now)
-            click.echo(f"retried {done:,} of {total:,}", err=True)
+    progress = long_work_progress("retried", as_json=as_json)
 
     with refusals(as_json=as_json):
         trust = load_trust_dir(config.trust_dir)
