@@ -25,6 +25,10 @@ reads them when ``/metrics`` is scraped, in one read-only snapshot
   hears nothing from them: re-run ``provgw broker-config`` with current CRLs and reload the
   broker before it. Left out of a scrape when ``[broker] config_dir`` holds no readable
   ``broker.json``;
+- ``provgw_broker_revoked_not_denied``: devices revoked in the database (``provgw device
+  revoke``) that the broker's ACL does not deny yet, so that it still takes what they publish
+  (the gateway refuses it): run ``provgw broker-acl`` (or ``device revoke --broker``) and reload
+  the broker. A count, no device named; left out with the CRL date above;
 - ``provgw_trust_crl_next_update_timestamp_seconds``: the same for the gateway's own trust
   folder (``[trust] dir``): from then the verifiers quarantine that manufacturer's devices as
   ``crl-stale``. Drop the manufacturer's current CRL in; it is read without a restart. Read
@@ -54,7 +58,7 @@ from prometheus_client.metrics_core import Metric
 from gateway.core.errors import MalformedError, UnavailableError
 from gateway.ingest.broker_config import BrokerConfig
 from gateway.service.child import ChildStatus
-from gateway.store.health import read_store_health
+from gateway.store.health import StoreHealth, read_store_health
 from gateway.store.trust_files import TrustFolder
 
 __all__ = ["HealthCollector"]
@@ -104,19 +108,20 @@ class HealthCollector:
         yield from (up, ready, restarts)
 
         try:
-            store = list(self._store_families())
+            health: StoreHealth | None = read_store_health(self.database)
         except UnavailableError as err:
             _log.warning("metrics: cannot read %s: %s", self.database, err)
-            store = []
+            health = None
         yield GaugeMetricFamily(
             "provgw_store_readable",
             "Whether this scrape could read the database.",
-            value=1 if store else 0,
+            value=1 if health else 0,
         )
-        yield from store
+        if health is not None:
+            yield from self._store_families(health)
         if self.broker_dir is not None:
             try:
-                next_update = BrokerConfig.load(self.broker_dir).crl_next_update
+                broker = BrokerConfig.load(self.broker_dir)
             except MalformedError as err:
                 _log.warning("metrics: cannot read the broker configuration: %s", err)
             else:
@@ -124,8 +129,15 @@ class HealthCollector:
                     "provgw_broker_crl_next_update_timestamp_seconds",
                     "When the broker's copy of the CRLs runs out (the earliest nextUpdate):"
                     " re-run provgw broker-config and reload the broker before it.",
-                    value=next_update.timestamp(),
+                    value=broker.crl_next_update.timestamp(),
                 )
+                if health is not None:
+                    yield GaugeMetricFamily(
+                        "provgw_broker_revoked_not_denied",
+                        "Devices revoked in the gateway's database that the broker's ACL does"
+                        " not deny yet: run provgw broker-acl and reload the broker.",
+                        value=len(health.revoked - set(broker.denied_devices)),
+                    )
         if self.trust is not None:
             self.trust.changed()  # read again only if its files changed, as the verifiers do
             trusted = self.trust.store.crls_next_update
@@ -137,8 +149,7 @@ class HealthCollector:
                     value=trusted.timestamp(),
                 )
 
-    def _store_families(self) -> Iterator[Metric]:
-        health = read_store_health(self.database)
+    def _store_families(self, health: StoreHealth) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "provgw_store_events", "Device events stored (the newest id).", value=health.events
         )

@@ -4,11 +4,12 @@
 (:class:`~gateway.store.readonly.ReadOnlyDatabase`: it never blocks ingest), the events stored and
 those not yet logged, the log's size, the newest checkpoint of each strength (signed, witnessed:
 reached the witness quorum, anchored: on the chain), the anchors not yet confirmed, and each
-recall's or urgent manifest's devices by remediation state.
+recall's or urgent manifest's devices by remediation state, and the devices revoked.
 
-Every statement reads one end of an index, or the remediation tables (a row per device and
-campaign), never the events or the log (query plans pinned by ``tests/service/test_health.py``),
-so it costs the same on a database of millions of events (``python -m bench health``).
+Every statement reads one end of an index, the remediation tables (a row per device and
+campaign) or the revoked devices' partial index, never the events or the log (query plans
+pinned by ``tests/service/test_health.py``), so it costs the same on a database of millions of
+events (``python -m bench health``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ QUERIES = {
         " SELECT 'manifest:' || lower(hex(manifest)), state, count(*) FROM manifest_offers"
         " GROUP BY manifest, state"
     ),
+    # The revoked devices only, from their partial index (a handful, not the fleet).
+    "revoked": "SELECT device_id FROM devices WHERE revoked_ms IS NOT NULL",
 }
 STRENGTHS = ("signed", "witnessed", "anchored")
 
@@ -73,6 +76,8 @@ class StoreHealth:
     anchors: dict[str, int]
     #: ``(campaign, state, devices)``; a campaign is a recall id or ``manifest:<digest>``.
     remediation: list[tuple[str, str, int]]
+    #: The devices revoked in this database (``provgw device revoke``), by id.
+    revoked: frozenset[str] = frozenset()
 
 
 def read_store_health(path: str | Path) -> StoreHealth:
@@ -99,4 +104,5 @@ def read_store_health(path: str | Path) -> StoreHealth:
         newest=newest,
         anchors={status: int(anchors.get(status, 0)) for status in ("pending", "sent")},
         remediation=[(str(c), str(s), int(n)) for c, s, n in rows["campaigns"]],
+        revoked=frozenset(str(d) for (d,) in rows["revoked"]),
     )

@@ -24,10 +24,12 @@ from device_sim.demo import free_port
 from device_sim.events import SimDevice, make_event
 from device_sim.fleet import flip_signature_bit
 from device_sim.pki import CRL_DAYS, init_pki, revoke_device
+from gateway.ingest.broker_config import deny_devices, write_broker_config
 from gateway.ingest.topics import event_topic
 from gateway.service.child import ChildStatus
 from gateway.service.health import HealthCollector
 from gateway.store.db import Database
+from gateway.store.devices import DeviceStore
 from gateway.store.health import QUERIES
 from gateway.store.trust_files import TrustFolder
 from gateway.views.cli._main import _register, cli
@@ -105,6 +107,8 @@ def test_each_scrape_reads_an_index_end_never_the_events_or_the_log(tmp_path):
     assert plans["signed"] == "SCAN checkpoints"
     assert plans["witnessed"] == "SCAN checkpoint_status USING INDEX checkpoint_status_witnessed"
     assert plans["anchored"] == "SCAN checkpoint_status USING INDEX checkpoint_status_anchored"
+    # The revoked devices' partial index: a handful of rows, not the fleet.
+    assert plans["revoked"] == "SEARCH devices USING INDEX devices_revoked (revoked_ms>?)"
     # Only the open anchors (a partial index), and the remediation tables: a row per device.
     assert plans["outbox"].startswith("SCAN anchor_outbox USING INDEX anchor_outbox_open")
     for table in ("events", "log_leaves", "checkpoints", "checkpoint_status"):
@@ -310,6 +314,46 @@ def test_status_says_the_same_from_the_database_when_no_gateway_serves_metrics(
     refused = _status(conf, "--json")
     assert refused.exit_code == 1
     assert json.loads(refused.output)["reason"] == "store-missing"
+
+
+def test_revoked_devices_the_broker_still_takes_are_counted_by_metrics_and_named_by_status(
+    gateway_site, tmp_path
+):
+    # `provgw device revoke` without `--broker`, and no `provgw broker-acl` after it: the
+    # gateway refuses the device, the broker still takes what it publishes.
+    _register()
+    db = tmp_path / "gateway.sqlite3"
+    with Database(db) as opened:
+        store = DeviceStore(opened)
+        for n, device in enumerate(("pump-7", "pump-8", "pump-9")):
+            store.enrol(
+                device_id=device, manufacturer="acme", kid=b"k%d" % n, cert=b"c", chain=[],
+                now_ms=1,
+            )  # fmt: skip
+        store.revoke("pump-7", now_ms=2)
+        store.revoke("pump-8", now_ms=2)
+    broker = write_broker_config(gateway_site.pki, tmp_path / "broker", now=dt.datetime.now(dt.UTC))
+    deny_devices(broker.directory, ["pump-7"])
+    conf = tmp_path / "gateway.toml"
+    conf.write_text(
+        f'[broker]\nconfig_dir = "{broker.directory}"\n'
+        f'[trust]\ndir = "{gateway_site.pki / "trust"}"\n'
+        f'[store]\npath = "{db}"\n[ingest]\nworkers = 1\n[metrics]\nport = 0\n',
+        encoding="utf-8",
+    )
+    key = ("provgw_broker_revoked_not_denied", ())
+
+    assert _collect(HealthCollector(db, list, broker.directory))[key] == 1
+    data = json.loads(_status(conf, "--json").output)
+    assert (data["revoked_devices"], data["revoked_not_denied_at_broker"]) == (2, ["pump-8"])
+    text = _status(conf).output
+    assert "NOT denied at the broker yet, so it still takes what they publish: pump-8" in text
+    assert f"provgw broker-acl -o {broker.directory} --db {db}" in text
+
+    deny_devices(broker.directory, ["pump-8"])
+    assert _collect(HealthCollector(db, list, broker.directory))[key] == 0
+    assert "revoked devices: 2, all denied at the broker" in _status(conf).output
+    assert json.loads(_status(conf, "--json").output)["revoked_not_denied_at_broker"] == []
 
 
 def test_status_exits_3_when_the_gateway_does_not_answer_so_a_check_script_sees_it(

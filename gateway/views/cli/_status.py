@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import time
 import urllib.request
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +70,11 @@ def _running(processes: dict[str, Any] | None) -> bool:
     return bool(processes["answered"]) and all(c["ready"] for c in children)
 
 
+def _not_denied(health: StoreHealth, broker: BrokerConfig) -> list[str]:
+    """Return the devices revoked in the database that the broker's ACL does not deny, sorted."""
+    return sorted(health.revoked - set(broker.denied_devices))
+
+
 def _ago(at_ms: int | None, now_ms: int) -> str:
     if at_ms is None:
         return "never"
@@ -86,7 +90,7 @@ def _text(
     config: GatewayConfig,
     health: StoreHealth,
     processes: dict[str, Any] | None,
-    broker_crls: datetime,
+    broker: BrokerConfig,
 ) -> str:
     now_ms = int(time.time() * 1000)
     newest = health.newest
@@ -104,10 +108,18 @@ def _text(
         ),
         f"anchors waiting: {health.anchors['pending']} pending, {health.anchors['sent']} sent",
         (
-            f"broker CRLs valid until {broker_crls:%Y-%m-%d %H:%M} UTC: re-run "
+            f"broker CRLs valid until {broker.crl_next_update:%Y-%m-%d %H:%M} UTC: re-run "
             "`provgw broker-config` and reload the broker before then"
         ),
     ]
+    if not_denied := _not_denied(health, broker):
+        lines.append(
+            f"revoked devices: {len(health.revoked):,}; NOT denied at the broker yet, so it still"
+            f" takes what they publish: {', '.join(not_denied)}. Run `provgw broker-acl -o"
+            f" {config.broker.config_dir} --db {config.database}` and reload the broker"
+        )
+    elif health.revoked:
+        lines.append(f"revoked devices: {len(health.revoked):,}, all denied at the broker")
     campaigns: dict[str, list[str]] = {}
     for campaign, state, count in health.remediation:
         campaigns.setdefault(campaign, []).append(f"{count} {state}")
@@ -137,7 +149,8 @@ def command(config_path: Path, *, as_json: bool) -> None:
     """Show the gateway's progress: events, log, witnesses, anchors, remediation, processes.
 
     Also when the broker's copy of the CRLs runs out (`provgw broker-config`'s broker.json):
-    re-run that and reload the broker before then.
+    re-run that and reload the broker before then; and devices revoked here that the broker does
+    not deny yet (`provgw broker-acl`).
 
     Reads the database read-only (it never slows ingest) and, when [metrics] port is set, the
     running gateway's /metrics for its processes. The same figures as `/metrics`
@@ -153,7 +166,7 @@ def command(config_path: Path, *, as_json: bool) -> None:
         fail(str(err), hint="pass the configuration `provgw serve --config` runs with")
     with refusals(as_json=as_json):
         health = read_store_health(config.database)
-        broker_crls = BrokerConfig.load(config.broker.config_dir).crl_next_update
+        broker = BrokerConfig.load(config.broker.config_dir)
     processes = _processes(config)
     data = {
         "database": str(config.database),
@@ -169,8 +182,10 @@ def command(config_path: Path, *, as_json: bool) -> None:
             {"campaign": c, "state": s, "devices": n} for c, s, n in health.remediation
         ],
         "processes": processes,
-        "broker_crls_valid_until": broker_crls.isoformat(),
+        "broker_crls_valid_until": broker.crl_next_update.isoformat(),
+        "revoked_devices": len(health.revoked),
+        "revoked_not_denied_at_broker": _not_denied(health, broker),
     }
-    emit(data, as_json=as_json, text=_text(config, health, processes, broker_crls))
+    emit(data, as_json=as_json, text=_text(config, health, processes, broker))
     if not _running(processes):
         sys.exit(EXIT_NOT_RUNNING)
