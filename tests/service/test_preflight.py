@@ -101,7 +101,7 @@ def test_a_child_that_ends_without_an_answer_is_reported_not_taken_for_a_pass(
 
 def test_the_supervisor_does_not_load_what_only_the_checks_need():
     # A Python process keeps every module it imported: these would stay in provgw serve for
-    # its whole life (8.9 MB of PSS, docs/BENCHMARKS.md session 16).
+    # its whole life (7-9 MB of PSS, docs/BENCHMARKS.md session 16).
     probe = (
         "import json, sys, gateway.service.workers; "
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith(("
