@@ -115,7 +115,7 @@ class HealthCollector:
         yield GaugeMetricFamily(
             "provgw_store_readable",
             "Whether this scrape could read the database.",
-            value=1 if health else 0,
+            value=1 if health is not None else 0,
         )
         if health is not None:
             yield from self._store_families(health)
@@ -136,7 +136,7 @@ class HealthCollector:
                         "provgw_broker_revoked_not_denied",
                         "Devices revoked in the gateway's database that the broker's ACL does"
                         " not deny yet: run provgw broker-acl and reload the broker.",
-                        value=len(health.revoked - set(broker.denied_devices)),
+                        value=len(health.not_denied(broker.denied_devices)),
                     )
         if self.trust is not None:
             self.trust.changed()  # read again only if its files changed, as the verifiers do

@@ -14,6 +14,7 @@ events (``python -m bench health``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +78,11 @@ class StoreHealth:
     #: ``(campaign, state, devices)``; a campaign is a recall id or ``manifest:<digest>``.
     remediation: list[tuple[str, str, int]]
     #: The devices revoked in this database (``provgw device revoke``), by id.
-    revoked: frozenset[str] = frozenset()
+    revoked: frozenset[str]
+
+    def not_denied(self, denied: Iterable[str]) -> list[str]:
+        """Return the revoked devices missing from *denied* (the broker's ACL), sorted."""
+        return sorted(self.revoked.difference(denied))
 
 
 def read_store_health(path: str | Path) -> StoreHealth:

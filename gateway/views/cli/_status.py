@@ -70,11 +70,6 @@ def _running(processes: dict[str, Any] | None) -> bool:
     return bool(processes["answered"]) and all(c["ready"] for c in children)
 
 
-def _not_denied(health: StoreHealth, broker: BrokerConfig) -> list[str]:
-    """Return the devices revoked in the database that the broker's ACL does not deny, sorted."""
-    return sorted(health.revoked - set(broker.denied_devices))
-
-
 def _ago(at_ms: int | None, now_ms: int) -> str:
     if at_ms is None:
         return "never"
@@ -112,7 +107,7 @@ def _text(
             "`provgw broker-config` and reload the broker before then"
         ),
     ]
-    if not_denied := _not_denied(health, broker):
+    if not_denied := health.not_denied(broker.denied_devices):
         lines.append(
             f"revoked devices: {len(health.revoked):,}; NOT denied at the broker yet, so it still"
             f" takes what they publish: {', '.join(not_denied)}. Run `provgw broker-acl -o"
@@ -184,7 +179,7 @@ def command(config_path: Path, *, as_json: bool) -> None:
         "processes": processes,
         "broker_crls_valid_until": broker.crl_next_update.isoformat(),
         "revoked_devices": len(health.revoked),
-        "revoked_not_denied_at_broker": _not_denied(health, broker),
+        "revoked_not_denied_at_broker": health.not_denied(broker.denied_devices),
     }
     emit(data, as_json=as_json, text=_text(config, health, processes, broker))
     if not _running(processes):
