@@ -527,8 +527,9 @@ def _round(  # noqa: PLR0913 - one round of one contestant, with what it needs
         part = work.slices[index]
         seconds = publish(pool, observer, part)
         after, self_after = cpu_seconds([*tree, broker_pid]), time.process_time()
-        wall = (time.monotonic() - wall_before) * (os.cpu_count() or 1)
-        who.steal.append((host_steal_s() - steal_before) / wall)
+        # Over the CPU time the VM had in that while: wall time on every CPU.
+        vm_cpu_s = (time.monotonic() - wall_before) * (os.cpu_count() or 1)
+        who.steal.append((host_steal_s() - steal_before) / vm_cpu_s)
         who.rates.append(len(part) / seconds)
         who.saturated_ms += latencies_ms(observer, part)
         who.events += len(part)

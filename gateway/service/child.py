@@ -40,6 +40,7 @@ from types import FrameType
 
 __all__ = [
     "LEDGER",
+    "SUPERVISOR_LOG_FORMAT",
     "URGENT",
     "ChildStatus",
     "Flag",
@@ -124,6 +125,10 @@ class ChildStatus:
 #: The names the children give themselves (titles, log lines, the ``role`` label of metrics).
 LEDGER = "ledger"
 URGENT = "urgent"
+
+#: The log line format of ``provgw serve`` itself, and of its start-up checks' child
+#: (:mod:`gateway.service.preflight`), whose lines were the supervisor's before it had one.
+SUPERVISOR_LOG_FORMAT = "%(asctime)s provgw %(levelname)s %(message)s"
 
 
 def ingest_role(index: int, *, shared: bool) -> str:

@@ -148,7 +148,7 @@ def main(argv: list[str]) -> int:
     # ``provgw preflight (CONFIG)`` in ps and top, as the other children name themselves: a
     # long database upgrade is seen for what it is.
     setproctitle(child.title("preflight", argv[0]))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s provgw %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=child.SUPERVISOR_LOG_FORMAT)
     try:
         result: dict[str, Any] = {"ok": prepare(load_config(Path(argv[0])))}
     except ProvenanceError as err:

@@ -191,8 +191,8 @@ def deny_revoked(
 
     With *trust*, also the devices its CRLs revoke (:meth:`DeviceStore.revoked_by`; progress on
     stderr if that takes long, unless *as_json*). Returns the JSON data and the text of the
-    result. Stops with exit 1 if *outdir* is not a broker
-    configuration, or a device id cannot be written into its ACL.
+    result. Stops with exit 1 if *outdir* is not a broker configuration, or a device id cannot
+    be written into its ACL.
     """
     by_crl = []
     if trust is not None:

@@ -52,16 +52,14 @@ def long_work_progress(verb: str, what: str = "", *, as_json: bool) -> Callable[
     Silent for work that ends within :data:`PROGRESS_EVERY_S`; then a line every that many
     seconds, and one at the end. Never with ``--json`` (scripts read stdout; nothing to say).
     """
-    said: list[float] = []  # when progress was last printed; empty until the work runs long
-    began = time.monotonic()
+    last = time.monotonic()  # the start, then the last line printed
+    spoke = False
 
     def progress(done: int, total: int) -> None:
-        if as_json:
-            return
+        nonlocal last, spoke
         now = time.monotonic()
-        long_one_ends = bool(said) and done == total
-        if now - (said[-1] if said else began) >= PROGRESS_EVERY_S or long_one_ends:
-            said.append(now)
+        if not as_json and (now - last >= PROGRESS_EVERY_S or (spoke and done == total)):
+            last, spoke = now, True
             click.echo(f"{verb} {done:,} of {total:,}{' ' if what else ''}{what}", err=True)
 
     return progress

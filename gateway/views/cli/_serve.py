@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from gateway.core.errors import UnavailableError, VerificationError
+from gateway.service.child import SUPERVISOR_LOG_FORMAT
 from gateway.service.workers import serve
 from gateway.views.cli._output import config_option, fail, json_option
 
@@ -129,7 +130,7 @@ def command(config_path: Path, *, as_json: bool) -> None:
     """
     # The supervisor's own lines (a database upgrade, a worker restarted, a signal) go to stderr
     # with a time, as each worker's do; stdout stays the status lines (JSON with --json).
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s provgw %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=SUPERVISOR_LOG_FORMAT)
     try:
         final = serve(config_path, lambda status: _line(status, as_json=as_json))
     except UnavailableError as err:
