@@ -251,3 +251,24 @@ def enrol_demo_devices(db: Database, pki: Path, device_ids: list[str], now: dt.d
             chain=chain[1:],
             now_ms=int(now.timestamp() * 1000),
         )
+
+
+def revoked_devices_db(path: Path, *devices: str) -> Path:
+    """A gateway database at *path* with *devices* enrolled and revoked, and ``kept`` enrolled.
+
+    Placeholder certificates: for what reads the devices table, not for chain checks.
+    """
+    from gateway.store.devices import DeviceStore  # noqa: PLC0415
+
+    with Database(path) as db:
+        store = DeviceStore(db)
+        for n, device in enumerate(devices):
+            store.enrol(
+                device_id=device, manufacturer="acme", kid=b"k%d" % n, cert=b"c", chain=[], now_ms=1
+            )
+        store.enrol(
+            device_id="kept", manufacturer="acme", kid=b"kept", cert=b"c", chain=[], now_ms=1
+        )
+        for device in devices:
+            store.revoke(device, now_ms=2)
+    return path

@@ -27,10 +27,9 @@ from gateway.ingest.broker_config import (
     write_broker_config,
 )
 from gateway.store.db import Database
-from gateway.store.devices import DeviceStore
 from gateway.views.cli import _output
 from gateway.views.cli._main import _register, cli
-from tests._helpers import enrol_demo_devices
+from tests._helpers import enrol_demo_devices, revoked_devices_db
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -273,25 +272,10 @@ def test_a_device_id_that_would_change_the_acl_rules_is_refused(device):
     assert err.value.reason == "bad-device-id"
 
 
-def _revoked_db(path, *devices):
-    with Database(path) as db:
-        store = DeviceStore(db)
-        for n, device in enumerate(devices):
-            store.enrol(
-                device_id=device, manufacturer="acme", kid=b"k%d" % n, cert=b"c", chain=[], now_ms=1
-            )
-        store.enrol(
-            device_id="kept", manufacturer="acme", kid=b"kept", cert=b"c", chain=[], now_ms=1
-        )
-        for device in devices:
-            store.revoke(device, now_ms=2)
-    return path
-
-
 def test_cli_broker_acl_denies_the_revoked_devices_and_says_to_reload(pki, tmp_path):
     out = tmp_path / "out"
     write_broker_config(pki, out, now=NOW)
-    db = _revoked_db(tmp_path / "gw.sqlite3", "pump-9")
+    db = revoked_devices_db(tmp_path / "gw.sqlite3", "pump-9")
     result = CliRunner().invoke(cli, ["broker-acl", "-o", str(out), "--db", str(db), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
@@ -311,7 +295,7 @@ def test_cli_broker_acl_denies_the_revoked_devices_and_says_to_reload(pki, tmp_p
 
 
 def test_cli_broker_acl_without_a_broker_config_says_what_to_run(tmp_path):
-    db = _revoked_db(tmp_path / "gw.sqlite3", "pump-9")
+    db = revoked_devices_db(tmp_path / "gw.sqlite3", "pump-9")
     result = CliRunner().invoke(cli, ["broker-acl", "-o", str(tmp_path / "nope"), "--db", str(db)])
     assert result.exit_code == 1
     assert "provgw broker-config --pki DIR -o DIR" in result.output
@@ -321,7 +305,7 @@ def test_cli_broker_acl_with_a_trust_folder_that_does_not_load_changes_nothing(p
     out = tmp_path / "out"
     write_broker_config(pki, out, now=NOW)
     before = (out / "acl").read_text()
-    db = _revoked_db(tmp_path / "gw.sqlite3", "pump-9")
+    db = revoked_devices_db(tmp_path / "gw.sqlite3", "pump-9")
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(
         cli, ["broker-acl", "-o", str(out), "--db", str(db), "--trust", str(tmp_path / "empty")]

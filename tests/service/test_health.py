@@ -29,11 +29,11 @@ from gateway.ingest.topics import event_topic
 from gateway.service.child import ChildStatus
 from gateway.service.health import HealthCollector
 from gateway.store.db import Database
-from gateway.store.devices import DeviceStore
 from gateway.store.health import QUERIES
 from gateway.store.trust_files import TrustFolder
 from gateway.views.cli._main import _register, cli
 from gateway.views.cli._status import EXIT_NOT_RUNNING, _running
+from tests._helpers import revoked_devices_db
 from tests.service.test_ledger_service import FAST_LOG, SITE, TODAY, Fleet
 
 ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "alerts.yml"
@@ -322,16 +322,7 @@ def test_revoked_devices_the_broker_still_takes_are_counted_by_metrics_and_named
     # `provgw device revoke` without `--broker`, and no `provgw broker-acl` after it: the
     # gateway refuses the device, the broker still takes what it publishes.
     _register()
-    db = tmp_path / "gateway.sqlite3"
-    with Database(db) as opened:
-        store = DeviceStore(opened)
-        for n, device in enumerate(("pump-7", "pump-8", "pump-9")):
-            store.enrol(
-                device_id=device, manufacturer="acme", kid=b"k%d" % n, cert=b"c", chain=[],
-                now_ms=1,
-            )  # fmt: skip
-        store.revoke("pump-7", now_ms=2)
-        store.revoke("pump-8", now_ms=2)
+    db = revoked_devices_db(tmp_path / "gateway.sqlite3", "pump-7", "pump-8")
     broker = write_broker_config(gateway_site.pki, tmp_path / "broker", now=dt.datetime.now(dt.UTC))
     deny_devices(broker.directory, ["pump-7"])
     conf = tmp_path / "gateway.toml"
