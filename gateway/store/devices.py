@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from gateway.core.identity import TrustStore
 
-__all__ = ["DeviceKey", "DeviceRow", "DeviceStore"]
+__all__ = ["DeviceKey", "DeviceRow", "DeviceStore", "Standing"]
 
 _SELECT_DEVICES = (
     "SELECT device_id, manufacturer, kid, cert, chain, enrolled_ms,"
@@ -60,6 +60,41 @@ class DeviceRow:
     def revoked(self) -> bool:
         """Whether the device has been revoked."""
         return self.revoked_ms is not None
+
+    def standing(self, trust: TrustStore, now: datetime) -> Standing:
+        """Return what *trust* says of the device's current certificate chain at *now*.
+
+        The stored chain is checked as the gateway checks it when it loads a device
+        (:func:`~gateway.core.identity.verify_device_chain`): a manufacturer's CRL, a root taken
+        out of the trust folder or a certificate out of date refuse it there, whatever this site
+        decided (:attr:`revoked` is the site's own revocation).
+        """
+        try:
+            identity = verify_device_chain([self.cert, *self.chain], trust, now)
+        except VerificationError as err:
+            return Standing(err, None)
+        path = (identity.certificate, *identity.issuers)
+        return Standing(None, min(cert.not_valid_after_utc for cert in path))
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A trust folder's verdict on a device's certificate chain at one time."""
+
+    #: Why the gateway refuses the chain (and so every message the device signs), or ``None``.
+    refusal: VerificationError | None
+    #: Until when an accepted chain stays valid: the earliest ``notAfter`` on its path (the
+    #: device's certificate, its CAs); from then it is refused as ``expired``.
+    valid_until: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        """``provgw device show --json``'s and the web UI's form."""
+        return {
+            "accepted": self.refusal is None,
+            "valid_until": None if self.valid_until is None else self.valid_until.isoformat(),
+            "reason": None if self.refusal is None else self.refusal.reason,
+            "detail": None if self.refusal is None else str(self.refusal),
+        }
 
 
 @dataclass(frozen=True)
@@ -233,12 +268,9 @@ class DeviceStore:
         found = []
         for done, row in enumerate(map(_device, rows), start=1):
             progress(done, len(rows))
-            try:
-                verify_device_chain([row.cert, *row.chain], trust, now)
-            except RevokedError as err:
-                found.append((row.device_id, str(err)))
-            except VerificationError:
-                continue  # not a revocation (see above)
+            refusal = row.standing(trust, now).refusal
+            if isinstance(refusal, RevokedError):  # other refusals: not revocations (above)
+                found.append((row.device_id, str(refusal)))
         return found
 
     def get(self, device_id: str) -> DeviceRow | None:

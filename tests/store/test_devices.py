@@ -1,8 +1,9 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography import x509
 
 from device_sim.events import SimDevice
 from device_sim.pki import init_pki, revoke_device, revoke_issuing_ca
@@ -163,3 +164,35 @@ def test_revoked_by_lists_the_devices_a_crl_revokes_as_the_gateway_would_refuse_
         with pytest.raises(RevokedError) as refused:
             verify_device_chain(chains[device_id], trust, now)
         assert why == str(refused.value)
+
+
+def test_standing_is_the_trust_folders_verdict_on_the_stored_chain_at_a_time(tmp_path, db):
+    pki = tmp_path / "pki"
+    records = init_pki(pki, devices_per_model=1)
+    now = datetime.now(UTC)
+    device = records[0]
+    enrol_demo_devices(db, pki, [device.id], now)
+    row = DeviceStore(db).get(device.id)
+    assert row is not None
+    trust = load_trust_dir(pki / "trust")
+
+    accepted = row.standing(trust, now)
+    path = [x509.load_der_x509_certificate(der) for der in (row.cert, *row.chain)]
+    assert accepted.refusal is None
+    assert accepted.valid_until == min(cert.not_valid_after_utc for cert in path)
+    # From a second after that, the same chain is refused as out of date, as ingest refuses it.
+    later = accepted.valid_until + timedelta(seconds=1)
+    expired = row.standing(trust, later)
+    assert (expired.refusal.reason, expired.valid_until) == ("expired", None)
+    assert expired.to_json() == {
+        "accepted": False,
+        "valid_until": None,
+        "reason": "expired",
+        "detail": str(expired.refusal),
+    }
+    # A trust folder without its manufacturer's root: untrusted, whatever the time.
+    for path_ in (pki / "trust").glob(f"{device.manufacturer_slug}.*"):
+        path_.unlink()
+    untrusted = row.standing(load_trust_dir(pki / "trust"), now).refusal
+    assert isinstance(untrusted, UntrustedSignerError)
+    assert untrusted.reason == "untrusted-issuer"

@@ -16,7 +16,7 @@ PINNED = {
         "registered_migrations",
         "unavailable_from",
     ],
-    devices: ["DeviceKey", "DeviceRow", "DeviceStore"],
+    devices: ["DeviceKey", "DeviceRow", "DeviceStore", "Standing"],
     events: [
         "BatchResult",
         "EventRecord",

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
+from cryptography import x509
 
+from device_sim.pki import revoke_device as revoke_certificate
 from gateway.ingest.broker_config import write_broker_config
 from gateway.store.db import Database
+from gateway.store.devices import DeviceStore
+from gateway.store.trust_files import load_trust_dir
 from gateway.views.cli._main import _register, cli
 from gateway.views.web._data import Page, device_page
 from gateway.views.web._html import device_html
@@ -35,9 +40,60 @@ def test_show_lists_the_keys_events_and_state(site):
     assert f"device {site.other} (" in result.output
     assert "2 events stored (last seq 2), 0 open in the quarantine" in result.output
     assert "(current)" in result.output
-    assert "trusted (not revoked)" in result.output
+    assert "not revoked at this site" in result.output
+    assert "certificate not checked (add --trust DIR" in result.output
     data = json.loads(_invoke("device", "show", site.other, "--db", site.path, "--json").output)
     assert (data["events"], data["revoked"], len(data["keys"])) == (2, None, 1)
+    assert data["certificate"] is None
+
+
+def test_show_with_the_trust_folder_says_what_the_gateway_does_with_the_device(site, tmp_path):
+    # A copy of the site's PKI, so that its manufacturer can revoke the device in this test only.
+    pki_copy = tmp_path / "pki"
+    shutil.copytree(site.pki, pki_copy)
+    trust = pki_copy / "trust"
+    with Database(site.path) as db:
+        row = DeviceStore(db).get(site.other)
+    assert row is not None
+    path = [x509.load_der_x509_certificate(der) for der in (row.cert, *row.chain)]
+    expires = min(cert.not_valid_after_utc for cert in path)
+
+    show = ("device", "show", site.other, "--db", site.path, "--trust", trust)
+    accepted = _invoke(*show)
+    assert accepted.exit_code == 0, accepted.output
+    assert f"certificate accepted by {trust} until {expires.isoformat()}" in accepted.output
+    data = json.loads(_invoke(*show, "--json").output)
+    assert data["certificate"] == {
+        "accepted": True, "valid_until": expires.isoformat(), "reason": None, "detail": None,
+    }  # fmt: skip
+
+    # The manufacturer revokes the certificate: nothing changed at this site, yet the gateway
+    # refuses the device, and `show` says so (with the core's reason and sentence).
+    revoke_certificate(pki_copy, site.other)
+    refused = _invoke(*show)
+    assert refused.exit_code == 0, refused.output
+    assert "not revoked at this site" in refused.output
+    assert f"CERTIFICATE REFUSED by {trust} (revoked):" in refused.output
+    assert "The gateway refuses every message it signs." in refused.output
+    data = json.loads(_invoke(*show, "--json").output)["certificate"]
+    assert (data["accepted"], data["valid_until"], data["reason"]) == (False, None, "revoked")
+    # What the gateway's pipeline does with its next message, given the same folder.
+    with Database(site.path) as db:
+        outcome = site.pipeline(db, trust=load_trust_dir(trust)).process([site.message(site.other)])
+        assert outcome.rejected == {"revoked": 1}
+        page = device_page(Page(db, None, load_trust_dir(trust)), site.other, limit=10)
+    assert page is not None
+    assert page["enrolled"]["certificate"] == data
+    assert '<span class="state failed">refused (revoked)</span>' in device_html(page)
+
+
+def test_show_with_a_trust_folder_that_does_not_load_fails_and_says_why(site, tmp_path):
+    broken = tmp_path / "trust"
+    broken.mkdir()
+    (broken / "acme.root.pem").write_text("not a certificate")
+    result = _invoke("device", "show", site.other, "--db", site.path, "--trust", broken)
+    assert result.exit_code == 1
+    assert "acme.root.pem" in result.output
 
 
 def test_a_revoked_device_is_refused_from_the_next_batch_and_keeps_its_history(site):

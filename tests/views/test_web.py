@@ -7,6 +7,7 @@ import html
 import http.client
 import json
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from device_sim.events import SimDevice, make_event
+from device_sim.pki import revoke_device as revoke_certificate
 from gateway.core.errors import UnavailableError
 from gateway.core.note import COSIGNATURE_V1, Signer
 from gateway.core.recall import Recall
@@ -61,7 +63,10 @@ class Site:
         self.other = next(d for d in gateway_site.devices if d != self.pump)
         self.hostile_topic = f"provgw/v1/{HOSTILE}/dev/x/evt/custody"
         self._fill()
-        self.server = make_server(self.db_path, self.key, port=0)
+        # The UI's own copy of the PKI: a test has its manufacturer revoke a device there.
+        self.own_pki = directory / "pki"
+        shutil.copytree(self.pki, self.own_pki)
+        self.server = make_server(self.db_path, self.key, port=0, trust_dir=self.own_pki / "trust")
         self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -204,6 +209,22 @@ def test_device_page_shows_history_newest_first_with_each_proof_state(site):
     assert 'class="state anchored"' in page
     assert 'class="state appended"' in page
     assert f'href="/receipts/{first["id"]}.cbor"' in page
+
+
+def test_device_page_checks_the_certificate_against_the_trust_folder_as_it_changes(site):
+    # Another device than the pump, whose certificate its manufacturer revokes mid-test.
+    before = site.api(f"/api/devices/{site.other}")["enrolled"]["certificate"]
+    assert (before["accepted"], before["reason"]) == (True, None)
+    assert f"valid until {before['valid_until']}" in site.page(f"/devices/{site.other}")
+    revoke_certificate(site.own_pki, site.other)
+    deadline = time.monotonic() + 10
+    while (after := site.api(f"/api/devices/{site.other}")["enrolled"]["certificate"])["accepted"]:
+        assert time.monotonic() < deadline, "the UI did not read the changed trust folder"
+        time.sleep(0.2)
+    assert (after["reason"], after["valid_until"]) == ("revoked", None)
+    assert "refused (revoked)" in site.page(f"/devices/{site.other}")
+    # The pump, on the same folder, is still accepted.
+    assert site.api(f"/api/devices/{site.pump}")["enrolled"]["certificate"]["accepted"] is True
 
 
 def test_device_page_limit_shows_the_newest_events_and_counts_them_all(site):

@@ -10,6 +10,12 @@ history stays, and stays provable. The broker still takes what it sends, since i
 is still good: ``provgw broker-acl`` (or ``revoke --broker DIR``) denies it there too, after a
 reload of Mosquitto; and its manufacturer can revoke the certificate itself (a CRL in the trust
 folder).
+
+What this site decided is one half of a device's standing; its certificate chain is the other.
+``show --trust DIR`` checks the stored chain against the gateway's trust folder as the gateway
+does (:meth:`~gateway.store.devices.DeviceRow.standing`), so a device the manufacturer revoked,
+whose root was taken out or whose certificate ran out is shown as the gateway treats it:
+refused, with the reason its messages are quarantined with.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ from typing import Any, NoReturn
 
 import click
 
-from gateway.core.errors import ProvenanceError
+from gateway.core.errors import ProvenanceError, VerificationError
 from gateway.ledger.log import revoke_device
 from gateway.store.devices import DeviceRow, DeviceStore
 from gateway.store.events import EventStore
+from gateway.store.trust_files import load_trust_dir
 from gateway.views.cli._broker import check_broker_dir, deny_revoked
 from gateway.views.cli._output import db_option, emit, fail, json_option, open_existing_db
 
@@ -69,21 +76,52 @@ def _device_json(device: DeviceRow, store: DeviceStore, events: EventStore) -> d
     }
 
 
+def _certificate_line(certificate: dict[str, Any] | None, trust_dir: Path | None) -> str:
+    if certificate is None:
+        return "  certificate not checked (add --trust DIR, the gateway's trust.dir)"
+    if certificate["accepted"]:
+        return f"  certificate accepted by {trust_dir} until {certificate['valid_until']}"
+    return (
+        f"  CERTIFICATE REFUSED by {trust_dir} ({certificate['reason']}): "
+        f"{certificate['detail']} The gateway refuses every message it signs."
+    )
+
+
 @group.command("show")
 @click.argument("device_id")
 @db_option
+@click.option(
+    "--trust",
+    "trust_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The gateway's trust folder (trust.dir): check the device's certificate chain too.",
+)
 @json_option
-def show_command(device_id: str, db_path: Path, *, as_json: bool) -> None:
+def show_command(device_id: str, db_path: Path, trust_dir: Path | None, *, as_json: bool) -> None:
     """Show enrolled device DEVICE_ID: its keys, events, open quarantine and revocation.
 
-    Exit code 0; 1 if no such device is enrolled.
+    With --trust, also whether that trust folder accepts its certificate chain now, and until
+    when: a CRL of its manufacturer, a root taken out or an expired certificate makes the gateway
+    refuse the device as surely as a revocation here.
+
+    Exit code 0 (also for a revoked or refused device); 1 if no such device is enrolled or the
+    trust folder cannot be read.
     """
+    trust = None
+    if trust_dir is not None:
+        try:
+            trust = load_trust_dir(trust_dir)
+        except VerificationError as err:
+            fail(str(err), code=1)
     with open_existing_db(db_path) as db:
         store = DeviceStore(db)
         device = store.get(device_id)
         if device is None:
             _not_enrolled(device_id, db_path)
         data = _device_json(device, store, EventStore(db))
+    data["certificate"] = (
+        None if trust is None else device.standing(trust, datetime.now(UTC)).to_json()
+    )
     lines = [
         f"device {device_id} ({data['manufacturer']}), enrolled {data['enrolled']}",
         (
@@ -97,8 +135,9 @@ def show_command(device_id: str, db_path: Path, *, as_json: bool) -> None:
         (
             f"  REVOKED {data['revoked']}: {data['revoked_reason'] or '(no reason given)'}"
             if data["revoked"]
-            else "  trusted (not revoked)"
+            else "  not revoked at this site"
         ),
+        _certificate_line(data["certificate"], trust_dir),
     ]
     emit({"ok": True, **data}, as_json=as_json, text="\n".join(lines))
 

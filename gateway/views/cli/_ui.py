@@ -58,8 +58,9 @@ def command(config_path: Path, host: str, port: int, *, as_json: bool) -> None:
     Opens the gateway's database read-only (it never writes and never slows ingest) and prints
     the URL, or one JSON line {"url": ...} with --json; runs until Ctrl-C or SIGTERM. Every
     page is also JSON under /api/. Receipts need the gateway log key named in the
-    configuration. Exit code 0: stopped; 1: the database is unavailable; 2: wrong configuration
-    or the port is taken.
+    configuration; a device's page checks its certificate chain against the trust folder
+    (trust.dir, read again when it changes). Exit code 0: stopped; 1: the database or the trust
+    folder is unavailable; 2: wrong configuration or the port is taken.
     """
     try:
         config = load_config(config_path)
@@ -67,7 +68,7 @@ def command(config_path: Path, host: str, port: int, *, as_json: bool) -> None:
         fail(str(err), hint="pass the configuration `provgw serve` runs with")
     key = _key(config.log.key)
     try:
-        server = make_server(config.database, key, host=host, port=port)
+        server = make_server(config.database, key, host=host, port=port, trust_dir=config.trust_dir)
     except ProvenanceError as err:
         fail(str(err), code=1)
     except OSError as err:

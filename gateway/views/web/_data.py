@@ -2,9 +2,11 @@
 
 - overview: :class:`EventStore` counts, :class:`Inventory`, enrolled devices, and the log's
   latest checkpoint (:meth:`TransparencyLog.latest_checkpoint` and its status);
-- device: :meth:`EventStore.history`, and per event :meth:`TransparencyLog.leaf_of` and
-  :meth:`TransparencyLog.covering_checkpoint` (the checkpoint a receipt is issued under, so the
-  state shown is the receipt's: logged -> witnessed -> anchored);
+- device: :meth:`EventStore.history`, :meth:`DeviceRow.standing` (the certificate chain against
+  the trust folder, as ``provgw device show --trust``), and per event
+  :meth:`TransparencyLog.leaf_of` and :meth:`TransparencyLog.covering_checkpoint` (the
+  checkpoint a receipt is issued under, so the state shown is the receipt's: logged ->
+  witnessed -> anchored);
 - receipt: :func:`issue_receipt` then :func:`verify_receipt`, as ``provgw log prove --out``;
 - recalls: :meth:`RecallStore.summaries` (``provgw recall list --json``) and the urgent
   manifests' campaigns (:meth:`ManifestOffers.summary`);
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.core.cbor import strict_loads
 from gateway.core.errors import UnavailableError, VerificationError
@@ -42,11 +44,15 @@ from gateway.ledger.log import TransparencyLog
 from gateway.ledger.receipts import issue_receipt, verify_receipt
 from gateway.service.remediation import RemediationTracker
 from gateway.store.db import Database
+from gateway.store.devices import DeviceStore
 from gateway.store.events import EventStore, StoredEvent
 from gateway.store.inventory import Inventory
 from gateway.store.manifests import ManifestStore
 from gateway.store.offers import ManifestOffers, campaign_id, campaign_manifest
 from gateway.store.recalls import RecallStore
+
+if TYPE_CHECKING:
+    from gateway.core.identity import TrustStore
 
 __all__ = [
     "PROOF_STATES",
@@ -74,10 +80,14 @@ _PROOF_NOTE = (
 
 @dataclass(frozen=True)
 class Page:
-    """Where to read: the database (read-only) and, if available, the log key for receipts."""
+    """Where to read: the database (read-only), the log key for receipts and the trust folder.
+
+    *key* and *trust* are ``None`` when not available: no receipts, no certificate checks.
+    """
 
     db: Database
     key: GatewayKey | None
+    trust: TrustStore | None = None
 
     def log(self) -> TransparencyLog | None:
         """Return the transparency log, or None without the log key (no checkpoints to show)."""
@@ -254,13 +264,8 @@ def device_page(page: Page, device_id: str, *, limit: int) -> dict[str, Any] | N
     history = store.history(device_id, newest=limit)
     total = store.count_for(device_id)
     inv = Inventory(page.db).get(device_id)
-    enrolled = page.db.query(
-        "SELECT manufacturer, enrolled_ms, revoked_ms,"
-        " (SELECT reason FROM device_revocations r WHERE r.device_id = devices.device_id)"
-        " FROM devices WHERE device_id = ?",
-        (device_id,),
-    )
-    if not history and inv is None and not enrolled:
+    enrolled = DeviceStore(page.db).get(device_id)
+    if not history and inv is None and enrolled is None:
         return None
     log = page.log()
     events = []
@@ -297,12 +302,16 @@ def device_page(page: Page, device_id: str, *, limit: int) -> dict[str, Any] | N
             "lot": inv.lot,
         },
         "enrolled": None
-        if not enrolled
+        if enrolled is None
         else {
-            "manufacturer": enrolled[0][0],
-            "enrolled": iso(enrolled[0][1]),
-            "revoked": iso(enrolled[0][2]),
-            "revoked_reason": enrolled[0][3],
+            "manufacturer": enrolled.manufacturer,
+            "enrolled": iso(enrolled.enrolled_ms),
+            "revoked": iso(enrolled.revoked_ms),
+            "revoked_reason": enrolled.revoked_reason,
+            # What the trust folder says of its certificate chain now (None: not configured).
+            "certificate": None
+            if page.trust is None
+            else enrolled.standing(page.trust, datetime.now(UTC)).to_json(),
         },
         "events_total": total,
         "limit": limit,

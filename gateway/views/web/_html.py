@@ -186,12 +186,36 @@ def overview_html(data: Mapping[str, Any]) -> str:
     return _layout("Fleet overview", body, "/api/overview")
 
 
+def _certificate(enrolled: Mapping[str, Any]) -> str:
+    """Show the device's certificate chain as the trust folder judges it now (``standing``)."""
+    if not enrolled:
+        return esc(None)
+    certificate = enrolled["certificate"]
+    if certificate is None:
+        return '<span class="muted">not checked (no trust folder)</span>'
+    if certificate["accepted"]:
+        return esc(f"valid until {certificate['valid_until']}")
+    return (
+        f'<span class="state failed">refused ({esc(certificate["reason"])})</span> '
+        f"{esc(certificate['detail'])}"
+    )
+
+
 def device_html(data: Mapping[str, Any]) -> str:
     """``/devices/<id>``: the device's history with proofs."""
     inv = data["inventory"] or {}
     enrolled = data["enrolled"] or {}
     facts = _table(
-        ["model", "manufacturer", "site", "department", "firmware", "enrolled", "revoked"],
+        [
+            "model",
+            "manufacturer",
+            "site",
+            "department",
+            "firmware",
+            "enrolled",
+            "revoked",
+            "certificate",
+        ],
         [
             [
                 esc(inv.get("model")),
@@ -205,6 +229,7 @@ def device_html(data: Mapping[str, Any]) -> str:
                     if enrolled.get("revoked")
                     else None
                 ),
+                _certificate(enrolled),
             ]
         ],
         "",

@@ -6,18 +6,23 @@ import ipaddress
 import json
 import logging
 import re
+import threading
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.core.errors import ProvenanceError, UnavailableError
 from gateway.ledger.keys import GatewayKey
 from gateway.store.readonly import ReadOnlyDatabase
+from gateway.store.trust_files import TrustFolder
 from gateway.views.web import _data, _html
+
+if TYPE_CHECKING:
+    from gateway.core.identity import TrustStore
 
 __all__ = ["SECURITY_HEADERS", "UiServer", "make_server"]
 
@@ -127,15 +132,25 @@ class UiServer(ThreadingHTTPServer):
 
     *db_path* is the gateway's SQLite file (opened ``mode=ro`` per request); *key* the gateway
     log key, needed only to issue receipts (the same bytes ``provgw log prove --out`` writes) and
-    to name the log; without it those parts say so.
+    to name the log; without it those parts say so. *trust* is the gateway's trust folder, read
+    again when its files change (as the verifiers read it), for the device pages' certificate
+    checks; without it they say the certificate was not checked.
     """
 
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], db_path: Path, key: GatewayKey | None) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        db_path: Path,
+        key: GatewayKey | None,
+        trust: TrustFolder | None = None,
+    ) -> None:
         self.db_path = db_path
         self.key = key
+        self._trust = trust
+        self._trust_lock = threading.Lock()
         super().__init__(address, _Handler)
         host = str(self.server_address[0])
         self.loopback = _is_loopback(host)
@@ -214,20 +229,28 @@ class UiServer(ThreadingHTTPServer):
         )
 
     def _page(self) -> _PageContext:
-        return _PageContext(self.db_path, self.key)
+        return _PageContext(self.db_path, self.key, self._trust_store())
+
+    def _trust_store(self) -> TrustStore | None:
+        if self._trust is None:
+            return None
+        with self._trust_lock:  # one request at a time reads a changed folder again
+            self._trust.changed()
+            return self._trust.store
 
 
 class _PageContext:
     """One request's read-only connection and snapshot."""
 
-    def __init__(self, db_path: Path, key: GatewayKey | None) -> None:
+    def __init__(self, db_path: Path, key: GatewayKey | None, trust: TrustStore | None) -> None:
         self._db = ReadOnlyDatabase(db_path)
         self._key = key
+        self._trust = trust
         self._snapshot = self._db.snapshot()
 
     def __enter__(self) -> _data.Page:
         self._snapshot.__enter__()
-        return _data.Page(self._db, self._key)
+        return _data.Page(self._db, self._key, self._trust)
 
     def __exit__(self, *exc: object) -> None:
         try:
@@ -312,11 +335,18 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def make_server(
-    db_path: Path, key: GatewayKey | None, *, host: str = "127.0.0.1", port: int = 8080
+    db_path: Path,
+    key: GatewayKey | None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    trust_dir: Path | None = None,
 ) -> UiServer:
     """Bind the UI to *host*:*port* (0: a free port); call ``serve_forever()`` to run it.
 
-    The database is checked now (exists, migrated), so a wrong path fails before any request.
+    The database and the trust folder are checked now (the database exists and is migrated,
+    the folder loads), so a wrong path fails before any request.
     """
     ReadOnlyDatabase(db_path).close()
-    return UiServer((host, port), db_path, key)
+    trust = None if trust_dir is None else TrustFolder(trust_dir)
+    return UiServer((host, port), db_path, key, trust)
