@@ -9,7 +9,8 @@ from device_sim.events import SimDevice
 from device_sim.pki import init_pki, revoke_device, revoke_issuing_ca
 from gateway.core.errors import PolicyError, RevokedError, UntrustedSignerError
 from gateway.core.identity import verify_device_chain
-from gateway.store.devices import DeviceStore
+from gateway.store import devices as devices_module
+from gateway.store.devices import DeviceStore, StandingCache
 from gateway.store.events import EventRecord, EventStore
 from gateway.store.trust_files import load_trust_dir
 from tests._helpers import enrol_demo_devices
@@ -196,3 +197,40 @@ def test_standing_is_the_trust_folders_verdict_on_the_stored_chain_at_a_time(tmp
     untrusted = row.standing(load_trust_dir(pki / "trust"), now).refusal
     assert isinstance(untrusted, UntrustedSignerError)
     assert untrusted.reason == "untrusted-issuer"
+
+
+def test_standing_cache_verifies_a_chain_once_then_rechecks_only_what_moves_with_time(
+    tmp_path, db, monkeypatch
+):
+    pki = tmp_path / "pki"
+    records = init_pki(pki, devices_per_model=1)
+    now = datetime.now(UTC)
+    enrol_demo_devices(db, pki, [records[0].id, records[1].id], now)
+    kept, stolen = DeviceStore(db).all()
+    trust = load_trust_dir(pki / "trust")
+    cache = StandingCache()
+    first = cache.standing(kept, trust, now)
+    assert first == kept.standing(trust, now)
+    assert first.refusal is None
+
+    verified = []
+    real = devices_module.verify_device_chain
+    monkeypatch.setattr(
+        devices_module,
+        "verify_device_chain",
+        lambda *args: verified.append(args[0]) or real(*args),
+    )
+    # The same chain, the same store: not verified again, and the verdict moves with the time.
+    assert cache.standing(kept, trust, now) == first
+    later = cache.standing(kept, trust, first.valid_until + timedelta(seconds=1))
+    assert later.refusal is not None
+    assert later.refusal.reason == "expired"
+    assert verified == []
+    # A new store (the folder changed): verified in full again, with the new CRL's verdict.
+    revoke_device(pki, stolen.device_id)
+    changed = load_trust_dir(pki / "trust")
+    refused = cache.standing(stolen, changed, now)
+    assert cache.standing(kept, changed, now).refusal is None
+    assert len(verified) == 2
+    assert isinstance(refused.refusal, RevokedError)
+    assert str(refused.refusal) == str(stolen.standing(changed, now).refusal)

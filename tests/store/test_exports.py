@@ -16,7 +16,7 @@ PINNED = {
         "registered_migrations",
         "unavailable_from",
     ],
-    devices: ["DeviceKey", "DeviceRow", "DeviceStore", "Standing"],
+    devices: ["DeviceKey", "DeviceRow", "DeviceStore", "Standing", "StandingCache"],
     events: [
         "BatchResult",
         "EventRecord",

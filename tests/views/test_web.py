@@ -223,6 +223,11 @@ def test_device_page_checks_the_certificate_against_the_trust_folder_as_it_chang
         time.sleep(0.2)
     assert (after["reason"], after["valid_until"]) == ("revoked", None)
     assert "refused (revoked)" in site.page(f"/devices/{site.other}")
+    # And the fleet overview names it, beside the devices the folder still accepts.
+    fleet = {d["device_id"]: d for d in site.api("/api/overview")["devices"]}
+    assert fleet[site.other]["certificate"] == after
+    assert fleet[site.pump]["certificate"]["accepted"] is True
+    assert '<span class="state failed">refused (revoked)</span>' in site.page("/")
     # The pump, on the same folder, is still accepted.
     assert site.api(f"/api/devices/{site.pump}")["enrolled"]["certificate"]["accepted"] is True
 

@@ -136,6 +136,16 @@ def _checkpoint_html(cp: Mapping[str, Any] | None) -> str:
     )
 
 
+def _identity(device: Mapping[str, Any]) -> str:
+    """Revoked here, refused by the trust folder, enrolled, or not enrolled (overview column)."""
+    certificate = device["certificate"]
+    if device["revoked"]:
+        return "revoked"
+    if certificate is not None and not certificate["accepted"]:
+        return f'<span class="state failed">refused ({esc(certificate["reason"])})</span>'
+    return "enrolled" if device["enrolled"] else "not enrolled"
+
+
 def overview_html(data: Mapping[str, Any]) -> str:
     """``/``: the fleet."""
     rows = [
@@ -148,7 +158,7 @@ def overview_html(data: Mapping[str, Any]) -> str:
             esc(d["firmware"]),
             esc(d["last_event"]),
             esc(d["events"]),
-            "revoked" if d["revoked"] else ("enrolled" if d["enrolled"] else "not enrolled"),
+            _identity(d),
         ]
         for d in data["devices"]
     ]

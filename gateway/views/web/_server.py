@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.core.errors import ProvenanceError, UnavailableError
 from gateway.ledger.keys import GatewayKey
+from gateway.store.devices import StandingCache
 from gateway.store.readonly import ReadOnlyDatabase
 from gateway.store.trust_files import TrustFolder
 from gateway.views.web import _data, _html
@@ -151,6 +152,7 @@ class UiServer(ThreadingHTTPServer):
         self.key = key
         self._trust = trust
         self._trust_lock = threading.Lock()
+        self._standings = StandingCache()
         super().__init__(address, _Handler)
         host = str(self.server_address[0])
         self.loopback = _is_loopback(host)
@@ -229,7 +231,7 @@ class UiServer(ThreadingHTTPServer):
         )
 
     def _page(self) -> _PageContext:
-        return _PageContext(self.db_path, self.key, self._trust_store())
+        return _PageContext(self.db_path, self.key, self._trust_store(), self._standings)
 
     def _trust_store(self) -> TrustStore | None:
         if self._trust is None:
@@ -242,15 +244,22 @@ class UiServer(ThreadingHTTPServer):
 class _PageContext:
     """One request's read-only connection and snapshot."""
 
-    def __init__(self, db_path: Path, key: GatewayKey | None, trust: TrustStore | None) -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        key: GatewayKey | None,
+        trust: TrustStore | None,
+        standings: StandingCache,
+    ) -> None:
         self._db = ReadOnlyDatabase(db_path)
         self._key = key
         self._trust = trust
+        self._standings = standings
         self._snapshot = self._db.snapshot()
 
     def __enter__(self) -> _data.Page:
         self._snapshot.__enter__()
-        return _data.Page(self._db, self._key, self._trust)
+        return _data.Page(self._db, self._key, self._trust, self._standings)
 
     def __exit__(self, *exc: object) -> None:
         try:
