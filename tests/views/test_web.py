@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fhir.resources.R4B.bundle import Bundle
 
 from device_sim.events import SimDevice, make_event
 from device_sim.pki import revoke_device as revoke_certificate
@@ -266,6 +267,27 @@ def test_receipt_download_is_the_bundle_log_prove_writes_and_verifies_offline(si
         stored = EventStore(db).by_id(event["id"])
     info = verify_receipt(bundle, leaf_for("event", stored.salt, stored.digest), site.key.verifier)
     assert info.state == "anchored"
+
+
+def test_fhir_download_is_the_bundle_provgw_device_fhir_writes(site, tmp_path):
+    data = site.api(f"/api/devices/{site.pump}")
+    assert f'href="{data["fhir"]}"' in site.page(f"/devices/{site.pump}")
+    status, headers, body = site.request(data["fhir"])
+    assert status == 200
+    assert headers["Content-Type"] == "application/fhir+json"
+    assert headers["Content-Disposition"] == f'attachment; filename="{site.pump}.fhir.json"'
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    out = tmp_path / "pump.fhir.json"
+    _register()
+    result = CliRunner().invoke(
+        cli, ["device", "fhir", site.pump, "--db", str(site.db_path), "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    served, written = Bundle.model_validate_json(body), Bundle.model_validate_json(out.read_text())
+    assert [e.model_dump() for e in served.entry] == [e.model_dump() for e in written.entry]
+    assert len(served.entry) == 1 + data["events_total"]
+    missing, _, _ = site.request("/devices/ghost/fhir")
+    assert missing == 404
 
 
 def test_recall_pages_show_impact_rule_and_remediation_state_as_the_cli_does(site):

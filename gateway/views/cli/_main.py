@@ -47,7 +47,7 @@ _COMMANDS: dict[str, _Entry] = {
     "device": _Entry(
         _P + "_device",
         "group",
-        "See an enrolled device's keys and state, and revoke one the site no longer trusts.",
+        "See a device's keys and state, revoke one the site no longer trusts, export it as FHIR.",
     ),
     "erase": _Entry(
         _P + "_log",

@@ -32,6 +32,7 @@ row). Quarantined messages are listed by size and SHA-256, never by their raw by
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -239,7 +240,8 @@ def summary(event_type: str, body: dict[str, Any]) -> str:
     return event_type
 
 
-def _body(event: StoredEvent) -> dict[str, Any]:
+def event_body(event: StoredEvent) -> dict[str, Any]:
+    """Return the event's ``body`` map, bytes as hex; ``{}`` when erased or unreadable."""
     try:
         item = strict_loads(bytes(event.payload), what="event payload")
         body = item["body"]
@@ -267,6 +269,11 @@ def receipt_path(event_id: int) -> str:
     return f"/receipts/{event_id}.cbor"
 
 
+def fhir_path(device_id: str) -> str:
+    """Where the UI serves a device's FHIR Bundle (``provgw device fhir``'s)."""
+    return "/devices/" + urllib.parse.quote(device_id, safe="") + "/fhir"
+
+
 def device_page(page: Page, device_id: str, *, limit: int) -> dict[str, Any] | None:
     """Return a device's history, newest first, each event with its proof state; None if unknown."""
     store = EventStore(page.db)
@@ -279,7 +286,7 @@ def device_page(page: Page, device_id: str, *, limit: int) -> dict[str, Any] | N
     log = page.log()
     events = []
     for event in reversed(history):
-        body = _body(event)
+        body = event_body(event)
         proof = _proof(log, event)
         can_prove = page.key is not None and proof["checkpoint_size"] is not None
         events.append(
@@ -320,6 +327,7 @@ def device_page(page: Page, device_id: str, *, limit: int) -> dict[str, Any] | N
             "certificate": page.certificate(enrolled),
         },
         "events_total": total,
+        "fhir": fhir_path(device_id),
         "limit": limit,
         "events": events,
         "proof_source": _PROOF_SOURCE,

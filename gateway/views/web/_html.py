@@ -285,6 +285,9 @@ def device_html(data: Mapping[str, Any]) -> str:
         )
         + note
         + receipts
+        + f"<p>{_link(data['fhir'], 'FHIR bundle of this device')} (JSON, FHIR R4B): the device "
+        "and one Provenance per event with the bytes it signed, as "
+        "<code>provgw device fhir</code> writes it, for the hospital's systems.</p>"
     )
     return _layout(f"Device {data['device_id']}", body, "/api" + device_url(data["device_id"]))
 

@@ -10,6 +10,7 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -126,6 +127,8 @@ _ROUTES = (
     _Route(re.compile(r"/quarantine\Z"), _quarantine, _html.quarantine_html, "page"),
 )
 _RECEIPT = re.compile(r"/receipts/(?P<id>[0-9]{1,18})\.cbor\Z")
+_FHIR = re.compile(rf"/devices/{_ID}/fhir\Z")
+_UNSAFE_IN_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class UiServer(ThreadingHTTPServer):
@@ -186,6 +189,8 @@ class UiServer(ThreadingHTTPServer):
             query = _query(parts.query)
             if receipt := _RECEIPT.match(path):
                 return self._receipt(int(receipt["id"]))
+            if fhir := _FHIR.match(path):
+                return self._fhir(urllib.parse.unquote(fhir["id"]))
             return self._route(path.removeprefix("/api") if api else path, query, api=api)
         except (_BadRequestError, ValueError) as err:
             return _error(HTTPStatus.BAD_REQUEST, f"Bad request: {err}.", api=api)
@@ -228,6 +233,23 @@ class UiServer(ThreadingHTTPServer):
         disposition = f'attachment; filename="event-{event_id}.receipt.cbor"'
         return _Reply(
             HTTPStatus.OK, bundle, "application/cbor", (("Content-Disposition", disposition),)
+        )
+
+    def _fhir(self, device_id: str) -> _Reply:
+        # Here, not at the top: fhir.resources (pydantic models) takes 0.2 s to import.
+        from gateway.views.fhir import device_bundle  # noqa: PLC0415
+
+        with self._page() as page:
+            exported = device_bundle(page.db, device_id, now=datetime.now(UTC))
+        if exported is None:
+            return _error(HTTPStatus.NOT_FOUND, f"No device {device_id!r} here.", api=False)
+        name = _UNSAFE_IN_FILENAME.sub("_", device_id)[:100]  # the id is the device's to choose
+        disposition = f'attachment; filename="{name}.fhir.json"'
+        return _Reply(
+            HTTPStatus.OK,
+            exported.to_json().encode(),
+            "application/fhir+json",
+            (("Content-Disposition", disposition),),
         )
 
     def _page(self) -> _PageContext:

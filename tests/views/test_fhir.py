@@ -1,0 +1,141 @@
+"""`provgw device fhir`: a device and its verified history as a FHIR Bundle."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from click.testing import CliRunner
+from cryptography import x509
+from fhir.resources.R4B.bundle import Bundle
+
+from gateway.core import cose
+from gateway.store.db import Database
+from gateway.store.devices import DeviceStore
+from gateway.store.events import EventStore
+from gateway.store.inventory import Inventory
+from gateway.views.cli._main import _register, cli
+from gateway.views.fhir import ACTIVITY_SYSTEM, DEVICE_ID_SYSTEM, EVENT_ID_SYSTEM, FHIR_VERSION
+from tests.service.test_quarantine import Site
+
+
+def _invoke(*args):
+    _register()
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture
+def site(gateway_site, tmp_path):
+    site = Site(gateway_site.pki, tmp_path)
+    kinds = ("maintenance", "custody", "firmware_update")
+    site.ingest([site.message(site.other, kind=kind) for kind in kinds])
+    with Database(site.path) as db:
+        Inventory(db).import_devices_json(gateway_site.pki / "devices.json")
+    return site
+
+
+def _export(site, tmp_path, *extra):
+    out = tmp_path / "bundle.json"
+    result = _invoke("device", "fhir", site.other, "--db", site.path, "-o", out, *extra)
+    assert result.exit_code == 0, result.output
+    return Bundle.model_validate_json(out.read_text(encoding="utf-8")), result
+
+
+def test_the_bundle_holds_the_device_and_one_provenance_per_event_with_its_signed_bytes(
+    site, tmp_path
+):
+    bundle, result = _export(site, tmp_path)
+    assert "1 Device and 3 Provenance resources" in result.output
+    assert bundle.type == "collection"
+    device_entry, *event_entries = bundle.entry
+    device = device_entry.resource
+    assert device.__resource_type__ == "Device"
+    with Database(site.path) as db:
+        inventory = Inventory(db).get(site.other)
+        stored = EventStore(db).history(site.other)
+        row = DeviceStore(db).get(site.other)
+    assert inventory is not None
+    assert row is not None
+    assert [(i.system, i.value) for i in device.identifier] == [(DEVICE_ID_SYSTEM, site.other)]
+    udi = device.udiCarrier[0]
+    assert (udi.deviceIdentifier, udi.carrierHRF) == (
+        inventory.gtin,
+        f"(01){inventory.gtin}(21){inventory.serial}",
+    )
+    assert (device.serialNumber, device.manufacturer, device.modelNumber, device.status) == (
+        inventory.serial,
+        inventory.manufacturer,
+        inventory.model,
+        "active",
+    )
+
+    # One Provenance per stored event, in order: what the device did, when, and the exact bytes
+    # it signed, which a receiver checks with the device's key without trusting this export.
+    key = x509.load_der_x509_certificate(row.cert).public_key()
+    assert len(event_entries) == len(stored) == 3
+    for entry, event in zip(event_entries, stored, strict=True):
+        provenance = entry.resource
+        assert provenance.__resource_type__ == "Provenance"
+        assert [t.reference for t in provenance.target] == [device_entry.fullUrl]
+        assert provenance.agent[0].who.reference == device_entry.fullUrl
+        assert provenance.agent[0].type.coding[0].code == "author"
+        coding = provenance.activity.coding[0]
+        assert (coding.system, coding.code) == (ACTIVITY_SYSTEM, event.type)
+        assert provenance.activity.text  # the web UI's one-line summary
+        what = provenance.entity[0].what.identifier
+        assert (what.system, what.value) == (EVENT_ID_SYSTEM, str(event.id))
+        assert int(provenance.occurredDateTime.timestamp() * 1000) == event.event_time_ms
+        assert int(provenance.recorded.timestamp() * 1000) == event.received_ms
+        signature = provenance.signature[0]
+        assert signature.sigFormat == "application/cose"
+        assert signature.data == event.raw
+        cose.decode_sign1(signature.data).verify(key)
+    # The first carries the device's certificate chain: checked with nothing but the trust folder.
+    first = tmp_path / "first.cose"
+    first.write_bytes(event_entries[0].resource.signature[0].data)
+    verified = _invoke("message", "verify", first, "--trust", site.pki / "trust")
+    assert verified.exit_code == 0, verified.output
+    assert verified.output.startswith(f"VALID {first}: maintenance #1 from {site.other}")
+
+
+def test_the_json_is_fhir_json_and_the_urls_stay_the_same_from_one_export_to_the_next(
+    site, tmp_path
+):
+    to_stdout = _invoke("device", "fhir", site.other, "--db", site.path, "-o", "-")
+    assert to_stdout.exit_code == 0, to_stdout.output
+    raw = json.loads(to_stdout.output)
+    assert raw["resourceType"] == "Bundle"
+    signed = raw["entry"][1]["resource"]["signature"][0]["data"]
+    assert base64.b64decode(signed, validate=True)  # base64Binary, as FHIR JSON has it
+    assert "null" not in to_stdout.output  # absent elements are left out, not null
+    again, summary = _export(site, tmp_path, "--json")
+    assert [e.fullUrl for e in again.entry] == [e["fullUrl"] for e in raw["entry"]]
+    data = json.loads(summary.output)
+    assert (data["provenance"], data["erased_left_out"], data["fhir_version"]) == (
+        3,
+        0,
+        FHIR_VERSION,
+    )
+
+
+def test_a_revoked_device_is_inactive_and_erased_events_are_left_out(site, tmp_path):
+    revoke = ("device", "revoke", site.other, "--db", site.path, "--reason", "stolen")
+    assert _invoke(*revoke).exit_code == 0
+    with Database(site.path) as db:
+        first = EventStore(db).history(site.other)[0]
+    assert _invoke("erase", first.id, "--reason", "request", "--db", site.path).exit_code == 0
+    bundle, result = _export(site, tmp_path)
+    assert bundle.entry[0].resource.status == "inactive"
+    ids = [e.resource.entity[0].what.identifier.value for e in bundle.entry[1:]]
+    assert len(ids) == 2
+    assert str(first.id) not in ids
+    assert "1 erased event left out" in result.output
+
+
+def test_an_unknown_device_is_refused_and_nothing_is_written(site, tmp_path):
+    out = tmp_path / "ghost.json"
+    result = _invoke("device", "fhir", "ghost", "--db", site.path, "-o", out)
+    assert result.exit_code == 1
+    assert "no device 'ghost'" in result.output
+    assert not out.exists()
