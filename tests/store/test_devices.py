@@ -206,7 +206,9 @@ def test_standing_cache_verifies_a_chain_once_then_rechecks_only_what_moves_with
     records = init_pki(pki, devices_per_model=1)
     now = datetime.now(UTC)
     enrol_demo_devices(db, pki, [records[0].id, records[1].id], now)
-    kept, stolen = DeviceStore(db).all()
+    kept, stolen = (DeviceStore(db).get(r.id) for r in records[:2])
+    assert kept is not None
+    assert stolen is not None
     trust = load_trust_dir(pki / "trust")
     cache = StandingCache()
     first = cache.standing(kept, trust, now)
@@ -234,3 +236,13 @@ def test_standing_cache_verifies_a_chain_once_then_rechecks_only_what_moves_with
     assert len(verified) == 2
     assert isinstance(refused.refusal, RevokedError)
     assert str(refused.refusal) == str(stolen.standing(changed, now).refusal)
+
+
+def test_get_many_reads_the_enrolled_ones_among_many_ids_in_chunks(devices, monkeypatch):
+    for n in range(5):
+        enrol(devices, f"pump-{n}", b"kid-%d" % n)
+    monkeypatch.setattr(devices_module, "_MANY_CHUNK", 2)  # 3 reads for 6 ids
+    found = devices.get_many([f"pump-{n}" for n in (4, 0, 2)] + ["ghost", "pump-1", "pump-3"])
+    assert sorted(found) == [f"pump-{n}" for n in range(5)]
+    assert found["pump-2"] == devices.get("pump-2")
+    assert devices.get_many([]) == {}

@@ -162,7 +162,10 @@ def overview_page(page: Page, *, limit: int, offset: int) -> dict[str, Any]:
     """Return the fleet (devices in inventory, enrolled or seen), totals, latest checkpoint."""
     events = EventStore(page.db)
     inventory = {row.device_id: row for row in Inventory(page.db).all()}
-    enrolled = {row.device_id: row for row in DeviceStore(page.db).all()}
+    enrolled = {
+        str(d): (str(m), r is not None)
+        for d, m, r in page.db.query("SELECT device_id, manufacturer, revoked_ms FROM devices")
+    }
     # One grouped read for the per-device columns: count and newest seq from the (device_id,
     # seq) index alone, then one indexed lookup per device for that event's arrival time. A
     # max(received_ms) would read every row: 1.1 s against 69 ms at 1M events, measured.
@@ -175,24 +178,27 @@ def overview_page(page: Page, *, limit: int, offset: int) -> dict[str, Any]:
         )
     }
     ids = sorted({*inventory, *enrolled, *activity})
+    shown = ids[offset : offset + limit]
+    # The chains of the devices shown only, in one read (a fleet of thousands is paged); the
+    # standing cache makes the checks themselves cheap after the first page.
+    rows = DeviceStore(page.db).get_many([d for d in shown if d in enrolled]) if page.trust else {}
     devices = []
-    for device_id in ids[offset : offset + limit]:
+    for device_id in shown:
         inv = inventory.get(device_id)
-        device = enrolled.get(device_id)
+        manufacturer, revoked = enrolled.get(device_id, (None, False))
         count, last = activity.get(device_id, (0, None))
+        row = rows.get(device_id)
         devices.append(
             {
                 "device_id": device_id,
-                "manufacturer": inv.manufacturer
-                if inv
-                else (device.manufacturer if device else None),
+                "manufacturer": inv.manufacturer if inv else manufacturer,
                 "model": inv.model if inv else None,
                 "site": inv.site if inv else None,
                 "department": inv.department if inv else None,
                 "firmware": inv.version if inv else None,
-                "enrolled": device is not None,
-                "revoked": device is not None and device.revoked,
-                "certificate": None if device is None else page.certificate(device),
+                "enrolled": device_id in enrolled,
+                "revoked": revoked,
+                "certificate": None if row is None else page.certificate(row),
                 "events": count,
                 "last_event_ms": last,
                 "last_event": iso(last),
