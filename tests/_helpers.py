@@ -272,3 +272,13 @@ def revoked_devices_db(path: Path, *devices: str) -> Path:
         for device in devices:
             store.revoke(device, now_ms=2)
     return path
+
+
+def invoke_cli(*args: object) -> Any:
+    """Run ``provgw ARGS`` in-process (click's runner), every argument as text."""
+    from click.testing import CliRunner  # noqa: PLC0415
+
+    from gateway.views.cli._main import _register, cli  # noqa: PLC0415
+
+    _register()
+    return CliRunner().invoke(cli, [str(a) for a in args])

@@ -7,7 +7,6 @@ import shutil
 from datetime import UTC, datetime
 
 import pytest
-from click.testing import CliRunner
 from cryptography import x509
 
 from device_sim.pki import revoke_device as revoke_certificate
@@ -15,16 +14,11 @@ from gateway.ingest.broker_config import write_broker_config
 from gateway.store.db import Database
 from gateway.store.devices import DeviceStore
 from gateway.store.trust_files import load_trust_dir
-from gateway.views.cli._main import _register, cli
 from gateway.views.web._data import Page, device_page
 from gateway.views.web._html import device_html
+from tests._helpers import invoke_cli
 from tests.service.test_ledger_service import Fleet, events, provgw, query, wait_for
 from tests.service.test_quarantine import Site
-
-
-def _invoke(*args):
-    _register()
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture
@@ -35,14 +29,14 @@ def site(gateway_site, tmp_path):
 
 
 def test_show_lists_the_keys_events_and_state(site):
-    result = _invoke("device", "show", site.other, "--db", site.path)
+    result = invoke_cli("device", "show", site.other, "--db", site.path)
     assert result.exit_code == 0, result.output
     assert f"device {site.other} (" in result.output
     assert "2 events stored (last seq 2), 0 open in the quarantine" in result.output
     assert "(current)" in result.output
     assert "not revoked at this site" in result.output
     assert "certificate not checked (add --trust DIR" in result.output
-    data = json.loads(_invoke("device", "show", site.other, "--db", site.path, "--json").output)
+    data = json.loads(invoke_cli("device", "show", site.other, "--db", site.path, "--json").output)
     assert (data["events"], data["revoked"], len(data["keys"])) == (2, None, 1)
     assert data["certificate"] is None
 
@@ -59,10 +53,10 @@ def test_show_with_the_trust_folder_says_what_the_gateway_does_with_the_device(s
     expires = min(cert.not_valid_after_utc for cert in path)
 
     show = ("device", "show", site.other, "--db", site.path, "--trust", trust)
-    accepted = _invoke(*show)
+    accepted = invoke_cli(*show)
     assert accepted.exit_code == 0, accepted.output
     assert f"certificate accepted by {trust} until {expires.isoformat()}" in accepted.output
-    data = json.loads(_invoke(*show, "--json").output)
+    data = json.loads(invoke_cli(*show, "--json").output)
     assert data["certificate"] == {
         "accepted": True, "valid_until": expires.isoformat(), "reason": None, "detail": None,
     }  # fmt: skip
@@ -70,12 +64,12 @@ def test_show_with_the_trust_folder_says_what_the_gateway_does_with_the_device(s
     # The manufacturer revokes the certificate: nothing changed at this site, yet the gateway
     # refuses the device, and `show` says so (with the core's reason and sentence).
     revoke_certificate(pki_copy, site.other)
-    refused = _invoke(*show)
+    refused = invoke_cli(*show)
     assert refused.exit_code == 0, refused.output
     assert "not revoked at this site" in refused.output
     assert f"CERTIFICATE REFUSED by {trust} (revoked):" in refused.output
     assert "The gateway refuses every message it signs." in refused.output
-    data = json.loads(_invoke(*show, "--json").output)["certificate"]
+    data = json.loads(invoke_cli(*show, "--json").output)["certificate"]
     assert (data["accepted"], data["valid_until"], data["reason"]) == (False, None, "revoked")
     # What the gateway's pipeline does with its next message, given the same folder.
     with Database(site.path) as db:
@@ -91,7 +85,7 @@ def test_show_with_a_trust_folder_that_does_not_load_fails_and_says_why(site, tm
     broken = tmp_path / "trust"
     broken.mkdir()
     (broken / "acme.root.pem").write_text("not a certificate")
-    result = _invoke("device", "show", site.other, "--db", site.path, "--trust", broken)
+    result = invoke_cli("device", "show", site.other, "--db", site.path, "--trust", broken)
     assert result.exit_code == 1
     assert "acme.root.pem" in result.output
 
@@ -101,7 +95,9 @@ def test_a_revoked_device_is_refused_from_the_next_batch_and_keeps_its_history(s
         # One long-lived pipeline, as a running verifier holds one: its key cache knows the device.
         pipeline = site.pipeline(db)
         assert pipeline.process([site.message(site.other)]).stored == 1
-        revoked = _invoke("device", "revoke", site.other, "--db", site.path, "--reason", "stolen")
+        revoked = invoke_cli(
+            "device", "revoke", site.other, "--db", site.path, "--reason", "stolen"
+        )
         assert revoked.exit_code == 0, revoked.output
         assert "everything it signs is refused from now on" in revoked.output
         assert "its 3 stored events stay" in revoked.output
@@ -112,10 +108,10 @@ def test_a_revoked_device_is_refused_from_the_next_batch_and_keeps_its_history(s
     assert page is not None
     assert page["enrolled"]["revoked_reason"] == "stolen"
     assert "(stolen)" in device_html(page)
-    data = json.loads(_invoke("device", "show", site.other, "--db", site.path, "--json").output)
+    data = json.loads(invoke_cli("device", "show", site.other, "--db", site.path, "--json").output)
     assert (data["events"], data["revoked_reason"], data["quarantined"]) == (3, "stolen", 1)
     # Revoking again changes nothing: the first revocation and its reason stand.
-    again = _invoke(
+    again = invoke_cli(
         "device", "revoke", site.other, "--db", site.path, "--reason", "found", "--json"
     )
     assert again.exit_code == 0
@@ -124,22 +120,23 @@ def test_a_revoked_device_is_refused_from_the_next_batch_and_keeps_its_history(s
 
 
 def test_an_unknown_device_or_an_empty_reason_is_refused(site):
-    unknown = _invoke("device", "revoke", "ghost", "--db", site.path, "--reason", "lost")
+    unknown = invoke_cli("device", "revoke", "ghost", "--db", site.path, "--reason", "lost")
     assert unknown.exit_code == 1
     assert "no enrolled device 'ghost'" in unknown.output
-    assert _invoke("device", "show", "ghost", "--db", site.path).exit_code == 1
-    empty = _invoke("device", "revoke", site.other, "--db", site.path, "--reason", " ")
+    assert invoke_cli("device", "show", "ghost", "--db", site.path).exit_code == 1
+    empty = invoke_cli("device", "revoke", site.other, "--db", site.path, "--reason", " ")
     assert empty.exit_code == 2
     assert "a revocation needs a reason" in empty.output
 
 
 def test_a_revocation_record_the_log_does_not_hold_is_reported_not_repeated(site):
     assert (
-        _invoke("device", "revoke", site.other, "--db", site.path, "--reason", "x").exit_code == 0
+        invoke_cli("device", "revoke", site.other, "--db", site.path, "--reason", "x").exit_code
+        == 0
     )
     with Database(site.path) as db:
         db.conn.execute("DELETE FROM log_leaves WHERE kind = 'revocation'")
-    again = _invoke("device", "revoke", site.other, "--db", site.path, "--reason", "x")
+    again = invoke_cli("device", "revoke", site.other, "--db", site.path, "--reason", "x")
     assert again.exit_code == 1
     assert "revocation record that the log does not hold" in again.output
     assert "no enrolled device" not in again.output
@@ -147,7 +144,7 @@ def test_a_revocation_record_the_log_does_not_hold_is_reported_not_repeated(site
 
 def test_revoke_with_broker_also_denies_the_device_at_the_broker(gateway_site, site, tmp_path):
     broker = write_broker_config(gateway_site.pki, tmp_path / "broker", now=datetime.now(UTC))
-    result = _invoke(
+    result = invoke_cli(
         "device", "revoke", site.other, "--db", site.path, "--reason", "stolen",
         "--broker", broker.directory, "--json",
     )  # fmt: skip
@@ -155,12 +152,12 @@ def test_revoke_with_broker_also_denies_the_device_at_the_broker(gateway_site, s
     data = json.loads(result.output)
     assert (data["revoked_reason"], data["broker"]["new"]) == ("stolen", [site.other])
     assert f"user {site.other}\ntopic deny #" in broker.acl.read_text()
-    text = _invoke("device", "show", site.other, "--db", site.path)
+    text = invoke_cli("device", "show", site.other, "--db", site.path)
     assert "REVOKED" in text.output
 
 
 def test_revoke_with_a_broker_dir_that_is_not_one_revokes_nothing(site, tmp_path):
-    result = _invoke(
+    result = invoke_cli(
         "device", "revoke", site.other, "--db", site.path, "--reason", "stolen",
         "--broker", tmp_path / "not-a-broker",
     )  # fmt: skip

@@ -6,22 +6,15 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from click.testing import CliRunner
-
 from gateway.core.recall import Recall
 from gateway.service.remediation import RemediationTracker
 from gateway.store.db import Database
 from gateway.store.inventory import Inventory
 from gateway.store.recalls import RecallStore, load_recall_trust
-from gateway.views.cli._main import _register, cli
+from tests._helpers import invoke_cli
 
 RECALLS = Path(__file__).resolve().parents[2] / "firmware_manifests" / "recalls"
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-def _invoke(*args):
-    _register()
-    return CliRunner().invoke(cli, list(args))
 
 
 def _db(tmp_path):
@@ -56,7 +49,7 @@ def _db(tmp_path):
 
 def test_status_json_lists_every_device_with_its_state(tmp_path):
     path = _db(tmp_path)
-    result = _invoke("recall", "status", "Z-0412-2026", "--db", str(path), "--json")
+    result = invoke_cli("recall", "status", "Z-0412-2026", "--db", str(path), "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["counts"] == {"offered": 1, "pending": 1}
@@ -68,9 +61,9 @@ def test_status_json_lists_every_device_with_its_state(tmp_path):
 
 def test_status_text_names_the_states_and_an_unknown_recall_exits_1(tmp_path):
     path = _db(tmp_path)
-    result = _invoke(*["recall", "status", "Z-0412-2026", "--db", str(path)])
+    result = invoke_cli(*["recall", "status", "Z-0412-2026", "--db", str(path)])
     assert result.exit_code == 0
     assert "2 device(s): 1 offered, 1 pending" in result.output
-    missing = _invoke(*["recall", "status", "Z-0000-2026", "--db", str(path)])
+    missing = invoke_cli(*["recall", "status", "Z-0000-2026", "--db", str(path)])
     assert missing.exit_code == 1
     assert "no recall 'Z-0000-2026'" in missing.output

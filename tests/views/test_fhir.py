@@ -6,7 +6,6 @@ import base64
 import json
 
 import pytest
-from click.testing import CliRunner
 from cryptography import x509
 from fhir.resources.R4B.bundle import Bundle
 
@@ -15,14 +14,9 @@ from gateway.store.db import Database
 from gateway.store.devices import DeviceStore
 from gateway.store.events import EventStore
 from gateway.store.inventory import Inventory
-from gateway.views.cli._main import _register, cli
 from gateway.views.fhir import ACTIVITY_SYSTEM, DEVICE_ID_SYSTEM, EVENT_ID_SYSTEM, FHIR_VERSION
+from tests._helpers import invoke_cli
 from tests.service.test_quarantine import Site
-
-
-def _invoke(*args):
-    _register()
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture
@@ -37,7 +31,7 @@ def site(gateway_site, tmp_path):
 
 def _export(site, tmp_path, *extra):
     out = tmp_path / "bundle.json"
-    result = _invoke("device", "fhir", site.other, "--db", site.path, "-o", out, *extra)
+    result = invoke_cli("device", "fhir", site.other, "--db", site.path, "-o", out, *extra)
     assert result.exit_code == 0, result.output
     return Bundle.model_validate_json(out.read_text(encoding="utf-8")), result
 
@@ -94,7 +88,7 @@ def test_the_bundle_holds_the_device_and_one_provenance_per_event_with_its_signe
     # The first carries the device's certificate chain: checked with nothing but the trust folder.
     first = tmp_path / "first.cose"
     first.write_bytes(event_entries[0].resource.signature[0].data)
-    verified = _invoke("message", "verify", first, "--trust", site.pki / "trust")
+    verified = invoke_cli("message", "verify", first, "--trust", site.pki / "trust")
     assert verified.exit_code == 0, verified.output
     assert verified.output.startswith(f"VALID {first}: maintenance #1 from {site.other}")
 
@@ -102,7 +96,7 @@ def test_the_bundle_holds_the_device_and_one_provenance_per_event_with_its_signe
 def test_the_json_is_fhir_json_and_the_urls_stay_the_same_from_one_export_to_the_next(
     site, tmp_path
 ):
-    to_stdout = _invoke("device", "fhir", site.other, "--db", site.path, "-o", "-")
+    to_stdout = invoke_cli("device", "fhir", site.other, "--db", site.path, "-o", "-")
     assert to_stdout.exit_code == 0, to_stdout.output
     raw = json.loads(to_stdout.output)
     assert raw["resourceType"] == "Bundle"
@@ -121,10 +115,10 @@ def test_the_json_is_fhir_json_and_the_urls_stay_the_same_from_one_export_to_the
 
 def test_a_revoked_device_is_inactive_and_erased_events_are_left_out(site, tmp_path):
     revoke = ("device", "revoke", site.other, "--db", site.path, "--reason", "stolen")
-    assert _invoke(*revoke).exit_code == 0
+    assert invoke_cli(*revoke).exit_code == 0
     with Database(site.path) as db:
         first = EventStore(db).history(site.other)[0]
-    assert _invoke("erase", first.id, "--reason", "request", "--db", site.path).exit_code == 0
+    assert invoke_cli("erase", first.id, "--reason", "request", "--db", site.path).exit_code == 0
     bundle, result = _export(site, tmp_path)
     assert bundle.entry[0].resource.status == "inactive"
     ids = [e.resource.entity[0].what.identifier.value for e in bundle.entry[1:]]
@@ -135,7 +129,7 @@ def test_a_revoked_device_is_inactive_and_erased_events_are_left_out(site, tmp_p
 
 def test_an_unknown_device_is_refused_and_nothing_is_written(site, tmp_path):
     out = tmp_path / "ghost.json"
-    result = _invoke("device", "fhir", "ghost", "--db", site.path, "-o", out)
+    result = invoke_cli("device", "fhir", "ghost", "--db", site.path, "-o", out)
     assert result.exit_code == 1
     assert "no device 'ghost'" in result.output
     assert not out.exists()

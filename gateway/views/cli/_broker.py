@@ -20,7 +20,6 @@ from gateway.core.errors import VerificationError
 from gateway.core.identity import TrustStore
 from gateway.ingest.broker_config import BrokerConfig, deny_devices, write_broker_config
 from gateway.store.devices import DeviceStore
-from gateway.store.trust_files import load_trust_dir
 from gateway.views.cli._output import (
     db_option,
     emit,
@@ -28,6 +27,8 @@ from gateway.views.cli._output import (
     json_option,
     long_work_progress,
     open_existing_db,
+    read_trust,
+    trust_option,
 )
 
 __all__ = ["acl_command", "command"]
@@ -132,12 +133,7 @@ def command(  # noqa: PLR0913 - one parameter per command-line option
 @click.command("broker-acl")
 @_out_option("The directory `provgw broker-config` wrote (mosquitto.conf, acl, broker.json).")
 @db_option
-@click.option(
-    "--trust",
-    "trust_dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="The gateway's trust folder (trust.dir): also deny every device its CRLs revoke.",
-)
+@trust_option("The gateway's trust folder (trust.dir): also deny every device its CRLs revoke.")
 @json_option
 def acl_command(outdir: Path, db_path: Path, trust_dir: Path | None, *, as_json: bool) -> None:
     """Make the broker refuse every device the gateway revoked, then reload it to apply.
@@ -156,12 +152,7 @@ def acl_command(outdir: Path, db_path: Path, trust_dir: Path | None, *, as_json:
     Exit code 0: written (also when no device was new); 1: the broker directory, the database or
     the trust folder cannot be read.
     """
-    trust = None
-    if trust_dir is not None:
-        try:
-            trust = load_trust_dir(trust_dir)
-        except VerificationError as err:
-            fail(str(err), code=1)
+    trust = read_trust(trust_dir)
     with open_existing_db(db_path) as db:
         data, text = deny_revoked(outdir, DeviceStore(db), trust=trust, as_json=as_json)
     emit(data, as_json=as_json, text=text)

@@ -26,13 +26,20 @@ from typing import Any, NoReturn
 
 import click
 
-from gateway.core.errors import ProvenanceError, VerificationError
+from gateway.core.errors import ProvenanceError
 from gateway.ledger.log import revoke_device
 from gateway.store.devices import DeviceRow, DeviceStore
 from gateway.store.events import EventStore
-from gateway.store.trust_files import load_trust_dir
 from gateway.views.cli._broker import check_broker_dir, deny_revoked
-from gateway.views.cli._output import db_option, emit, fail, json_option, open_existing_db
+from gateway.views.cli._output import (
+    db_option,
+    emit,
+    fail,
+    json_option,
+    open_existing_db,
+    read_trust,
+    trust_option,
+)
 
 __all__ = ["group"]
 
@@ -90,12 +97,7 @@ def _certificate_line(certificate: dict[str, Any] | None, trust_dir: Path | None
 @group.command("show")
 @click.argument("device_id")
 @db_option
-@click.option(
-    "--trust",
-    "trust_dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="The gateway's trust folder (trust.dir): check the device's certificate chain too.",
-)
+@trust_option("The gateway's trust folder (trust.dir): check the device's certificate chain too.")
 @json_option
 def show_command(device_id: str, db_path: Path, trust_dir: Path | None, *, as_json: bool) -> None:
     """Show enrolled device DEVICE_ID: its keys, events, open quarantine and revocation.
@@ -107,12 +109,7 @@ def show_command(device_id: str, db_path: Path, trust_dir: Path | None, *, as_js
     Exit code 0 (also for a revoked or refused device); 1 if no such device is enrolled or the
     trust folder cannot be read.
     """
-    trust = None
-    if trust_dir is not None:
-        try:
-            trust = load_trust_dir(trust_dir)
-        except VerificationError as err:
-            fail(str(err), code=1)
+    trust = read_trust(trust_dir)
     with open_existing_db(db_path) as db:
         store = DeviceStore(db)
         device = store.get(device_id)

@@ -8,12 +8,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from gateway.core.errors import ProvenanceError
+from gateway.core.errors import ProvenanceError, VerificationError
 from gateway.store.db import Database
+
+if TYPE_CHECKING:
+    from gateway.core.identity import TrustStore
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -40,6 +43,28 @@ def config_option(help_text: str) -> Callable[[_F], _F]:
         type=click.Path(dir_okay=False, path_type=Path),
         help=help_text,
     )
+
+
+def trust_option(help_text: str) -> Callable[[_F], _F]:
+    """``--trust DIR`` (optional): the gateway's trust folder, loaded by :func:`read_trust`."""
+    return click.option(
+        "--trust",
+        "trust_dir",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help=help_text,
+    )
+
+
+def read_trust(trust_dir: Path | None) -> TrustStore | None:
+    """Load the ``--trust`` folder (None without one); one that does not load stops with exit 1."""
+    if trust_dir is None:
+        return None
+    from gateway.store.trust_files import load_trust_dir  # noqa: PLC0415 - X.509 code, on demand
+
+    try:
+        return load_trust_dir(trust_dir)
+    except VerificationError as err:
+        fail(str(err), code=1)
 
 
 #: Seconds between two progress lines of long work.
