@@ -163,7 +163,6 @@ def _device(
         resource["manufacturer"] = manufacturer
     if inventory is not None:
         resource["deviceName"] = [{"name": inventory.model, "type": "model-name"}]
-        resource["modelNumber"] = inventory.model
         if inventory.lot:
             resource["lotNumber"] = inventory.lot
         if inventory.version:

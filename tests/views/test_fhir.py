@@ -25,7 +25,14 @@ def site(gateway_site, tmp_path):
     kinds = ("maintenance", "custody", "firmware_update")
     site.ingest([site.message(site.other, kind=kind) for kind in kinds])
     with Database(site.path) as db:
-        Inventory(db).import_devices_json(gateway_site.pki / "devices.json")
+        # The site's devices.json, with a lot for the exported device (the demo names none).
+        rows = json.loads((gateway_site.pki / "devices.json").read_text(encoding="utf-8"))
+        for row in rows:
+            row["lot"] = "L2026-07" if row["id"] == site.other else row.get("lot")
+        listing = tmp_path / "devices.json"
+        listing.write_text(json.dumps(rows), encoding="utf-8")
+        models = {r["model"] for r in rows}
+        Inventory(db).import_devices_json(listing, default_versions=dict.fromkeys(models, "4.2.9"))
     return site
 
 
@@ -57,12 +64,15 @@ def test_the_bundle_holds_the_device_and_one_provenance_per_event_with_its_signe
         inventory.gtin,
         f"(01){inventory.gtin}(21){inventory.serial}",
     )
-    assert (device.serialNumber, device.manufacturer, device.modelNumber, device.status) == (
+    assert (device.serialNumber, device.manufacturer, device.status) == (
         inventory.serial,
         inventory.manufacturer,
-        inventory.model,
         "active",
     )
+    # The inventory knows the model's name (not a model number): FHIR's model-name device name.
+    assert [(n.name, n.type) for n in device.deviceName] == [(inventory.model, "model-name")]
+    assert device.lotNumber == "L2026-07"
+    assert [(v.type.text, v.value) for v in device.version] == [("firmware", "4.2.9")]
 
     # One Provenance per stored event, in order: what the device did, when, and the exact bytes
     # it signed, which a receiver checks with the device's key without trusting this export.
