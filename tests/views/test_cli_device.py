@@ -68,7 +68,7 @@ def test_show_with_the_trust_folder_says_what_the_gateway_does_with_the_device(s
     assert refused.exit_code == 0, refused.output
     assert "not revoked at this site" in refused.output
     assert f"CERTIFICATE REFUSED by {trust} (revoked):" in refused.output
-    assert "The gateway refuses every message it signs." in refused.output
+    assert "Its messages are quarantined as revoked." in refused.output
     data = json.loads(invoke_cli(*show, "--json").output)["certificate"]
     assert (data["accepted"], data["valid_until"], data["reason"]) == (False, None, "revoked")
     # What the gateway's pipeline does with its next message, given the same folder.

@@ -90,7 +90,7 @@ def _certificate_line(certificate: dict[str, Any] | None, trust_dir: Path | None
         return f"  certificate accepted by {trust_dir} until {certificate['valid_until']}"
     return (
         f"  CERTIFICATE REFUSED by {trust_dir} ({certificate['reason']}): "
-        f"{certificate['detail']} The gateway refuses every message it signs."
+        f"{certificate['detail']} Its messages are quarantined as {certificate['reason']}."
     )
 
 
