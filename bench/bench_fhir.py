@@ -9,6 +9,9 @@ same run, same document:
 * the library's own serialization after the same validation (``model_dump_json``), what the
   export did at first: the price of letting the models write the JSON;
 * the export without the validation: what the check that no invalid Bundle leaves costs.
+
+And ``provgw device fhir-bulk`` (:func:`gateway.views.fhir.bulk_export`: the same events as
+NDJSON files, each resource validated alone, written durably) beside the single-device export.
 """
 
 from __future__ import annotations
@@ -84,6 +87,8 @@ def run(quick: bool) -> list[Row]:  # noqa: FBT001 -- the bench runner's interfa
             )
             with mock.patch.object(fhir, "Bundle", _Unchecked):
                 unvalidated = seconds(export, repeats=5)
+            bulk_dir = Path(tmp) / "bulk"
+            bulk = seconds(lambda: fhir.bulk_export(db, bulk_dir), repeats=5)
     per_s = events / ours
     return [
         Row(
@@ -101,5 +106,13 @@ def run(quick: bool) -> list[Row]:  # noqa: FBT001 -- the bench runner's interfa
             "events/s",
             "the same without the validation",
             events / unvalidated,
+        ),
+        Row(
+            "fhir",
+            "device fhir-bulk: events exported/s (NDJSON, each resource validated)",
+            events / bulk,
+            "events/s",
+            "device fhir, the same events",
+            per_s,
         ),
     ]

@@ -408,6 +408,21 @@ class EventStore:
             )[::-1]
         return _events(rows)
 
+    def after(self, event_id: int, *, limit: int) -> list[StoredEvent]:
+        """Return up to *limit* stored events with a row id above *event_id*, in id order.
+
+        Ids are given out in commit order, so reading on from the last id returned misses
+        nothing committed meanwhile (an export in chunks, ``provgw device fhir-bulk``).
+        """
+        rows = self._db.query(
+            _SELECT_EVENTS + " WHERE id > ? ORDER BY id LIMIT ?", (event_id, limit)
+        )
+        return _events(rows)
+
+    def count_after(self, event_id: int) -> int:
+        """Return how many stored events have a row id above *event_id* (a range of the table)."""
+        return int(self._db.query("SELECT count(*) FROM events WHERE id > ?", (event_id,))[0][0])
+
     def count_for(self, device_id: str) -> int:
         """Return how many events *device_id* has stored (from the index alone)."""
         return int(

@@ -8,12 +8,15 @@ import json
 import pytest
 from cryptography import x509
 from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.device import Device
+from fhir.resources.R4B.provenance import Provenance
 
 from gateway.core import cose
 from gateway.store.db import Database
 from gateway.store.devices import DeviceStore
 from gateway.store.events import EventStore
 from gateway.store.inventory import Inventory
+from gateway.views import fhir
 from gateway.views.fhir import ACTIVITY_SYSTEM, DEVICE_ID_SYSTEM, EVENT_ID_SYSTEM, FHIR_VERSION
 from tests._helpers import invoke_cli
 from tests.service.test_quarantine import Site
@@ -143,3 +146,70 @@ def test_an_unknown_device_is_refused_and_nothing_is_written(site, tmp_path):
     assert result.exit_code == 1
     assert "no device 'ghost'" in result.output
     assert not out.exists()
+
+
+def _ndjson(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_bulk_export_writes_every_device_and_event_as_ndjson_and_then_only_what_is_new(
+    site, tmp_path
+):
+    out = tmp_path / "bulk"
+    full = invoke_cli("device", "fhir-bulk", "--db", site.path, "-o", out, "--json")
+    assert full.exit_code == 0, full.output
+    summary = json.loads(full.output)
+    with Database(site.path) as db:
+        stored = EventStore(db).after(0, limit=100)
+        known = {r.device_id for r in Inventory(db).all()}
+    assert (summary["provenance"], summary["last_event_id"]) == (3, stored[-1].id)
+    devices = {d["id"]: Device.model_validate(d) for d in _ndjson(out / "Device.ndjson")}
+    # Every device the inventory knows, with the id the Provenance resources point at.
+    assert {d.identifier[0].value for d in devices.values()} == known
+    assert summary["devices"] == len(known)
+    events = [Provenance.model_validate(p) for p in _ndjson(out / "Provenance.ndjson")]
+    assert [p.entity[0].what.identifier.value for p in events] == [str(e.id) for e in stored]
+    for provenance, event in zip(events, stored, strict=True):
+        device = devices[provenance.target[0].reference.removeprefix("Device/")]
+        assert device.identifier[0].value == site.other
+        assert provenance.signature[0].data == event.raw
+    assert sorted(p.name for p in out.iterdir()) == ["Device.ndjson", "Provenance.ndjson"]
+
+    # Two more events; the next export, after the last one, holds those and their device only.
+    site.ingest([site.message(site.other) for _ in range(2)])
+    after = invoke_cli(
+        "device", "fhir-bulk", "--db", site.path, "-o", out,
+        "--after", summary["last_event_id"], "--json",
+    )  # fmt: skip
+    assert after.exit_code == 0, after.output
+    since = json.loads(after.output)
+    assert (since["provenance"], since["devices"]) == (2, 1)
+    assert since["last_event_id"] == summary["last_event_id"] + 2
+    assert [d["identifier"][0]["value"] for d in _ndjson(out / "Device.ndjson")] == [site.other]
+    assert len(_ndjson(out / "Provenance.ndjson")) == 2
+    # An erased event is counted and left out, and the ids go on past it.
+    assert (
+        invoke_cli("erase", stored[0].id, "--reason", "request", "--db", site.path).exit_code == 0
+    )
+    again = json.loads(
+        invoke_cli("device", "fhir-bulk", "--db", site.path, "-o", out, "--json").output
+    )
+    assert (again["provenance"], again["erased_left_out"]) == (4, 1)
+    assert again["last_event_id"] == since["last_event_id"]
+
+
+def test_a_bulk_export_that_fails_leaves_the_previous_files_in_place(site, tmp_path, monkeypatch):
+    out = tmp_path / "bulk"
+    assert invoke_cli("device", "fhir-bulk", "--db", site.path, "-o", out).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    calls = []
+
+    def refuse_the_second(resource):
+        calls.append(resource)
+        if len(calls) == 2:
+            raise ValueError("not FHIR")
+
+    monkeypatch.setattr(fhir.Provenance, "model_validate", staticmethod(refuse_the_second))
+    with Database(site.path) as db, pytest.raises(ValueError, match="not FHIR"):
+        fhir.bulk_export(db, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # and no partial file

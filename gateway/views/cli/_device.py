@@ -1,4 +1,4 @@
-"""``provgw device show | revoke | fhir``: a device's keys and state; revoking; a FHIR export.
+"""``provgw device show | revoke | fhir | fhir-bulk``: a device's state; revoking; FHIR exports.
 
 A revoked device (a pump stolen from a ward, a monitor sent for scrap) is refused from then on:
 every message it signs is quarantined as ``device-revoked``. The revocation is logged in the
@@ -36,6 +36,7 @@ from gateway.views.cli._output import (
     emit,
     fail,
     json_option,
+    long_work_progress,
     open_existing_db,
     read_trust,
     trust_option,
@@ -264,4 +265,60 @@ def fhir_command(device_id: str, db_path: Path, out: Path, *, as_json: bool) -> 
         as_json=as_json,
         text=f"wrote {out}: FHIR {FHIR_VERSION} Bundle of device {device_id}, 1 Device and "
         f"{exported.events:,} Provenance resources{left_out}",
+    )
+
+
+@group.command("fhir-bulk")
+@db_option
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for Device.ndjson and Provenance.ndjson (made if missing; files replaced).",
+)
+@click.option(
+    "--after",
+    "after",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Only the events stored after this event id (the last export's last_event_id).",
+)
+@json_option
+def fhir_bulk_command(db_path: Path, out: Path, after: int, *, as_json: bool) -> None:
+    """Export the fleet as FHIR Bulk Data files (NDJSON, FHIR R4B), for a hospital FHIR server.
+
+    Provenance.ndjson holds one Provenance per stored event (as `provgw device fhir` makes
+    them, each with the device's signed bytes), Device.ndjson one Device per device. With
+    --after EVENT_ID only the events stored since, and their devices: give it the previous
+    export's last event id to keep a FHIR server in step. Every resource is validated before
+    it is written; progress on stderr when it is long (2,000-3,300 events a second).
+
+    Exit code 0: written.
+    """
+    # Here, not at the top: fhir.resources (pydantic models) takes 0.2 s to import.
+    from gateway.views.fhir import FHIR_VERSION, bulk_export  # noqa: PLC0415
+
+    with open_existing_db(db_path) as db:
+        result = bulk_export(
+            db, out, after=after, progress=long_work_progress("exported", "events", as_json=as_json)
+        )
+    left_out = f", {result.erased:,} erased left out" if result.erased else ""
+    emit(
+        {
+            "ok": True,
+            "fhir_version": FHIR_VERSION,
+            "files": [str(f) for f in result.files],
+            "devices": result.devices,
+            "provenance": result.provenance,
+            "erased_left_out": result.erased,
+            "after": after,
+            "last_event_id": result.last_event_id,
+        },
+        as_json=as_json,
+        text=f"wrote {out}: {result.devices:,} Device and {result.provenance:,} Provenance "
+        f"resources (FHIR {FHIR_VERSION}, events after {after:,}{left_out}); next time: "
+        f"--after {result.last_event_id}",
     )
