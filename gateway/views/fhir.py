@@ -155,6 +155,11 @@ def device_bundle(db: Database, device_id: str, *, now: datetime) -> ExportedBun
     return ExportedBundle(document, events=len(kept), erased=len(history) - len(kept))
 
 
+#: Devices revoked at or after the arrival of event ``?`` (from the revoked devices' index).
+_REVOKED_SINCE = (
+    "SELECT device_id FROM devices"
+    " WHERE revoked_ms >= (SELECT received_ms FROM events WHERE id = ?)"
+)
 #: Events read (and validated) per chunk of :func:`bulk_export`: bounded memory on any store.
 _BULK_CHUNK = 1000
 
@@ -183,11 +188,12 @@ def bulk_export(
 
     ``Provenance.ndjson``: every stored event with an id above *after*, in id order (erased ones
     left out). ``Device.ndjson``: with *after* 0, every device the gateway knows (enrolled, in
-    the inventory or with events); else only the devices of those events, whose state (status,
-    firmware) may have changed since. Each resource is validated before it is written, events
-    are read :data:`_BULK_CHUNK` at a time (*progress(done, total)* after each), and each file is
-    written beside its name and renamed into place at the end: an export that fails leaves no
-    half file under the final names.
+    the inventory or with events); else the devices of those events (a ``firmware_update``
+    changes the firmware shown) and those revoked since event *after* arrived (the status).
+    Each resource is validated before it is written, events are read :data:`_BULK_CHUNK` at a
+    time (*progress(done, total)* after each), and each file is written beside its name and
+    renamed into place at the end: an export that fails leaves no half file under the final
+    names.
     """
     directory.mkdir(parents=True, exist_ok=True)
     events_store = EventStore(db)
@@ -220,6 +226,8 @@ def bulk_export(
         if after == 0:
             seen.update(row.device_id for row in inventory.all())
             seen.update(str(r[0]) for r in db.query("SELECT device_id FROM devices"))
+        else:  # and the devices revoked since that event arrived: their status changed
+            seen.update(str(r[0]) for r in db.query(_REVOKED_SINCE, (after,)))
         for device_id in sorted(seen):
             resource = _with_id(
                 _device(device_id, devices.get(device_id), inventory.get(device_id)),

@@ -187,6 +187,17 @@ def test_bulk_export_writes_every_device_and_event_as_ndjson_and_then_only_what_
     assert since["last_event_id"] == summary["last_event_id"] + 2
     assert [d["identifier"][0]["value"] for d in _ndjson(out / "Device.ndjson")] == [site.other]
     assert len(_ndjson(out / "Provenance.ndjson")) == 2
+    # A device revoked since, without new events, is sent again: its status changed.
+    revoke = ("device", "revoke", site.other, "--db", site.path, "--reason", "stolen")
+    assert invoke_cli(*revoke).exit_code == 0
+    latest = since["last_event_id"]
+    revoked = json.loads(
+        invoke_cli(
+            "device", "fhir-bulk", "--db", site.path, "-o", out, "--after", latest, "--json"
+        ).output
+    )  # fmt: skip
+    assert (revoked["provenance"], revoked["devices"]) == (0, 1)
+    assert [d["status"] for d in _ndjson(out / "Device.ndjson")] == ["inactive"]
     # An erased event is counted and left out, and the ids go on past it.
     assert (
         invoke_cli("erase", stored[0].id, "--reason", "request", "--db", site.path).exit_code == 0
