@@ -293,8 +293,9 @@ def fhir_bulk_command(db_path: Path, out: Path, after: int, *, as_json: bool) ->
     Provenance.ndjson holds one Provenance per stored event (as `provgw device fhir` makes
     them, each with the device's signed bytes), Device.ndjson one Device per device. With
     --after EVENT_ID only the events stored since, their devices and the devices revoked
-    since: give it the previous export's last event id to keep a FHIR server in step. Every resource is validated before
-    it is written; progress on stderr when it is long (2,000-3,300 events a second).
+    since: give it the previous export's last event id to keep a FHIR server in step. Every
+    resource is validated before it is written; progress on stderr when it is long
+    (2,000-3,300 events a second).
 
     Exit code 0: written.
     """
