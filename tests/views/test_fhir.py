@@ -1,4 +1,4 @@
-"""`provgw device fhir`: a device and its verified history as a FHIR Bundle."""
+"""`provgw device fhir` and `fhir-bulk`: devices and their verified history as FHIR."""
 
 from __future__ import annotations
 
