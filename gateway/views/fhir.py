@@ -51,7 +51,7 @@ from gateway.core.udi import Udi
 from gateway.store.devices import DeviceStore
 from gateway.store.events import EventStore
 from gateway.store.inventory import Inventory
-from gateway.views.web._data import event_body, summary
+from gateway.views._events import event_body, summary
 
 if TYPE_CHECKING:
     from gateway.store.db import Database

@@ -37,8 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from gateway.core.cbor import strict_loads
-from gateway.core.errors import UnavailableError, VerificationError
+from gateway.core.errors import UnavailableError
 from gateway.core.manifest import class_id
 from gateway.ledger.commitments import leaf_for
 from gateway.ledger.keys import GatewayKey
@@ -52,6 +51,7 @@ from gateway.store.inventory import Inventory
 from gateway.store.manifests import ManifestStore
 from gateway.store.offers import ManifestOffers, campaign_id, campaign_manifest
 from gateway.store.recalls import RecallStore
+from gateway.views._events import event_body, summary
 
 if TYPE_CHECKING:
     from gateway.core.identity import TrustStore
@@ -109,17 +109,6 @@ def iso(ms: int | None) -> str | None:
     if ms is None:
         return None
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds")
-
-
-def _plain(value: object) -> object:
-    # Event bodies hold bytes (digests): hex for JSON and for display.
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 # -- overview ---------------------------------------------------------------------------------
@@ -218,43 +207,6 @@ def overview_page(page: Page, *, limit: int, offset: int) -> dict[str, Any]:
 
 
 # -- one device -------------------------------------------------------------------------------
-
-
-def summary(event_type: str, body: dict[str, Any]) -> str:
-    """One line a biomed engineer reads: what the event says."""
-    if event_type == "firmware_update":
-        trigger = body.get("trigger", "?")
-        if body.get("trigger_ref"):
-            trigger = f"{trigger} {body['trigger_ref']}"
-        text = (
-            f"firmware {body.get('from_version', '?')} -> {body.get('to_version', '?')}: "
-            f"{body.get('result', '?')} ({trigger}, {body.get('cycle', '?')})"
-        )
-        return text + (f": {body['detail']}" if body.get("detail") else "")
-    if event_type == "maintenance":
-        due = f", next due {body['next_due']}" if body.get("next_due") else ""
-        return (
-            f"{body.get('kind', '?')} work order {body.get('work_order', '?')}: "
-            f"{body.get('status', '?')}{due}"
-        )
-    if event_type == "custody":
-        where = body.get("location") or {}
-        at = f" at {where.get('department_class')}" if where.get("department_class") else ""
-        return f"{body.get('biz_step', '?')}, {body.get('disposition', '?')}{at}"
-    if event_type == "key_rotation":
-        return f"key rotated ({body.get('reason', '?')})"
-    return event_type
-
-
-def event_body(event: StoredEvent) -> dict[str, Any]:
-    """Return the event's ``body`` map, bytes as hex; ``{}`` when erased or unreadable."""
-    try:
-        item = strict_loads(bytes(event.payload), what="event payload")
-        body = item["body"]
-    except (VerificationError, KeyError, TypeError):
-        return {}
-    plain = _plain(body)
-    return plain if isinstance(plain, dict) else {}
 
 
 def _proof(log: TransparencyLog | None, event: StoredEvent) -> dict[str, Any]:
