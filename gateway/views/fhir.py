@@ -110,12 +110,14 @@ class ExportedBundle:
         return _json(self.document)
 
 
-def _uuid(kind: str, key: str) -> str:
-    return str(uuid.uuid5(_NAMESPACE, f"{kind}:{key}"))
+def _device_uuid(device_id: str) -> str:
+    """Return the device's UUID: its Bundle entry's ``urn:uuid``, its Bulk resource's ``id``."""
+    return str(uuid.uuid5(_NAMESPACE, f"device:{device_id}"))
 
 
-def _urn(kind: str, key: str) -> str:
-    return f"urn:uuid:{_uuid(kind, key)}"
+def _event_uuid(event: StoredEvent) -> str:
+    """Return the same for an event's Provenance, from (device, seq): stable across exports."""
+    return str(uuid.uuid5(_NAMESPACE, f"event:{event.device_id}:{event.seq}"))
 
 
 def _instant(ms: int) -> str:
@@ -133,12 +135,12 @@ def device_bundle(db: Database, device_id: str, *, now: datetime) -> ExportedBun
     history = EventStore(db).history(device_id)
     if enrolled is None and inventory is None and not history:
         return None
-    device_url = _urn("device", device_id)
+    device_url = f"urn:uuid:{_device_uuid(device_id)}"
     entries = [{"fullUrl": device_url, "resource": _device(device_id, enrolled, inventory)}]
     kept = [event for event in history if event.salt is not None]
     entries += [
         {
-            "fullUrl": _urn("event", f"{device_id}:{event.seq}"),
+            "fullUrl": f"urn:uuid:{_event_uuid(event)}",
             "resource": _provenance(event, device_url),
         }
         for event in kept
@@ -210,8 +212,8 @@ def bulk_export(
                     erased += 1
                     continue
                 resource = _with_id(
-                    _provenance(event, "Device/" + _uuid("device", event.device_id)),
-                    _uuid("event", f"{event.device_id}:{event.seq}"),
+                    _provenance(event, "Device/" + _device_uuid(event.device_id)),
+                    _event_uuid(event),
                 )
                 Provenance.model_validate(resource)
                 seen.add(event.device_id)
@@ -222,16 +224,17 @@ def bulk_export(
             progress(min(done, total), max(total, done))
 
     def device_lines() -> Iterator[str]:
-        devices, inventory = DeviceStore(db), Inventory(db)
+        inventory = {row.device_id: row for row in Inventory(db).all()}
         if after == 0:
-            seen.update(row.device_id for row in inventory.all())
+            seen.update(inventory)
             seen.update(str(r[0]) for r in db.query("SELECT device_id FROM devices"))
         else:  # and the devices revoked since that event arrived: their status changed
             seen.update(str(r[0]) for r in db.query(_REVOKED_SINCE, (after,)))
+        enrolled = DeviceStore(db).get_many(sorted(seen))
         for device_id in sorted(seen):
             resource = _with_id(
-                _device(device_id, devices.get(device_id), inventory.get(device_id)),
-                _uuid("device", device_id),
+                _device(device_id, enrolled.get(device_id), inventory.get(device_id)),
+                _device_uuid(device_id),
             )
             Device.model_validate(resource)
             yield _line(resource)
