@@ -2,8 +2,8 @@
 
 A hospital's CMMS, EHR integration engine or FHIR server takes device data as FHIR, not as our
 SQLite file. :func:`device_bundle` maps what the gateway holds of one device to a ``collection``
-Bundle of FHIR R4B (4.3.0, :data:`FHIR_VERSION`) resources, built with ``fhir.resources``' R4B
-models. R4B is R4 with a few resources revised; Device and Provenance are not among them:
+Bundle of FHIR R4B (4.3.0, :data:`FHIR_VERSION`) resources, validated with ``fhir.resources``'
+R4B models. R4B is R4 with a few resources revised; Device and Provenance are not among them:
 
 - one **Device**: the UDI (``udiCarrier``: GS1 device identifier and the human-readable form,
   ``serialNumber``), manufacturer, model, lot, the firmware version the inventory knows, and

@@ -12,12 +12,11 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from gateway.core.errors import VerificationError
-from gateway.core.identity import TrustStore
 from gateway.ingest.broker_config import BrokerConfig, deny_devices, write_broker_config
 from gateway.store.devices import DeviceStore
 from gateway.views.cli._output import (
@@ -30,6 +29,9 @@ from gateway.views.cli._output import (
     read_trust,
     trust_option,
 )
+
+if TYPE_CHECKING:
+    from gateway.core.identity import TrustStore
 
 __all__ = ["acl_command", "command"]
 
