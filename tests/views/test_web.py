@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from fhir.resources.R4B.bundle import Bundle
 
 from device_sim.events import SimDevice, make_event
@@ -40,8 +39,8 @@ from gateway.store.offers import ManifestOffers
 from gateway.store.readonly import ReadOnlyDatabase
 from gateway.store.recalls import RecallStore, load_recall_trust
 from gateway.store.trust_files import load_trust_dir
-from gateway.views.cli._main import _register, cli
 from gateway.views.web import SECURITY_HEADERS, make_server
+from tests._helpers import invoke_cli
 
 RECALLS = Path(__file__).resolve().parents[2] / "firmware_manifests" / "recalls"
 RECALL_ID = "Z-0412-2026"
@@ -162,8 +161,7 @@ def site(gateway_site, tmp_path_factory):
 
 
 def _cli_json(*args):
-    _register()
-    result = CliRunner().invoke(cli, [*args, "--json"])
+    result = invoke_cli(*args, "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
 
@@ -278,10 +276,7 @@ def test_fhir_download_is_the_bundle_provgw_device_fhir_writes(site, tmp_path):
     assert headers["Content-Disposition"] == f'attachment; filename="{site.pump}.fhir.json"'
     assert headers["X-Content-Type-Options"] == "nosniff"
     out = tmp_path / "pump.fhir.json"
-    _register()
-    result = CliRunner().invoke(
-        cli, ["device", "fhir", site.pump, "--db", str(site.db_path), "-o", str(out)]
-    )
+    result = invoke_cli("device", "fhir", site.pump, "--db", site.db_path, "-o", out)
     assert result.exit_code == 0, result.output
     served, written = Bundle.model_validate_json(body), Bundle.model_validate_json(out.read_text())
     assert [e.model_dump() for e in served.entry] == [e.model_dump() for e in written.entry]
