@@ -295,7 +295,7 @@ def fhir_bulk_command(db_path: Path, out: Path, after: int, *, as_json: bool) ->
     --after EVENT_ID only the events stored since, their devices and the devices revoked
     since: give it the previous export's last event id to keep a FHIR server in step. Every
     resource is validated before it is written; progress on stderr when it is long
-    (2,000-3,300 events a second).
+    (2,000-3,500 events a second).
 
     Exit code 0: written.
     """
