@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -283,6 +284,51 @@ def test_fhir_download_is_the_bundle_provgw_device_fhir_writes(site, tmp_path):
     assert len(served.entry) == 1 + data["events_total"]
     missing, _, _ = site.request("/devices/ghost/fhir")
     assert missing == 404
+
+
+def test_audit_download_is_the_bundle_provgw_audit_export_writes_and_it_verifies(site, tmp_path):
+    data = site.api(f"/api/devices/{site.pump}")
+    assert f'href="{data["audit"]}"' in site.page(f"/devices/{site.pump}")
+    status, headers, body = site.request(data["audit"])
+    assert status == 200
+    assert headers["Content-Type"] == "application/zip"
+    assert headers["Content-Disposition"] == f'attachment; filename="{site.pump}.audit.zip"'
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    served = tmp_path / "served.zip"
+    served.write_bytes(body)
+    # What the receiver runs: the roots and the gateway's vkey. Events 1-6 are under the
+    # anchored checkpoint, 7-9 not sealed yet.
+    result = invoke_cli(
+        "audit", "verify", served, "--trust", site.pki / "trust", "--key",
+        site.key.verifier.vkey, "--json",
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    assert result.exit_code == 0, result.output
+    assert (report["events"], report["logged"], report["pending"]) == (9, 6, 3)
+    assert report["anchors_claimed"] == 6
+    out = tmp_path / "written.zip"
+    result = invoke_cli(
+        "audit", "export", site.pump, "--db", site.db_path, "--key", site.key_path, "-o", out
+    )
+    assert result.exit_code == 0, result.output
+    with zipfile.ZipFile(served) as a, zipfile.ZipFile(out) as b:
+        assert sorted(a.namelist()) == sorted(b.namelist())
+        assert a.read("events/1.cose") == b.read("events/1.cose")
+    missing, _, _ = site.request("/devices/ghost/audit")
+    assert missing == 404
+
+
+def test_without_the_log_key_the_ui_offers_no_audit_bundle(site):
+    server = make_server(site.db_path, None, port=0)
+    try:
+        host = f"127.0.0.1:{server.server_address[1]}"
+        reply = server.respond("GET", f"/devices/{site.pump}/audit", host)
+        assert reply.status == 404
+        assert b"need the gateway log key" in reply.body
+        page = server.respond("GET", f"/api/devices/{site.pump}", host)
+        assert json.loads(page.body)["audit"] is None
+    finally:
+        server.server_close()
 
 
 def test_recall_pages_show_impact_rule_and_remediation_state_as_the_cli_does(site):

@@ -29,6 +29,11 @@ _P = "gateway.views.cli."
 
 #: name -> where the command is, and the short help it shows (pinned by a test).
 _COMMANDS: dict[str, _Entry] = {
+    "audit": _Entry(
+        _P + "_audit",
+        "group",
+        "Give a device's history with its proofs to another party, and check one given to you.",
+    ),
     "broker-acl": _Entry(
         _P + "_broker",
         "acl_command",

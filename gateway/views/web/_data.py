@@ -232,6 +232,11 @@ def fhir_path(device_id: str) -> str:
     return "/devices/" + urllib.parse.quote(device_id, safe="") + "/fhir"
 
 
+def audit_path(device_id: str) -> str:
+    """Where the UI serves a device's audit bundle (``provgw audit export``'s)."""
+    return "/devices/" + urllib.parse.quote(device_id, safe="") + "/audit"
+
+
 def device_page(page: Page, device_id: str, *, limit: int) -> dict[str, Any] | None:
     """Return a device's history, newest first, each event with its proof state; None if unknown."""
     store = EventStore(page.db)
@@ -286,6 +291,7 @@ def device_page(page: Page, device_id: str, *, limit: int) -> dict[str, Any] | N
         },
         "events_total": total,
         "fhir": fhir_path(device_id),
+        "audit": audit_path(device_id) if page.key is not None and enrolled is not None else None,
         "limit": limit,
         "events": events,
         "proof_source": _PROOF_SOURCE,

@@ -288,6 +288,14 @@ def device_html(data: Mapping[str, Any]) -> str:
         + f"<p>{_link(data['fhir'], 'FHIR bundle of this device')} (JSON, FHIR R4B): the device "
         "and one Provenance per event with the bytes it signed, as "
         "<code>provgw device fhir</code> writes it, for the hospital's systems.</p>"
+        + (
+            f"<p>{_link(data['audit'], 'Audit bundle of this device')} (ZIP): every event's "
+            "signed bytes, salt and receipt, its certificate chain, erasures and revocation, as "
+            "<code>provgw audit export</code> writes it, for a manufacturer or an auditor to "
+            "check offline with <code>provgw audit verify</code>.</p>"
+            if data["audit"]
+            else ""
+        )
     )
     return _layout(f"Device {data['device_id']}", body, "/api" + device_url(data["device_id"]))
 

@@ -21,6 +21,7 @@ from gateway.ledger.keys import GatewayKey
 from gateway.store.devices import StandingCache
 from gateway.store.readonly import ReadOnlyDatabase
 from gateway.store.trust_files import TrustFolder
+from gateway.views.audit import export_audit
 from gateway.views.web import _data, _html
 
 if TYPE_CHECKING:
@@ -127,7 +128,8 @@ _ROUTES = (
     _Route(re.compile(r"/quarantine\Z"), _quarantine, _html.quarantine_html, "page"),
 )
 _RECEIPT = re.compile(r"/receipts/(?P<id>[0-9]{1,18})\.cbor\Z")
-_FHIR = re.compile(rf"/devices/{_ID}/fhir\Z")
+#: A device's exports: its FHIR Bundle, its audit bundle.
+_EXPORT = re.compile(rf"/devices/{_ID}/(?P<kind>fhir|audit)\Z")
 _UNSAFE_IN_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -189,8 +191,9 @@ class UiServer(ThreadingHTTPServer):
             query = _query(parts.query)
             if receipt := _RECEIPT.match(path):
                 return self._receipt(int(receipt["id"]))
-            if fhir := _FHIR.match(path):
-                return self._fhir(urllib.parse.unquote(fhir["id"]))
+            if export := _EXPORT.match(path):
+                device_id = urllib.parse.unquote(export["id"])
+                return self._fhir(device_id) if export["kind"] == "fhir" else self._audit(device_id)
             return self._route(path.removeprefix("/api") if api else path, query, api=api)
         except (_BadRequestError, ValueError) as err:
             return _error(HTTPStatus.BAD_REQUEST, f"Bad request: {err}.", api=api)
@@ -250,6 +253,26 @@ class UiServer(ThreadingHTTPServer):
             exported.to_json().encode(),
             "application/fhir+json",
             (("Content-Disposition", disposition),),
+        )
+
+    def _audit(self, device_id: str) -> _Reply:
+        if self.key is None:
+            return _error(
+                HTTPStatus.NOT_FOUND,
+                "Audit bundles need the gateway log key (its receipts are signed with it), "
+                "which this UI was not given.",
+                api=False,
+            )
+        with self._page() as page:
+            exported = export_audit(page.db, self.key, device_id, now=datetime.now(UTC))
+        if exported is None:
+            return _error(
+                HTTPStatus.NOT_FOUND, f"No enrolled device {device_id!r} here.", api=False
+            )
+        name = _UNSAFE_IN_FILENAME.sub("_", device_id)[:100]
+        disposition = f'attachment; filename="{name}.audit.zip"'
+        return _Reply(
+            HTTPStatus.OK, exported.data, "application/zip", (("Content-Disposition", disposition),)
         )
 
     def _page(self) -> _PageContext:

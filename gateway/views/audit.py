@@ -1,0 +1,805 @@
+"""Device audit bundles: one device's history, with everything a third party needs to check it.
+
+A manufacturer's security team, a repair depot, an auditor or a regulator asks a hospital what
+happened to one device. The FHIR export (:mod:`gateway.views.fhir`) answers a hospital system;
+an **audit bundle** answers someone who trusts neither the hospital nor its gateway. It is a
+ZIP file of plain, documented parts, so that it can be read with any tool:
+
+``audit.json``
+    the index (:data:`FORMAT`): the device, each stored event (its message file, salt and
+    receipt), each erased event and its logged erasure, the site's revocation of the device if
+    any, and the consistency proofs that tie the receipts' checkpoints to one log;
+``chain.pem``
+    the device's certificate and the chain above it, as the gateway holds them;
+``events/SEQ.cose``
+    the exact COSE_Sign1 bytes the device signed, one file per event;
+``receipts/KIND-ID.cbor``
+    the RFC 9942 receipt bundle of each record (:mod:`gateway.ledger.receipts`, the bytes of
+    ``provgw log prove --out``): an inclusion proof to a signed checkpoint, with the
+    witnesses' cosignatures and any chain anchor;
+``README.txt``
+    what the parts are and how to check them.
+
+:func:`verify_audit` checks a bundle with nothing but the manufacturers' root certificates, the
+gateway's public log key and, optionally, witness keys: no database and no private key.
+
+- **Each event** is verified as the gateway verified it when it arrived
+  (:func:`~gateway.core.messages.verify_device_message` at the time it was received): the
+  signature, the certificate chain to a trusted root (the first event's ``x5chain``, else
+  ``chain.pem``; key rotations followed as signed), the closed schema, the device named by the
+  event, its time. CRLs are not applied to the history as the core applies them to live
+  traffic (where a revoked certificate is refused whatever it signed): a revocation is dated,
+  so an event received *after* its certificate's revocation date is a problem, one received
+  before is not.
+- **Each event is in the log**: its commitment, recomputed from its salt and the SHA-256 of its
+  bytes, is the leaf the receipt proves under a checkpoint signed by the gateway key; it is
+  *witnessed* when the quorum of the witness keys given cosigned that checkpoint.
+- **Erasures and a revocation** are checked the same way from their logged records (an erased
+  event's own commitment can only be shown to be in the log: its salt is gone).
+- **One log**: every checkpoint the receipts stand under is consistent with the largest
+  (RFC 9162 consistency proofs), so the bundle cannot mix two forks of the log.
+- **Gaps**: device sequence numbers that neither a stored nor an erased event holds are listed.
+  The device signed its numbers, so a withheld event shows as a gap; an event lost or
+  quarantined shows the same way, and one after the last is not visible at all.
+- **The certificate now**: the chain is checked against the trust folder as of *now*, CRLs
+  included, as ``provgw device show --trust`` does.
+
+The bundle names the device id (a UDI, serial included): it is for the party the site chooses
+to give it to, like the FHIR export, never for the ledger, which holds only commitments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from gateway.core import merkle
+from gateway.core.cbor import strict_loads
+from gateway.core.cose import decode_sign1
+from gateway.core.errors import (
+    MalformedError,
+    OversizeError,
+    PolicyError,
+    UnavailableError,
+    VerificationError,
+)
+from gateway.core.identity import DeviceRegistry, TrustStore, verify_device_chain
+from gateway.core.messages import verify_device_message
+from gateway.ledger.commitments import erasure_digest, leaf_for, revocation_digest
+from gateway.ledger.log import TransparencyLog
+from gateway.ledger.quorum import require_quorum
+from gateway.ledger.receipts import MAX_BUNDLE_SIZE, ReceiptInfo, issue_receipt, verify_receipt
+from gateway.store.devices import DeviceStore, Standing
+from gateway.store.events import EventStore
+
+if TYPE_CHECKING:
+    from gateway.core import note
+    from gateway.core.identity import DeviceIdentity
+    from gateway.ledger.keys import GatewayKey
+    from gateway.store.db import Database
+
+__all__ = [
+    "FORMAT",
+    "MAX_AUDIT_SIZE",
+    "AuditExport",
+    "AuditProblem",
+    "AuditReport",
+    "export_audit",
+    "verify_audit",
+]
+
+#: The index's ``format``: a reader refuses any other.
+FORMAT = "provgw-device-audit/1"
+#: Bundles above this size are refused before they are opened (about 100,000 events).
+MAX_AUDIT_SIZE = 256 * 1024 * 1024
+#: The largest part of each kind (an uncompressed size; a ZIP may claim less than it holds,
+#: so a part is also read no further than this).
+_MAX_INDEX = 64 * 1024 * 1024
+_MAX_CHAIN = 64 * 1024
+_MAX_MESSAGE = 64 * 1024
+_INDEX = "audit.json"
+_CRL_RESOLUTION = timedelta(seconds=1)
+_CHAIN = "chain.pem"
+_README = "README.txt"
+
+ProgressFn = Callable[[int, int], None]
+
+
+# --- export ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditExport:
+    """An audit bundle (the ZIP's bytes) and what went into it."""
+
+    data: bytes
+    device_id: str
+    events: int
+    erased: int
+    #: Stored events that no signed checkpoint covers yet: in the bundle without a receipt.
+    pending: int
+    revoked: bool
+
+    def write(self, path: Path) -> None:
+        """Write the bundle to *path*, complete or not at all (a temporary file, renamed)."""
+        partial = path.with_name(path.name + ".partial")
+        partial.write_bytes(self.data)
+        partial.replace(path)
+
+
+def _ms_iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+class _Parts:
+    """The ZIP's members, written in a fixed order with fixed times (same input, same bytes)."""
+
+    def __init__(self, when: datetime) -> None:
+        self.buffer = io.BytesIO()
+        self._zip = zipfile.ZipFile(self.buffer, "w", compression=zipfile.ZIP_DEFLATED)
+        self._when = when.astimezone(UTC).timetuple()[:6]
+
+    def add(self, name: str, data: bytes) -> str:
+        info = zipfile.ZipInfo(name, date_time=self._when)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        self._zip.writestr(info, data)
+        return name
+
+    def close(self) -> bytes:
+        self._zip.close()
+        return self.buffer.getvalue()
+
+
+def _receipt(
+    parts: _Parts, log: TransparencyLog, key: GatewayKey, kind: str, ref_id: int
+) -> tuple[str | None, int | None]:
+    """Add *kind* *ref_id*'s receipt; return its member name and tree size, or ``(None, None)``.
+
+    ``(None, None)`` when the record is not under a signed checkpoint yet (the next seal
+    puts it there). The receipt is verified before it is added, as ``provgw log prove`` does.
+    """
+    leaf = log.leaf_of(kind, ref_id)
+    if leaf is None:
+        return None, None
+    try:
+        bundle = issue_receipt(log, key, ref_id, kind)
+    except UnavailableError:  # logged, but no checkpoint covers it yet
+        return None, None
+    size = verify_receipt(bundle, leaf.leaf_hash, key.verifier).tree_size
+    return parts.add(f"receipts/{kind}-{ref_id}.cbor", bundle), size
+
+
+def export_audit(
+    db: Database,
+    key: GatewayKey,
+    device_id: str,
+    *,
+    now: datetime,
+    progress: ProgressFn | None = None,
+) -> AuditExport | None:
+    """Return the audit bundle of *device_id*; ``None`` when the gateway never enrolled it.
+
+    *key* is the gateway's log key: each receipt is signed with it (RFC 9942). *now* is the
+    bundle's ``exported`` time. *progress* is called as ``progress(done, total)`` over the
+    events.
+    """
+    row = DeviceStore(db).get(device_id)
+    if row is None:
+        return None
+    log = TransparencyLog(db, key.signer)
+    history = EventStore(db).history(device_id)
+    parts = _Parts(now)
+    chain = b"".join(
+        x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+        for der in (row.cert, *row.chain)
+    )
+    parts.add(_CHAIN, chain)
+    sizes: set[int] = set()
+    events: list[dict[str, Any]] = []
+    erased: list[dict[str, Any]] = []
+    erasures = _erasures(db, device_id)
+    for done, event in enumerate(history, 1):
+        receipt, size = _receipt(parts, log, key, "event", event.id)
+        if size is not None:
+            sizes.add(size)
+        entry: dict[str, Any] = {
+            "event_id": event.id,
+            "seq": event.seq,
+            "type": event.type,
+            "received_ms": event.received_ms,
+            "received": _ms_iso(event.received_ms),
+            "sha256": event.digest.hex(),
+            "receipt": receipt,
+        }
+        if event.salt is not None:
+            entry["message"] = parts.add(f"events/{event.seq}.cose", event.raw)
+            entry["salt"] = event.salt.hex()
+            events.append(entry)
+        else:
+            leaf = log.leaf_of("event", event.id)
+            entry["commitment"] = None if leaf is None else leaf.commitment.hex()
+            erasure = erasures.get(event.id)
+            if erasure is not None:
+                erasure["receipt"], size = _receipt(
+                    parts, log, key, "erasure", erasure["erasure_id"]
+                )
+                if size is not None:
+                    sizes.add(size)
+            entry["erasure"] = erasure
+            erased.append(entry)
+        if progress is not None:
+            progress(done, len(history))
+    revocation = _revocation(db, device_id)
+    if revocation is not None:
+        revocation["receipt"], size = _receipt(
+            parts, log, key, "revocation", revocation["revocation_id"]
+        )
+        if size is not None:
+            sizes.add(size)
+    index = {
+        "format": FORMAT,
+        "device_id": device_id,
+        "manufacturer": row.manufacturer,
+        "exported": now.astimezone(UTC).isoformat(timespec="seconds"),
+        "log": {"origin": log.origin, "vkey": key.verifier.vkey},
+        "certificate_chain": _CHAIN,
+        "events": events,
+        "erased": erased,
+        "revocation": revocation,
+        "consistency": _consistency(log, sizes),
+    }
+    parts.add(_INDEX, json.dumps(index, indent=1, sort_keys=True).encode())
+    parts.add(_README, _readme(device_id, log.origin).encode())
+    pending = sum(1 for e in events if e["receipt"] is None)
+    return AuditExport(
+        parts.close(), device_id, len(events), len(erased), pending, revocation is not None
+    )
+
+
+def _erasures(db: Database, device_id: str) -> dict[int, dict[str, Any]]:
+    rows = db.query(
+        "SELECT e.id, e.event_id, e.reason, e.erased_ms, e.salt FROM erasures e"
+        " JOIN events ON events.id = e.event_id WHERE events.device_id = ?",
+        (device_id,),
+    )
+    return {
+        int(event_id): {
+            "erasure_id": int(erasure_id),
+            "reason": reason,
+            "erased_ms": int(erased_ms),
+            "erased": _ms_iso(int(erased_ms)),
+            "salt": bytes(salt).hex(),
+        }
+        for erasure_id, event_id, reason, erased_ms, salt in rows
+    }
+
+
+def _revocation(db: Database, device_id: str) -> dict[str, Any] | None:
+    rows = db.query(
+        "SELECT id, reason, revoked_ms, salt FROM device_revocations WHERE device_id = ?",
+        (device_id,),
+    )
+    if not rows:
+        return None
+    revocation_id, reason, revoked_ms, salt = rows[0]
+    return {
+        "revocation_id": int(revocation_id),
+        "reason": reason,
+        "revoked_ms": int(revoked_ms),
+        "revoked": _ms_iso(int(revoked_ms)),
+        "salt": bytes(salt).hex(),
+    }
+
+
+def _consistency(log: TransparencyLog, sizes: set[int]) -> dict[str, Any] | None:
+    """Consistency proofs from each receipt's tree size to the largest (RFC 9162 §2.1.4)."""
+    if not sizes:
+        return None
+    largest = max(sizes)
+    return {
+        "to": largest,
+        "proofs": [
+            {"from": size, "proof": [h.hex() for h in log.consistency_proof(size, largest)]}
+            for size in sorted(sizes - {largest})
+        ],
+    }
+
+
+def _readme(device_id: str, origin: str) -> str:
+    return f"""Audit bundle of device {device_id} (format {FORMAT}), from the Provenance Gateway
+whose transparency log is {origin}.
+
+  audit.json           the index: every stored event (its message, salt and receipt), every
+                       erased event and its logged erasure, the site's revocation of the
+                       device if any, and consistency proofs between the receipts' checkpoints
+  chain.pem            the device's certificate and the chain above it
+  events/SEQ.cose      the exact COSE_Sign1 bytes the device signed (RFC 9052)
+  receipts/*.cbor      RFC 9942 receipts: inclusion proofs to checkpoints signed by the
+                       gateway's log key, with witness cosignatures (C2SP tlog-cosignature)
+
+Check it, with the manufacturers' root certificates and the gateway's public log key
+obtained from their owners (not from this file):
+
+  provgw audit verify THIS.zip --trust ROOTS_DIR --key GATEWAY_VKEY [--witness-vkey VKEY]
+
+A log leaf is SHA-256(0x00 || commitment), commitment = SHA-256(b"provgw/v1/event\\0" ||
+salt || SHA-256(message bytes)): any RFC 9162 implementation can check the receipts.
+The bundle names the device's serial number: share it only with whom the site chooses.
+"""
+
+
+# --- verification ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditProblem:
+    """One record of the bundle that does not verify: what it is and why."""
+
+    #: ``event``, ``erasure``, ``revocation``, ``consistency`` or ``chain``.
+    what: str
+    #: The gateway's id of the record (event id, erasure id, revocation id, tree size).
+    ref: int | None
+    seq: int | None
+    reason: str
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        """``provgw audit verify --json``'s form."""
+        return {
+            "what": self.what,
+            "ref": self.ref,
+            "seq": self.seq,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
+
+
+@dataclass
+class AuditReport:
+    """What :func:`verify_audit` found."""
+
+    device_id: str
+    manufacturer: str
+    exported: str
+    origin: str
+    #: Stored events whose signature, chain, schema and receipt verified.
+    events: int = 0
+    #: Of those: witnessed (quorum of the witness keys given), logged, not under a checkpoint.
+    witnessed: int = 0
+    logged: int = 0
+    pending: int = 0
+    #: Receipts that name a chain transaction (a claim: look it up on the chain).
+    anchors_claimed: int = 0
+    erased: int = 0
+    revoked_by_site: str | None = None
+    #: Sequence numbers held by neither a stored nor an erased event, as (first, last) ranges.
+    gaps: list[tuple[int, int]] = field(default_factory=list)
+    checkpoints: int = 0
+    tree_size: int | None = None
+    standing: Standing | None = None
+    problems: list[AuditProblem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every record in the bundle verified."""
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        """``provgw audit verify --json``'s form."""
+        return {
+            "ok": self.ok,
+            "device": self.device_id,
+            "manufacturer": self.manufacturer,
+            "exported": self.exported,
+            "log_origin": self.origin,
+            "events": self.events,
+            "witnessed": self.witnessed,
+            "logged": self.logged,
+            "pending": self.pending,
+            "anchors_claimed": self.anchors_claimed,
+            "erased": self.erased,
+            "revoked_by_site": self.revoked_by_site,
+            "gaps": [list(gap) for gap in self.gaps],
+            "checkpoints": self.checkpoints,
+            "tree_size": self.tree_size,
+            "certificate": None if self.standing is None else self.standing.to_json(),
+            "problems": [p.to_json() for p in self.problems],
+        }
+
+
+def _malformed(message: str) -> MalformedError:
+    return MalformedError(message, reason="malformed-audit")
+
+
+class _Bundle:
+    """The ZIP, opened with bounds: named parts only, each read no further than its cap."""
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) > MAX_AUDIT_SIZE:
+            raise OversizeError(
+                f"The audit bundle is {len(data):,} bytes; at most {MAX_AUDIT_SIZE:,} are read.",
+                reason="oversize-audit",
+            )
+        try:
+            self._zip = zipfile.ZipFile(io.BytesIO(data))
+            names = [info.filename for info in self._zip.infolist()]
+        except (zipfile.BadZipFile, ValueError, EOFError) as err:
+            raise _malformed(f"The audit bundle is not a ZIP file: {err}.") from None
+        if len(names) != len(set(names)):
+            raise _malformed("The audit bundle holds two parts of the same name.")
+        self.names = set(names)
+        self.read: set[str] = set()
+
+    def part(self, name: object, cap: int) -> bytes:
+        if not isinstance(name, str) or name not in self.names:
+            raise _malformed(f"The index names a part {name!r} that the bundle does not hold.")
+        if name in self.read:
+            raise _malformed(f"The index names the part {name!r} twice.")
+        self.read.add(name)
+        try:
+            with self._zip.open(name) as member:
+                data = member.read(cap + 1)
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+            raise _malformed(f"The part {name!r} cannot be read: {err}.") from None
+        if len(data) > cap:
+            raise OversizeError(
+                f"The part {name!r} is over {cap:,} bytes.", reason="oversize-audit"
+            )
+        return data
+
+
+def _field(entry: Mapping[str, Any], name: str, kind: type, what: str) -> Any:  # noqa: ANN401
+    value = entry.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise _malformed(f"{what} has no valid {name!r}.")
+    return value
+
+
+def _hex(entry: Mapping[str, Any], name: str, what: str, size: int = 32) -> bytes:
+    try:
+        value = bytes.fromhex(_field(entry, name, str, what))
+    except ValueError:
+        raise _malformed(f"{what}: {name!r} is not hexadecimal.") from None
+    if len(value) != size:
+        raise _malformed(f"{what}: {name!r} is not {size} bytes.")
+    return value
+
+
+def _entries(index: Mapping[str, Any], name: str) -> list[Mapping[str, Any]]:
+    value = index.get(name)
+    if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
+        raise _malformed(f"The index's {name!r} is not a list of records.")
+    return value
+
+
+def _read_index(bundle: _Bundle) -> dict[str, Any]:
+    try:
+        index = json.loads(bundle.part(_INDEX, _MAX_INDEX))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise _malformed(f"{_INDEX} is not JSON: {err}.") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        found = index.get("format") if isinstance(index, dict) else None
+        raise _malformed(
+            f"{_INDEX} is not a {FORMAT} index (format {found!r}); it was written by another "
+            "program, or by a newer gateway: verify it with that gateway's provgw."
+        )
+    return index
+
+
+def _chain(bundle: _Bundle, name: object) -> list[bytes]:
+    try:
+        certs = x509.load_pem_x509_certificates(bundle.part(name, _MAX_CHAIN))
+    except ValueError as err:
+        raise _malformed(f"{name} is not a PEM certificate chain: {err}.") from None
+    return [cert.public_bytes(serialization.Encoding.DER) for cert in certs]
+
+
+def _revoked_on(identity: DeviceIdentity, trust: TrustStore) -> datetime | None:
+    """Return the earliest revocation date, in *trust*'s CRLs, of a certificate on the path."""
+    path = (identity.certificate, *identity.issuers)
+    dates = [
+        entry.revocation_date_utc
+        for child, issuer in itertools.pairwise(path)
+        for crl in trust.verified_crls(issuer)
+        if (entry := crl.get_revoked_certificate_by_serial_number(child.serial_number)) is not None
+    ]
+    return min(dates, default=None)
+
+
+def _gaps(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """Return the ranges of sequence numbers from 1 to the highest that *seqs* does not hold."""
+    gaps, expected = [], 1
+    for seq in sorted(set(seqs)):
+        if seq > expected:
+            gaps.append((expected, seq - 1))
+        expected = seq + 1
+    return gaps
+
+
+def _named_parts(
+    index: Mapping[str, Any],
+    events: Sequence[Mapping[str, Any]],
+    erased: Sequence[Mapping[str, Any]],
+) -> set[object]:
+    """Return every part name the index gives (whether or not the bundle holds it)."""
+    records: list[Any] = [*events, *erased, index.get("revocation")]
+    records += [e.get("erasure") for e in erased]
+    named = {_INDEX, _README, index.get("certificate_chain")}
+    for record in records:
+        if isinstance(record, dict):
+            named.update((record.get("message"), record.get("receipt")))
+    return named
+
+
+def verify_audit(  # noqa: PLR0913 -- the bundle, the three trust inputs, the clock, progress
+    data: bytes,
+    *,
+    trust: TrustStore,
+    key: note.Verifier,
+    witnesses: Sequence[note.Verifier] = (),
+    quorum: int | None = None,
+    now: datetime,
+    progress: ProgressFn | None = None,
+) -> AuditReport:
+    """Verify the audit bundle *data* offline; see the module's docstring for what is checked.
+
+    *trust* holds the manufacturers' roots and CRLs, *key* the gateway's public log key,
+    *witnesses* and *quorum* the witness keys of which *quorum* must have cosigned for an event
+    to count as witnessed (``None``: witnessing is not checked).
+
+    Raises :class:`MalformedError` or :class:`OversizeError` when the bundle cannot be read at
+    all; every record that does not verify is an :class:`AuditProblem` in the report.
+    """
+    audit = _Audit(_Bundle(data), trust=trust, key=key, witnesses=witnesses, quorum=quorum, now=now)
+    index = audit.index
+    events = sorted(_entries(index, "events"), key=lambda e: _field(e, "seq", int, "An event"))
+    erased = _entries(index, "erased")
+    unnamed = audit.bundle.names - _named_parts(index, events, erased)
+    if unnamed:
+        raise _malformed(f"The bundle holds parts its index does not name: {sorted(unnamed)}.")
+    audit.events(events, progress)
+    audit.erased(erased)
+    if index.get("revocation") is not None:
+        audit.revocation(index["revocation"])
+    audit.consistency(index.get("consistency"))
+    seqs = [e["seq"] for e in events] + [_field(e, "seq", int, "An erased event") for e in erased]
+    if len(seqs) != len(set(seqs)):
+        raise _malformed("Two records of the bundle hold the same sequence number.")
+    report = audit.report
+    report.gaps = _gaps(seqs)
+    # The certificate as of now, CRLs included, as `provgw device show --trust` reports it.
+    try:
+        report.standing = Standing.accepted(verify_device_chain(audit.chain, trust, now))
+    except VerificationError as err:
+        report.standing = Standing(err, None)
+    return report
+
+
+class _Audit:
+    """One bundle's verification: its parts, the keys it is checked with, and the report."""
+
+    def __init__(  # noqa: PLR0913 -- the bundle and what verify_audit checks it with
+        self,
+        bundle: _Bundle,
+        *,
+        trust: TrustStore,
+        key: note.Verifier,
+        witnesses: Sequence[note.Verifier],
+        quorum: int | None,
+        now: datetime,
+    ) -> None:
+        self.bundle, self._trust, self._key = bundle, trust, key
+        self._witnesses, self._quorum, self._now = witnesses, quorum, now
+        self.index = _read_index(bundle)
+        what = _INDEX
+        self.device_id: str = _field(self.index, "device_id", str, what)
+        log = _field(self.index, "log", dict, what)
+        self.report = AuditReport(
+            device_id=self.device_id,
+            manufacturer=_field(self.index, "manufacturer", str, what),
+            exported=_field(self.index, "exported", str, what),
+            origin=_field(log, "origin", str, "The index's log"),
+        )
+        self.chain = _chain(bundle, self.index.get("certificate_chain"))
+        #: Tree size -> root, of every checkpoint a verified receipt stands under.
+        self.roots: dict[int, bytes] = {}
+        self._witnessed: dict[bytes, bool] = {}  # checkpoint note -> quorum reached
+
+    def _problem(self, what: str, ref: int | None, seq: int | None, err: Exception) -> None:
+        reason = err.reason if isinstance(err, VerificationError) else "error"
+        self.report.problems.append(AuditProblem(what, ref, seq, reason, str(err)))
+
+    # -- receipts --
+
+    def receipt(self, name: object, leaf: bytes) -> str:
+        """Verify the receipt *name* for *leaf*; return ``"witnessed"`` or ``"logged"``."""
+        data = self.bundle.part(name, MAX_BUNDLE_SIZE)
+        info: ReceiptInfo = verify_receipt(data, leaf, self._key, witnesses=self._witnesses)
+        known = self.roots.setdefault(info.tree_size, info.root)
+        if known != info.root:
+            raise PolicyError(
+                f"Two receipts in the bundle give the log of {info.tree_size} entries two "
+                "different roots: the gateway showed two versions of its log (a split view).",
+                reason="log-fork",
+            )
+        if info.anchor is not None:
+            self.report.anchors_claimed += 1
+        return "witnessed" if self._quorum_reached(data) else "logged"
+
+    def _quorum_reached(self, data: bytes) -> bool:
+        if self._quorum is None:
+            return False
+        checkpoint_note = strict_loads(data, what="receipt")[2]
+        reached = self._witnessed.get(checkpoint_note)
+        if reached is None:
+            try:
+                require_quorum(
+                    checkpoint_note,
+                    self._key,
+                    self._witnesses,
+                    self._quorum,
+                    now=int(self._now.timestamp()),
+                )
+                reached = True
+            except PolicyError:
+                reached = False
+            self._witnessed[checkpoint_note] = reached
+        return reached
+
+    # -- the records --
+
+    def events(self, events: Sequence[Mapping[str, Any]], progress: ProgressFn | None) -> None:
+        """Replay the gateway's checks on each event, at the time it was received, in seq order."""
+        # The history is checked against the roots without the CRLs: revocation dates are
+        # compared to each event's arrival instead (a revocation applies from its date).
+        trust = self._trust
+        history_trust = TrustStore(trust.roots, (), trust.intermediates)
+        registry = DeviceRegistry()
+        revoked_on: dict[bytes, datetime | None] = {}
+        report = self.report
+        for done, entry in enumerate(events, 1):
+            what = f"Event {entry.get('event_id')!r}"
+            event_id = _field(entry, "event_id", int, what)
+            received_ms = _field(entry, "received_ms", int, what)
+            raw = self.bundle.part(entry.get("message"), _MAX_MESSAGE)
+            salt = _hex(entry, "salt", what)
+            received = datetime.fromtimestamp(received_ms / 1000, tz=UTC)
+            try:
+                if not len(registry) and not decode_sign1(raw).x5chain:
+                    # The first contact (its chain in x5chain) was erased: enrol the kept chain.
+                    registry.enrol(verify_device_chain(self.chain, history_trust, received))
+                verified = verify_device_message(
+                    raw,
+                    trust=history_trust,
+                    registry=registry,
+                    now=received,
+                    topic_device=self.device_id,
+                )
+                event = verified.event
+                if event.seq != entry["seq"] or event.type != entry.get("type"):
+                    raise PolicyError(
+                        f"The index says seq {entry['seq']} ({entry.get('type')}), the signed "
+                        f"event says seq {event.seq} ({event.type}).",
+                        reason="index-mismatch",
+                    )
+                identity = verified.identity
+                if identity.kid not in revoked_on:
+                    revoked_on[identity.kid] = _revoked_on(identity, trust)
+                revoked = revoked_on[identity.kid]
+                # A CRL dates a revocation to the second: an event of that second may have
+                # come before it, so only one a whole second later is counted against it.
+                if revoked is not None and received >= revoked + _CRL_RESOLUTION:
+                    raise PolicyError(
+                        f"Received on {received:%Y-%m-%d %H:%M} UTC, after its signing "
+                        f"certificate was revoked on {revoked:%Y-%m-%d %H:%M} UTC: the gateway "
+                        "should have refused it (its CRL was missing or stale).",
+                        reason="revoked-before-receipt",
+                    )
+                report.manufacturer = identity.manufacturer
+                name = entry.get("receipt")
+                if name is None:
+                    report.pending += 1
+                else:
+                    leaf = leaf_for("event", salt, hashlib.sha256(raw).digest())
+                    state = self.receipt(name, leaf)
+                    report.witnessed += state == "witnessed"
+                    report.logged += state == "logged"
+                report.events += 1
+            except VerificationError as err:
+                self._problem("event", event_id, entry["seq"], err)
+            if progress is not None:
+                progress(done, len(events))
+
+    def erased(self, erased: Sequence[Mapping[str, Any]]) -> None:
+        """Check that each erased event's commitment is in the log, and its erasure too."""
+        for entry in erased:
+            what = f"Erased event {entry.get('event_id')!r}"
+            event_id = _field(entry, "event_id", int, what)
+            seq = _field(entry, "seq", int, what)
+            try:
+                if entry.get("receipt") is not None:
+                    commitment = _hex(entry, "commitment", what)
+                    self.receipt(entry["receipt"], merkle.leaf_hash(commitment))
+                erasure = entry.get("erasure")
+                if not isinstance(erasure, dict):
+                    raise PolicyError(
+                        f"Event {event_id} is erased, but the bundle holds no erasure record "
+                        "for it.",
+                        reason="missing-erasure",
+                    )
+                if erasure.get("receipt") is not None:
+                    reason = _field(erasure, "reason", str, what)
+                    digest = erasure_digest(
+                        event_id,
+                        hashlib.sha256(reason.encode()).digest(),
+                        _field(erasure, "erased_ms", int, what),
+                    )
+                    leaf = leaf_for("erasure", _hex(erasure, "salt", what), digest)
+                    self.receipt(erasure["receipt"], leaf)
+                self.report.erased += 1
+            except VerificationError as err:
+                self._problem("erasure", event_id, seq, err)
+
+    def revocation(self, revocation: object) -> None:
+        """Check that the site's revocation of the device is the logged record it claims."""
+        if not isinstance(revocation, dict):
+            raise _malformed("The index's 'revocation' is not a record.")
+        what = "The revocation"
+        ref = _field(revocation, "revocation_id", int, what)
+        reason = _field(revocation, "reason", str, what)
+        try:
+            if revocation.get("receipt") is not None:
+                digest = revocation_digest(
+                    self.device_id,
+                    hashlib.sha256(reason.encode()).digest(),
+                    _field(revocation, "revoked_ms", int, what),
+                )
+                leaf = leaf_for("revocation", _hex(revocation, "salt", what), digest)
+                self.receipt(revocation["receipt"], leaf)
+            self.report.revoked_by_site = reason
+        except VerificationError as err:
+            self._problem("revocation", ref, None, err)
+
+    def consistency(self, value: object) -> None:
+        """Check that every receipt's checkpoint is a prefix of the largest: one log."""
+        roots = self.roots
+        self.report.checkpoints = len(roots)
+        if not roots:
+            return
+        largest = max(roots)
+        self.report.tree_size = largest
+        proofs: dict[int, list[bytes]] = {}
+        if isinstance(value, dict) and value.get("to") == largest:
+            for entry in _entries(value, "proofs"):
+                size = _field(entry, "from", int, "A consistency proof")
+                path = entry.get("proof")
+                if not isinstance(path, list) or not all(isinstance(h, str) for h in path):
+                    raise _malformed(f"The consistency proof from {size} is not a list of hashes.")
+                try:
+                    proofs[size] = [bytes.fromhex(h) for h in path]
+                except ValueError:
+                    raise _malformed(
+                        f"The consistency proof from {size} is not hexadecimal."
+                    ) from None
+        for size in sorted(set(roots) - {largest}):
+            try:
+                if size not in proofs:
+                    raise PolicyError(
+                        f"No consistency proof ties the checkpoint of {size} entries to the one "
+                        f"of {largest}: the receipts may stand under two versions of the log.",
+                        reason="missing-consistency",
+                    )
+                merkle.verify_consistency(size, largest, roots[size], roots[largest], proofs[size])
+            except VerificationError as err:
+                self._problem("consistency", size, None, err)
