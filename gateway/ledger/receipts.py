@@ -58,6 +58,7 @@ __all__ = [
     "VDS_RFC9162_SHA256",
     "ReceiptInfo",
     "issue_receipt",
+    "receipt_tree_size",
     "verify_receipt",
 ]
 
@@ -133,6 +134,16 @@ def issue_receipt(log: TransparencyLog, key: GatewayKey, ref_id: int, kind: str 
     if status.anchor is not None:
         bundle[3] = [status.anchor.chain, status.anchor.tx, status.anchor.block]
     return dumps(bundle)
+
+
+def receipt_tree_size(bundle: bytes) -> int:
+    """Return the tree size of the checkpoint a bundle :func:`issue_receipt` made stands under.
+
+    For the issuer's bookkeeping (which checkpoints an export's receipts need tied together),
+    not a verification: a receiver calls :func:`verify_receipt`.
+    """
+    checkpoint_note = strict_loads(bundle, what="receipt")[2]
+    return int(checkpoint_note.split(b"\n", 2)[1])
 
 
 def _malformed(message: str) -> MalformedError:

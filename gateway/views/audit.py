@@ -79,7 +79,13 @@ from gateway.core.messages import verify_device_message
 from gateway.ledger.commitments import erasure_digest, leaf_for, revocation_digest
 from gateway.ledger.log import TransparencyLog
 from gateway.ledger.quorum import require_quorum
-from gateway.ledger.receipts import MAX_BUNDLE_SIZE, ReceiptInfo, issue_receipt, verify_receipt
+from gateway.ledger.receipts import (
+    MAX_BUNDLE_SIZE,
+    ReceiptInfo,
+    issue_receipt,
+    receipt_tree_size,
+    verify_receipt,
+)
 from gateway.store.devices import DeviceStore, Standing
 from gateway.store.events import EventStore
 
@@ -147,12 +153,14 @@ class _Parts:
 
     def __init__(self, when: datetime) -> None:
         self.buffer = io.BytesIO()
-        self._zip = zipfile.ZipFile(self.buffer, "w", compression=zipfile.ZIP_DEFLATED)
+        self._zip = zipfile.ZipFile(self.buffer, "w")
         self._when = when.astimezone(UTC).timetuple()[:6]
 
-    def add(self, name: str, data: bytes) -> str:
+    def add(self, name: str, data: bytes, *, text: bool = False) -> str:
         info = zipfile.ZipInfo(name, date_time=self._when)
-        info.compress_type = zipfile.ZIP_DEFLATED
+        # Signed messages and receipts are mostly keys, hashes and signatures: deflating them
+        # saves little and costs a compressor each; the index and the PEM text shrink well.
+        info.compress_type = zipfile.ZIP_DEFLATED if text else zipfile.ZIP_STORED
         self._zip.writestr(info, data)
         return name
 
@@ -167,17 +175,14 @@ def _receipt(
     """Add *kind* *ref_id*'s receipt; return its member name and tree size, or ``(None, None)``.
 
     ``(None, None)`` when the record is not under a signed checkpoint yet (the next seal
-    puts it there). The receipt is verified before it is added, as ``provgw log prove`` does.
+    puts it there). The receipt is not verified here (twice the export's time: two signature
+    checks an event); the receiver verifies every one.
     """
-    leaf = log.leaf_of(kind, ref_id)
-    if leaf is None:
-        return None, None
     try:
         bundle = issue_receipt(log, key, ref_id, kind)
-    except UnavailableError:  # logged, but no checkpoint covers it yet
+    except (UnavailableError, MalformedError):  # not logged, or no checkpoint covers it yet
         return None, None
-    size = verify_receipt(bundle, leaf.leaf_hash, key.verifier).tree_size
-    return parts.add(f"receipts/{kind}-{ref_id}.cbor", bundle), size
+    return parts.add(f"receipts/{kind}-{ref_id}.cbor", bundle), receipt_tree_size(bundle)
 
 
 def export_audit(
@@ -204,7 +209,7 @@ def export_audit(
         x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
         for der in (row.cert, *row.chain)
     )
-    parts.add(_CHAIN, chain)
+    parts.add(_CHAIN, chain, text=True)
     sizes: set[int] = set()
     events: list[dict[str, Any]] = []
     erased: list[dict[str, Any]] = []
@@ -259,8 +264,8 @@ def export_audit(
         "revocation": revocation,
         "consistency": _consistency(log, sizes),
     }
-    parts.add(_INDEX, json.dumps(index, indent=1, sort_keys=True).encode())
-    parts.add(_README, _readme(device_id, log.origin).encode())
+    parts.add(_INDEX, json.dumps(index, indent=1, sort_keys=True).encode(), text=True)
+    parts.add(_README, _readme(device_id, log.origin).encode(), text=True)
     pending = sum(1 for e in events if e["receipt"] is None)
     return AuditExport(
         parts.close(), device_id, len(events), len(erased), pending, revocation is not None
