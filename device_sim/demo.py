@@ -6,7 +6,9 @@ little fault injection, (6) shows what arrived (stored per type, quarantined per
 device's history) and (7) verifies one stored message offline with ``provgw message verify``,
 then shows the transparency log ``provgw serve`` keeps beside ingest: its latest checkpoint, the
 embedded witness's cosignature, and that message's receipt (``provgw log prove``) verified
-offline with nothing but the gateway's and the witness's public keys. Finally (8) an urgent
+offline with nothing but the gateway's and the witness's public keys; and that device's whole
+history as an audit bundle (``provgw audit export``), verified by ``provgw audit verify`` with
+only the trust folder and those keys. Finally (8) an urgent
 recall: biomed imports the inventory (the Volara pumps run 4.2.9), the manufacturer publishes the
 2-of-3 signed recall Z-0412-2026 and then its remedy, firmware 4.2.10; the pumps receive signed
 offers from the gateway's urgent lane, check them, install (one fails, one is offline) and report,
@@ -552,6 +554,7 @@ def run_demo(options: DemoOptions, say: Say) -> dict[str, Any]:  # noqa: PLR0915
             )
             if out["gateway"]["running"] and not stop.is_set():
                 out["log"] = _show_log(provgw, directory, db, history[0]["seq"], sample_id, say=say)
+                out["audit"] = _show_audit(provgw, directory, db, pki, sample_id, say=say)
         running = out["gateway"]["running"] and not stop.is_set()
         setup = _UrgentSetup(provgw, directory, db, pki, broker, records, status if running else {})
         out["urgent"] = _urgent_recall(setup, say=say)
@@ -701,6 +704,43 @@ def _show_log(  # noqa: PLR0913 - the demo's paths and the one event it proves
         "bytes": len(bundle),
     }
     return out
+
+
+def _show_audit(  # noqa: PLR0913 - the demo's paths and the device it exports
+    provgw: str, directory: Path, db: Path, pki: Path, device: str, *, say: Say
+) -> dict[str, Any]:
+    """Export the sample device's audit bundle and verify it as its receiver would (step 7)."""
+    bundle = directory / f"{device}.audit.zip"
+    key_file = directory / "gateway-log.key"
+    subprocess.run(  # noqa: S603 - our own command
+        [provgw, "audit", "export", device, "--db", str(db), "--key", str(key_file), "-o",
+         str(bundle), "--json"],
+        capture_output=True,
+        check=False,
+    )  # fmt: skip
+    say(f"      provgw audit export {device} -o {bundle.name}, then provgw audit verify:")
+    result = subprocess.run(  # noqa: S603 - our own command
+        [provgw, "audit", "verify", str(bundle), "--trust", str(pki / "trust"),
+         "--key", _vkey_of(key_file), "--witness-vkey", _vkey_of(directory / "witness.key"),
+         "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    try:
+        report = dict(json.loads(result.stdout))
+    except ValueError:
+        say(f"      audit bundle: not verified ({result.stderr.strip()})")
+        return {"ok": False}
+    if "events" not in report:  # the bundle could not be read at all
+        say(f"      audit bundle: REFUSED ({report.get('error')})")
+        return report
+    say(
+        f"      {'VERIFIED' if report['ok'] else 'NOT VERIFIED'} with only the trust folder and "
+        f"public keys: {report['events']} events ({report['witnessed']} witnessed, "
+        f"{report['pending']} not under a checkpoint yet), {len(report['problems'])} problems"
+    )
+    return report
 
 
 def _vkey_of(key_file: Path) -> str:

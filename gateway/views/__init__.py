@@ -1,1 +1,1 @@
-"""What people and auditors touch: the CLI, the web UI, audit bundles, FHIR export."""
+"""What people and auditors touch: the CLI, the web UI, audit bundles (``audit``), FHIR export."""

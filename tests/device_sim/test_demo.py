@@ -51,6 +51,11 @@ def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
     # The log beside ingest: a cosigned checkpoint, and the sample's receipt verified offline.
     assert "\u2014 provgw.local/log/witness " in out["log"]["cosignatures"]
     assert out["log"]["receipt"]["state"] == "witnessed"
+    # The sample's whole history as an audit bundle, verified with only public keys.
+    audit = out["audit"]
+    assert (audit["ok"], audit["device"], audit["problems"]) == (True, out["sample"]["device"], [])
+    assert audit["events"] == len(out["sample"]["history"]) > 0
+    assert audit["witnessed"] >= 1
     # The urgent recall: 6 Volara pumps affected; one failed its install, one stayed offline,
     # every other one installed the remedy it was offered under the recall's id.
     urgent = out["urgent"]

@@ -73,11 +73,13 @@ def test_a_biomed_engineer_follows_the_fleet_to_a_device_and_its_recall(browser,
     assert states == ["stored", "appended", "appended"] + ["anchored"] * 6
     receipts = browser.find_elements(By.LINK_TEXT, "receipt (CBOR)")
     assert len(receipts) == 6
-    # The trust folder accepts the pump's certificate; its FHIR bundle is one link away.
+    # The trust folder accepts the pump's certificate; its FHIR and audit bundles are one link away.
     facts = browser.find_elements(By.CSS_SELECTOR, "table:nth-of-type(1) tbody tr td")
     assert facts[-1].text.startswith("valid until ")
     fhir = browser.find_element(By.LINK_TEXT, "FHIR bundle of this device")
     assert fhir.get_attribute("href") == f"{base}/devices/{site.pump}/fhir"
+    audit = browser.find_element(By.LINK_TEXT, "Audit bundle of this device")
+    assert audit.get_attribute("href") == f"{base}/devices/{site.pump}/audit"
     browser.find_element(By.LINK_TEXT, "Recalls").click()
     browser.find_element(By.LINK_TEXT, RECALL_ID).click()
     assert browser.current_url == f"{base}/recalls/{RECALL_ID}"
