@@ -57,6 +57,7 @@ __all__ = [
     "VDP_INCLUSION",
     "VDS_RFC9162_SHA256",
     "ReceiptInfo",
+    "ReceiptVerifier",
     "issue_receipt",
     "receipt_tree_size",
     "verify_receipt",
@@ -182,51 +183,97 @@ def verify_receipt(
     8. Witnessed when at least *witness_quorum* of *witnesses* cosigned; anchored when the bundle
        names a chain transaction (a claim the verifier can look up on the chain).
     """
-    # Step 1 — endless data.
-    if len(bundle) > MAX_BUNDLE_SIZE:
-        raise OversizeError(
-            f"The receipt is {len(bundle)} bytes; at most {MAX_BUNDLE_SIZE} are accepted.",
-            reason="oversize-receipt",
+    return ReceiptVerifier(gateway, witnesses=witnesses, witness_quorum=witness_quorum).verify(
+        bundle, leaf
+    )
+
+
+class ReceiptVerifier:
+    """:func:`verify_receipt` for many receipts under the same keys, each checkpoint opened once.
+
+    An audit bundle holds a receipt per event, most under one or two checkpoints: opening a
+    checkpoint (the gateway's signature and every given witness's cosignature) once, not once
+    a receipt, saves one to three Ed25519 checks an event. What is kept is the opened
+    checkpoint of each distinct note (at most :attr:`MAX_CHECKPOINTS`; then it starts over),
+    for this verifier's keys only.
+    """
+
+    MAX_CHECKPOINTS = 1024
+
+    def __init__(
+        self,
+        gateway: note.Verifier,
+        *,
+        witnesses: Iterable[note.Verifier] = (),
+        witness_quorum: int = 1,
+    ) -> None:
+        self._gateway = gateway
+        self._witnesses = list(witnesses)
+        self._quorum = witness_quorum
+        self._known = {(w.name, w.key_id) for w in self._witnesses}
+        self._opened: dict[bytes, note.SignedCheckpoint] = {}
+
+    def _open(self, checkpoint_note: bytes) -> note.SignedCheckpoint:
+        signed = self._opened.get(checkpoint_note)
+        if signed is None:
+            signed = note.open_checkpoint(checkpoint_note, self._gateway, self._witnesses)
+            if len(self._opened) >= self.MAX_CHECKPOINTS:
+                self._opened.clear()
+            self._opened[checkpoint_note] = signed
+        return signed
+
+    def verify(self, bundle: bytes, leaf: bytes) -> ReceiptInfo:
+        """Verify *bundle* for *leaf*: :func:`verify_receipt`'s steps, with these keys."""
+        gateway, witness_keys = self._gateway, self._witnesses
+        # Step 1 — endless data.
+        if len(bundle) > MAX_BUNDLE_SIZE:
+            raise OversizeError(
+                f"The receipt is {len(bundle)} bytes; at most {MAX_BUNDLE_SIZE} are accepted.",
+                reason="oversize-receipt",
+            )
+        # Step 2 — shape.
+        item = strict_loads(bundle, what="receipt")
+        if not isinstance(item, Mapping) or not {1, 2} <= set(item) <= {1, 2, 3}:
+            raise _malformed(
+                "The receipt is not a map of the receipt, the checkpoint and the anchor."
+            )
+        receipt, checkpoint_note = item[1], item[2]
+        if not isinstance(receipt, bytes) or not isinstance(checkpoint_note, bytes):
+            raise _malformed("The receipt and its checkpoint must be byte strings.")
+        anchor = _anchor(item.get(3))
+        # Step 3 — the checkpoint under the receipt.
+        signed = self._open(checkpoint_note)
+        checkpoint = signed.checkpoint
+        # Steps 4-5 — the COSE receipt and its one proof.
+        protected, size, index, path, signature = _decode_receipt(receipt, gateway)
+        if size != checkpoint.size:
+            raise MismatchError(
+                f"The receipt proves inclusion in a log of {size} entries, but the checkpoint with "
+                f"it is for {checkpoint.size} entries.",
+                reason="size-mismatch",
+            )
+        # Step 6 — RFC 9162 §2.1.3.2: the proof must rebuild the signed root.
+        merkle.verify_inclusion(leaf, index, size, path, checkpoint.root)
+        # Step 7 — the receipt's own signature over the detached root.
+        try:
+            Ed25519PublicKey.from_public_bytes(gateway.public_key).verify(
+                signature, sig_structure(protected, b"", checkpoint.root)
+            )
+        except InvalidSignature:
+            raise SignatureError(
+                "The receipt's signature does not verify with the gateway key: it was altered, or "
+                "made by another key.",
+                reason="bad-signature",
+            ) from None
+        # Step 8 — strength.
+        cosigners = tuple(
+            sorted(s.name for s in signed.note.signatures if (s.name, s.key_id) in self._known)
         )
-    # Step 2 — shape.
-    item = strict_loads(bundle, what="receipt")
-    if not isinstance(item, Mapping) or not {1, 2} <= set(item) <= {1, 2, 3}:
-        raise _malformed("The receipt is not a map of the receipt, the checkpoint and the anchor.")
-    receipt, checkpoint_note = item[1], item[2]
-    if not isinstance(receipt, bytes) or not isinstance(checkpoint_note, bytes):
-        raise _malformed("The receipt and its checkpoint must be byte strings.")
-    anchor = _anchor(item.get(3))
-    # Step 3 — the checkpoint under the receipt.
-    witness_keys = list(witnesses)
-    signed = note.open_checkpoint(checkpoint_note, gateway, witness_keys)
-    checkpoint = signed.checkpoint
-    # Steps 4-5 — the COSE receipt and its one proof.
-    protected, size, index, path, signature = _decode_receipt(receipt, gateway)
-    if size != checkpoint.size:
-        raise MismatchError(
-            f"The receipt proves inclusion in a log of {size} entries, but the checkpoint with "
-            f"it is for {checkpoint.size} entries.",
-            reason="size-mismatch",
+        witnessed = bool(witness_keys) and len(cosigners) >= max(self._quorum, 1)
+        state = "anchored" if anchor is not None else "witnessed" if witnessed else "logged"
+        return ReceiptInfo(
+            state, checkpoint.origin, index, size, checkpoint.root, cosigners, anchor
         )
-    # Step 6 — RFC 9162 §2.1.3.2: the proof must rebuild the signed root.
-    merkle.verify_inclusion(leaf, index, size, path, checkpoint.root)
-    # Step 7 — the receipt's own signature over the detached root.
-    try:
-        Ed25519PublicKey.from_public_bytes(gateway.public_key).verify(
-            signature, sig_structure(protected, b"", checkpoint.root)
-        )
-    except InvalidSignature:
-        raise SignatureError(
-            "The receipt's signature does not verify with the gateway key: it was altered, or "
-            "made by another key.",
-            reason="bad-signature",
-        ) from None
-    # Step 8 — strength.
-    known = {(w.name, w.key_id) for w in witness_keys}
-    cosigners = tuple(sorted(s.name for s in signed.note.signatures if (s.name, s.key_id) in known))
-    witnessed = bool(witness_keys) and len(cosigners) >= max(witness_quorum, 1)
-    state = "anchored" if anchor is not None else "witnessed" if witnessed else "logged"
-    return ReceiptInfo(state, checkpoint.origin, index, size, checkpoint.root, cosigners, anchor)
 
 
 def _anchor(value: object) -> Anchor | None:

@@ -81,10 +81,9 @@ from gateway.ledger.log import TransparencyLog
 from gateway.ledger.quorum import require_quorum
 from gateway.ledger.receipts import (
     MAX_BUNDLE_SIZE,
-    ReceiptInfo,
+    ReceiptVerifier,
     issue_receipt,
     receipt_tree_size,
-    verify_receipt,
 )
 from gateway.store.devices import DeviceStore, Standing
 from gateway.store.events import EventStore
@@ -620,6 +619,7 @@ class _Audit:
         #: Tree size -> root, of every checkpoint a verified receipt stands under.
         self.roots: dict[int, bytes] = {}
         self._witnessed: dict[bytes, bool] = {}  # checkpoint note -> quorum reached
+        self._receipts = ReceiptVerifier(key, witnesses=witnesses)
 
     def _problem(self, what: str, ref: int | None, seq: int | None, err: Exception) -> None:
         reason = err.reason if isinstance(err, VerificationError) else "error"
@@ -630,7 +630,7 @@ class _Audit:
     def receipt(self, name: object, leaf: bytes) -> str:
         """Verify the receipt *name* for *leaf*; return ``"witnessed"`` or ``"logged"``."""
         data = self.bundle.part(name, MAX_BUNDLE_SIZE)
-        info: ReceiptInfo = verify_receipt(data, leaf, self._key, witnesses=self._witnesses)
+        info = self._receipts.verify(data, leaf)
         known = self.roots.setdefault(info.tree_size, info.root)
         if known != info.root:
             raise PolicyError(

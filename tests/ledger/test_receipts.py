@@ -24,6 +24,7 @@ from gateway.ledger.receipts import (
     HEADER_VDP,
     HEADER_VDS,
     VDP_INCLUSION,
+    ReceiptVerifier,
     issue_receipt,
     verify_receipt,
 )
@@ -242,3 +243,31 @@ def test_no_receipt_before_logging_or_sealing_and_none_for_erased_records(log, k
     assert EventStore(log.db).by_id(6).salt is None
     with pytest.raises(MismatchError):
         verify_receipt(bundle, merkle.leaf_hash(hashlib.sha256(b"msg-5").digest()), key.verifier)
+
+
+def test_a_receipt_verifier_opens_each_checkpoint_once_and_still_checks_every_receipt(
+    log, key, monkeypatch
+):
+    opened = []
+    real_open = note.open_checkpoint
+    monkeypatch.setattr(note, "open_checkpoint", lambda *a: opened.append(1) or real_open(*a))
+    verifier = ReceiptVerifier(key.verifier)
+    for event_id in (2, 6, 9):
+        info = verifier.verify(issue_receipt(log, key, event_id), _leaf(log, event_id))
+        assert info.leaf_index == event_id - 1
+    assert len(opened) == 1  # three receipts under one checkpoint
+    # The receipt's own signature and proof are still checked each time.
+    item, receipt = _parts(issue_receipt(log, key, 4))
+    protected, unprotected, payload, _ = receipt.value
+    forged = cbor2.CBORTag(18, [protected, unprotected, payload, bytes(64)])
+    with pytest.raises(SignatureError):
+        verifier.verify(_rebuild(item, forged), _leaf(log, 4))
+    with pytest.raises(VerificationError):
+        verifier.verify(issue_receipt(log, key, 4), _leaf(log, 5))
+    # A note altered by one byte is another note: opened (and refused) afresh.
+    item, _ = _parts(issue_receipt(log, key, 4))
+    item = dict(item)
+    item[2] = item[2].replace(ORIGIN.encode(), b"provgw.test/lag", 1)
+    with pytest.raises(VerificationError):
+        verifier.verify(dumps(item), _leaf(log, 4))
+    assert len(opened) == 2
