@@ -19,6 +19,7 @@ from gateway.core.errors import MismatchError, VerificationError
 from gateway.core.manifest import unsafe_read_manifest
 from gateway.core.recall import RecallFields
 from gateway.service.remediation import (
+    Report,
     read_report,
     report_moves_recall,
     report_outcome,
@@ -29,7 +30,7 @@ from gateway.store.db import Database
 from gateway.store.manifests import ManifestStore
 from gateway.store.offers import campaign_id
 
-__all__ = ["UrgentClaimsReport", "verify_urgent_claims"]
+__all__ = ["UrgentClaimsReport", "report_claim_mismatch", "verify_urgent_claims"]
 
 #: Remediation states recorded from a device's signed ``firmware_update`` report (the tracker's
 #: ``_move``, mapped by :func:`~gateway.service.remediation.report_outcome`).
@@ -189,27 +190,12 @@ class _ClaimChecker:
         report = read_report((e_id, claim.device_id, received, raw, claim.digest))
         if report is None:
             raise _claim_mismatch(claim, f"event {e_id} does not read as a firmware report")
-        # (d) The device's result maps to the recorded state and detail, by the tracker's own
-        # mapping (_outcome): a failed install shown as installed, or the reverse.
-        outcome = report_outcome(report)
-        if outcome is None or outcome[0] != claim.state:
-            shown = "no state" if outcome is None else f"'{outcome[0]}'"
-            raise _claim_mismatch(
-                claim,
-                f"the device reported '{report.result}' (event {e_id}), which the gateway "
-                f"records as {shown}",
-            )
-        if outcome[1] != claim.detail:
-            raise _claim_mismatch(
-                claim, f"its detail is not the one the device's report (event {e_id}) gives"
-            )
-        # (e) The firmware the device reported is the record's manifest (another image claimed).
-        if report.manifest != claim.manifest:
-            raise _claim_mismatch(
-                claim,
-                f"the device reported manifest {report.manifest.hex()} (event {e_id}), the "
-                f"record says {claim.manifest.hex() if claim.manifest else 'none'}",
-            )
+        # (d), (e): state, detail and manifest are the report's.
+        why = report_claim_mismatch(
+            report, claim.state, claim.detail, claim.manifest, f"event {e_id}"
+        )
+        if why is not None:
+            raise _claim_mismatch(claim, why)
         # (f) The report counts for the record's recall, by the tracker's rule (_moves_recall):
         # a report re-labelled as remediating another recall.
         if claim.recall_id is not None:
@@ -328,6 +314,33 @@ class _ClaimChecker:
         if sbom is None:
             return f"the kept manifest {manifest.hex()} carries no SBOM"
         return hashlib.sha256(sbom).digest(), sbom_verdict(sbom)[0]
+
+
+def report_claim_mismatch(
+    report: Report, state: str, detail: str | None, manifest: bytes | None, event: str
+) -> str | None:
+    """Say why a remediation record's *state*, *detail* and *manifest* are not *report*'s.
+
+    ``None`` when they are. *event* names the report in the answer (``"event 17"``). Shared by
+    ``provgw log verify`` (over the store) and ``provgw audit verify`` (over a device's bundle).
+    """
+    # (d) The device's result maps to the recorded state and detail, by the tracker's own
+    # mapping (report_outcome): a failed install shown as installed, or the reverse.
+    outcome = report_outcome(report)
+    if outcome is None or outcome[0] != state:
+        shown = "no state" if outcome is None else f"'{outcome[0]}'"
+        return (
+            f"the device reported '{report.result}' ({event}), which the gateway records as {shown}"
+        )
+    if outcome[1] != detail:
+        return f"its detail is not the one the device's report ({event}) gives"
+    # (e) The firmware the device reported is the record's manifest (another image claimed).
+    if report.manifest != manifest:
+        return (
+            f"the device reported manifest {report.manifest.hex()} ({event}), the record says "
+            f"{manifest.hex() if manifest else 'none'}"
+        )
+    return None
 
 
 def verify_urgent_claims(db: Database) -> UrgentClaimsReport:

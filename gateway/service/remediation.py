@@ -59,6 +59,7 @@ __all__ = [
     "RecordLogger",
     "RemediationStatus",
     "RemediationTracker",
+    "Report",
     "Retry",
     "RetryPolicy",
     "log_pending_records",
@@ -229,7 +230,9 @@ class RemediationStatus:
 
 
 @dataclass(frozen=True)
-class _Report:
+class Report:
+    """A device's signed ``firmware_update`` report, as read by :func:`read_report`."""
+
     event_id: int
     device_id: str
     result: str
@@ -258,7 +261,7 @@ def _tracked_devices(conn: sqlite3.Connection, devices: set[str]) -> set[str]:
     return {str(d) for (d,) in conn.execute(query, [*ids, *ids])}
 
 
-def read_report(row: tuple[Any, ...]) -> _Report | None:
+def read_report(row: tuple[Any, ...]) -> Report | None:
     """Read an events row ``(id, device_id, received_ms, raw, digest)`` as a firmware report.
 
     The body comes from the signed bytes (:func:`~gateway.store.events.signed_payload`); None if
@@ -267,7 +270,7 @@ def read_report(row: tuple[Any, ...]) -> _Report | None:
     event_id, device_id, received_ms, raw, digest = row
     try:
         body = strict_loads(signed_payload(bytes(raw)), what="event payload")["body"]
-        return _Report(
+        return Report(
             int(event_id),
             str(device_id),
             str(body["result"]),
@@ -371,7 +374,7 @@ class RemediationTracker:
             if len(rows) < _EVENT_CHUNK:
                 return moved
 
-    def _apply(self, report: _Report) -> int:
+    def _apply(self, report: Report) -> int:
         moved = self._apply_manifest_offers(report)
         tracked = self._db.query(
             "SELECT recall_id, state FROM recall_impacts WHERE device_id = ?"
@@ -389,7 +392,7 @@ class RemediationTracker:
             )
         return moved
 
-    def _apply_manifest_offers(self, report: _Report) -> int:
+    def _apply_manifest_offers(self, report: Report) -> int:
         """Move the device's offers of the manifest the report names (any trigger)."""
         moved = 0
         for manifest, _state in self._offers.open_for(report.device_id):
@@ -403,7 +406,7 @@ class RemediationTracker:
 
     def _move(
         self,
-        report: _Report,
+        report: Report,
         outcome: tuple[State, str | None],
         set_state: Callable[..., bool],
         campaign: Any,  # noqa: ANN401 -- a recall id (str) or a manifest digest (bytes)
@@ -552,7 +555,7 @@ def unreachable_digest(campaign: str | None, device_id: str | None, at_ms: int) 
     return hashlib.sha256(dumps([campaign, device_id, "unreachable", at_ms])).digest()
 
 
-def report_moves_recall(report: _Report, state: str, recall_id: str, remedy: bytes | None) -> bool:
+def report_moves_recall(report: Report, state: str, recall_id: str, remedy: bytes | None) -> bool:
     """Whether *report* (moving its device to *state*) counts for the recall *recall_id*.
 
     An install counts if the report names the recall or installed its remedy (*remedy*, the
@@ -564,7 +567,7 @@ def report_moves_recall(report: _Report, state: str, recall_id: str, remedy: byt
     return names_it or (remedies_it and state == "installed")
 
 
-def report_outcome(report: _Report) -> tuple[State, str | None] | None:
+def report_outcome(report: Report) -> tuple[State, str | None] | None:
     """Return the state a device's firmware_update report moves its offer to, if any."""
     if report.result == "installed":
         return "installed", report.detail

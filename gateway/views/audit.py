@@ -40,7 +40,9 @@ gateway's public log key and, optionally, witness keys: no database and no priva
   (RFC 9162 consistency proofs), so the bundle cannot mix two forks of the log.
 - **Gaps**: device sequence numbers that neither a stored nor an erased event holds are listed.
   The device signed its numbers, so a withheld event shows as a gap; an event lost or
-  quarantined shows the same way, and one after the last is not visible at all.
+  quarantined shows the same way, and one after the last is not visible at all. A seq is
+  monotonic, not always contiguous (the simulated devices' patch reports number by the clock),
+  so a gap is a question to ask, not a verdict.
 - **The certificate now**: the chain is checked against the trust folder as of *now*, CRLs
   included, as ``provgw device show --trust`` does.
 
@@ -69,6 +71,7 @@ from gateway.core.cbor import strict_loads
 from gateway.core.cose import decode_sign1
 from gateway.core.errors import (
     MalformedError,
+    MismatchError,
     OversizeError,
     PolicyError,
     UnavailableError,
@@ -85,8 +88,11 @@ from gateway.ledger.receipts import (
     issue_receipt,
     receipt_tree_size,
 )
+from gateway.service.claims import report_claim_mismatch
+from gateway.service.remediation import read_report, unreachable_digest
 from gateway.store.devices import DeviceStore, Standing
 from gateway.store.events import EventStore
+from gateway.store.offers import campaign_id
 
 if TYPE_CHECKING:
     from gateway.core import note
@@ -148,12 +154,15 @@ def _ms_iso(ms: int) -> str:
 
 
 class _Parts:
-    """The ZIP's members, written in a fixed order with fixed times (same input, same bytes)."""
+    """The ZIP's members, written in a fixed order with fixed times, and the receipts in it."""
 
-    def __init__(self, when: datetime) -> None:
+    def __init__(self, log: TransparencyLog, key: GatewayKey, when: datetime) -> None:
+        self._log, self._key = log, key
         self.buffer = io.BytesIO()
         self._zip = zipfile.ZipFile(self.buffer, "w")
         self._when = when.astimezone(UTC).timetuple()[:6]
+        #: The tree sizes of the checkpoints the receipts stand under.
+        self.sizes: set[int] = set()
 
     def add(self, name: str, data: bytes, *, text: bool = False) -> str:
         info = zipfile.ZipInfo(name, date_time=self._when)
@@ -163,25 +172,23 @@ class _Parts:
         self._zip.writestr(info, data)
         return name
 
+    def receipt(self, kind: str, ref_id: int) -> str | None:
+        """Add *kind* *ref_id*'s receipt and return its name; ``None`` if it has none yet.
+
+        ``None`` when the record is not under a signed checkpoint yet (the next seal puts it
+        there). The receipt is not verified here (that doubled the export's time: two signature
+        checks an event); the receiver verifies every one.
+        """
+        try:
+            bundle = issue_receipt(self._log, self._key, ref_id, kind)
+        except (UnavailableError, MalformedError):  # not logged, or no checkpoint covers it yet
+            return None
+        self.sizes.add(receipt_tree_size(bundle))
+        return self.add(f"receipts/{kind}-{ref_id}.cbor", bundle)
+
     def close(self) -> bytes:
         self._zip.close()
         return self.buffer.getvalue()
-
-
-def _receipt(
-    parts: _Parts, log: TransparencyLog, key: GatewayKey, kind: str, ref_id: int
-) -> tuple[str | None, int | None]:
-    """Add *kind* *ref_id*'s receipt; return its member name and tree size, or ``(None, None)``.
-
-    ``(None, None)`` when the record is not under a signed checkpoint yet (the next seal
-    puts it there). The receipt is not verified here (twice the export's time: two signature
-    checks an event); the receiver verifies every one.
-    """
-    try:
-        bundle = issue_receipt(log, key, ref_id, kind)
-    except (UnavailableError, MalformedError):  # not logged, or no checkpoint covers it yet
-        return None, None
-    return parts.add(f"receipts/{kind}-{ref_id}.cbor", bundle), receipt_tree_size(bundle)
 
 
 def export_audit(
@@ -202,55 +209,19 @@ def export_audit(
     if row is None:
         return None
     log = TransparencyLog(db, key.signer)
-    history = EventStore(db).history(device_id)
-    parts = _Parts(now)
+    parts = _Parts(log, key, now)
     chain = b"".join(
         x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
         for der in (row.cert, *row.chain)
     )
     parts.add(_CHAIN, chain, text=True)
-    sizes: set[int] = set()
-    events: list[dict[str, Any]] = []
-    erased: list[dict[str, Any]] = []
-    erasures = _erasures(db, device_id)
-    for done, event in enumerate(history, 1):
-        receipt, size = _receipt(parts, log, key, "event", event.id)
-        if size is not None:
-            sizes.add(size)
-        entry: dict[str, Any] = {
-            "event_id": event.id,
-            "seq": event.seq,
-            "type": event.type,
-            "received_ms": event.received_ms,
-            "received": _ms_iso(event.received_ms),
-            "sha256": event.digest.hex(),
-            "receipt": receipt,
-        }
-        if event.salt is not None:
-            entry["message"] = parts.add(f"events/{event.seq}.cose", event.raw)
-            entry["salt"] = event.salt.hex()
-            events.append(entry)
-        else:
-            leaf = log.leaf_of("event", event.id)
-            entry["commitment"] = None if leaf is None else leaf.commitment.hex()
-            erasure = erasures.get(event.id)
-            if erasure is not None:
-                erasure["receipt"], size = _receipt(
-                    parts, log, key, "erasure", erasure["erasure_id"]
-                )
-                if size is not None:
-                    sizes.add(size)
-            entry["erasure"] = erasure
-            erased.append(entry)
-        if progress is not None:
-            progress(done, len(history))
+    events, erased = _events(db, log, parts, device_id, progress)
     revocation = _revocation(db, device_id)
     if revocation is not None:
-        revocation["receipt"], size = _receipt(
-            parts, log, key, "revocation", revocation["revocation_id"]
-        )
-        if size is not None:
-            sizes.add(size)
+        revocation["receipt"] = parts.receipt("revocation", revocation["revocation_id"])
+    remediation = _remediation(db, device_id)
+    for record in remediation:
+        record["receipt"] = parts.receipt("remediation", record["record_id"])
     index = {
         "format": FORMAT,
         "device_id": device_id,
@@ -261,7 +232,8 @@ def export_audit(
         "events": events,
         "erased": erased,
         "revocation": revocation,
-        "consistency": _consistency(log, sizes),
+        "remediation": remediation,
+        "consistency": _consistency(log, parts.sizes),
     }
     parts.add(_INDEX, json.dumps(index, indent=1, sort_keys=True).encode(), text=True)
     parts.add(_README, _readme(device_id, log.origin).encode(), text=True)
@@ -269,6 +241,45 @@ def export_audit(
     return AuditExport(
         parts.close(), device_id, len(events), len(erased), pending, revocation is not None
     )
+
+
+def _events(
+    db: Database,
+    log: TransparencyLog,
+    parts: _Parts,
+    device_id: str,
+    progress: ProgressFn | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Add the device's events (messages, receipts) to *parts*; return the kept and erased."""
+    history = EventStore(db).history(device_id)
+    erasures = _erasures(db, device_id)
+    events: list[dict[str, Any]] = []
+    erased: list[dict[str, Any]] = []
+    for done, event in enumerate(history, 1):
+        entry: dict[str, Any] = {
+            "event_id": event.id,
+            "seq": event.seq,
+            "type": event.type,
+            "received_ms": event.received_ms,
+            "received": _ms_iso(event.received_ms),
+            "sha256": event.digest.hex(),
+            "receipt": parts.receipt("event", event.id),
+        }
+        if event.salt is not None:
+            entry["message"] = parts.add(f"events/{event.seq}.cose", event.raw)
+            entry["salt"] = event.salt.hex()
+            events.append(entry)
+        else:
+            leaf = log.leaf_of("event", event.id)
+            entry["commitment"] = None if leaf is None else leaf.commitment.hex()
+            erasure = erasures.get(event.id)
+            if erasure is not None:
+                erasure["receipt"] = parts.receipt("erasure", erasure["erasure_id"])
+            entry["erasure"] = erasure
+            erased.append(entry)
+        if progress is not None:
+            progress(done, len(history))
+    return events, erased
 
 
 def _erasures(db: Database, device_id: str) -> dict[int, dict[str, Any]]:
@@ -306,6 +317,29 @@ def _revocation(db: Database, device_id: str) -> dict[str, Any] | None:
     }
 
 
+def _remediation(db: Database, device_id: str) -> list[dict[str, Any]]:
+    """Return the urgent lane's records of the device: offered, installed, failed, unreachable."""
+    rows = db.query(
+        "SELECT id, recall_id, manifest, state, detail, at_ms, digest, salt FROM urgent_records"
+        " WHERE kind = 'remediation' AND device_id = ? ORDER BY id",
+        (device_id,),
+    )
+    return [
+        {
+            "record_id": int(record_id),
+            "recall_id": recall_id,
+            "manifest": None if manifest is None else bytes(manifest).hex(),
+            "state": state,
+            "detail": detail,
+            "at_ms": int(at_ms),
+            "at": _ms_iso(int(at_ms)),
+            "digest": bytes(digest).hex(),
+            "salt": bytes(salt).hex(),
+        }
+        for record_id, recall_id, manifest, state, detail, at_ms, digest, salt in rows
+    ]
+
+
 def _consistency(log: TransparencyLog, sizes: set[int]) -> dict[str, Any] | None:
     """Consistency proofs from each receipt's tree size to the largest (RFC 9162 §2.1.4)."""
     if not sizes:
@@ -326,7 +360,9 @@ whose transparency log is {origin}.
 
   audit.json           the index: every stored event (its message, salt and receipt), every
                        erased event and its logged erasure, the site's revocation of the
-                       device if any, and consistency proofs between the receipts' checkpoints
+                       device if any, the urgent lane's records of it (patch offered,
+                       installed, failed, unreachable), and consistency proofs between the
+                       receipts' checkpoints
   chain.pem            the device's certificate and the chain above it
   events/SEQ.cose      the exact COSE_Sign1 bytes the device signed (RFC 9052)
   receipts/*.cbor      RFC 9942 receipts: inclusion proofs to checkpoints signed by the
@@ -387,6 +423,8 @@ class AuditReport:
     anchors_claimed: int = 0
     erased: int = 0
     revoked_by_site: str | None = None
+    #: The urgent lane's records of the device, each with how far it was checked.
+    remediation: list[dict[str, Any]] = field(default_factory=list)
     #: Sequence numbers held by neither a stored nor an erased event, as (first, last) ranges.
     gaps: list[tuple[int, int]] = field(default_factory=list)
     checkpoints: int = 0
@@ -414,6 +452,7 @@ class AuditReport:
             "anchors_claimed": self.anchors_claimed,
             "erased": self.erased,
             "revoked_by_site": self.revoked_by_site,
+            "remediation": self.remediation,
             "gaps": [list(gap) for gap in self.gaps],
             "checkpoints": self.checkpoints,
             "tree_size": self.tree_size,
@@ -537,7 +576,9 @@ def _named_parts(
     erased: Sequence[Mapping[str, Any]],
 ) -> set[object]:
     """Return every part name the index gives (whether or not the bundle holds it)."""
+    remediation = index.get("remediation")
     records: list[Any] = [*events, *erased, index.get("revocation")]
+    records += remediation if isinstance(remediation, list) else []
     records += [e.get("erasure") for e in erased]
     named = {_INDEX, _README, index.get("certificate_chain")}
     for record in records:
@@ -576,6 +617,7 @@ def verify_audit(  # noqa: PLR0913 -- the bundle, the three trust inputs, the cl
     audit.erased(erased)
     if index.get("revocation") is not None:
         audit.revocation(index["revocation"])
+    audit.remediation(_entries(index, "remediation"))
     audit.consistency(index.get("consistency"))
     seqs = [e["seq"] for e in events] + [_field(e, "seq", int, "An erased event") for e in erased]
     if len(seqs) != len(set(seqs)):
@@ -620,6 +662,9 @@ class _Audit:
         self.roots: dict[int, bytes] = {}
         self._witnessed: dict[bytes, bool] = {}  # checkpoint note -> quorum reached
         self._receipts = ReceiptVerifier(key, witnesses=witnesses)
+        #: SHA-256 of each verified event's bytes -> (event id, arrival, bytes).
+        self.reports: dict[bytes, tuple[int, int, bytes]] = {}
+        self.erased_digests: set[bytes] = set()
 
     def _problem(self, what: str, ref: int | None, seq: int | None, err: Exception) -> None:
         reason = err.reason if isinstance(err, VerificationError) else "error"
@@ -712,6 +757,7 @@ class _Audit:
                         reason="revoked-before-receipt",
                     )
                 report.manufacturer = identity.manufacturer
+                self.reports[hashlib.sha256(raw).digest()] = (event_id, received_ms, raw)
                 name = entry.get("receipt")
                 if name is None:
                     report.pending += 1
@@ -732,6 +778,7 @@ class _Audit:
             what = f"Erased event {entry.get('event_id')!r}"
             event_id = _field(entry, "event_id", int, what)
             seq = _field(entry, "seq", int, what)
+            self.erased_digests.add(_hex(entry, "sha256", what))
             try:
                 if entry.get("receipt") is not None:
                     commitment = _hex(entry, "commitment", what)
@@ -775,6 +822,92 @@ class _Audit:
             self.report.revoked_by_site = reason
         except VerificationError as err:
             self._problem("revocation", ref, None, err)
+
+    def remediation(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Check each urgent-lane record against the log and against what it claims.
+
+        As ``provgw log verify`` does over the store (:mod:`gateway.service.claims`): an
+        installed or failed record must be one of the bundle's verified ``firmware_update``
+        reports, received when the record says, whose result, detail and manifest are the
+        record's; an unreachable one's digest is recomputed from its campaign, device and time;
+        an offer's bytes are not kept, so only its commitment is checked. Whether a report
+        counts for the record's recall is not re-checked: the recall notice is not in the bundle.
+        """
+        for entry in records:
+            what = f"Urgent-lane record {entry.get('record_id')!r}"
+            ref = _field(entry, "record_id", int, what)
+            state = _field(entry, "state", str, what)
+            at_ms = _field(entry, "at_ms", int, what)
+            digest = _hex(entry, "digest", what)
+            manifest = None if entry.get("manifest") is None else _hex(entry, "manifest", what)
+            recall_id = entry.get("recall_id")
+            shown = {
+                "record_id": ref,
+                "recall_id": recall_id,
+                "state": state,
+                "at_ms": at_ms,
+                "in_log": entry.get("receipt") is not None,
+            }
+            try:
+                if entry.get("receipt") is not None:
+                    leaf = leaf_for("remediation", _hex(entry, "salt", what), digest)
+                    self.receipt(entry["receipt"], leaf)
+                shown["checked"] = self._claim(entry, state, at_ms, digest, manifest)
+                self.report.remediation.append(shown)
+            except VerificationError as err:
+                self._problem("remediation", ref, None, err)
+
+    def _claim(
+        self,
+        entry: Mapping[str, Any],
+        state: str,
+        at_ms: int,
+        digest: bytes,
+        manifest: bytes | None,
+    ) -> str:
+        """Check what a record claims; return how (``recomputed``, or why it cannot be)."""
+        if state == "offered":
+            return "commitment only (the offer's bytes are not kept)"
+        if state == "unreachable":
+            campaign = entry.get("recall_id")
+            if campaign is None and manifest is not None:
+                campaign = campaign_id(manifest)
+            if unreachable_digest(campaign, self.device_id, at_ms) != digest:
+                raise MismatchError(
+                    "Its campaign, device or time is not what its digest was made from.",
+                    reason="claim-mismatch",
+                )
+            return "recomputed"
+        if state not in {"installed", "failed"}:
+            raise MismatchError(
+                f"The gateway never records a device as '{state}'.", reason="claim-mismatch"
+            )
+        if digest in self.erased_digests:
+            return "unverifiable (the device's report was erased)"
+        found = self.reports.get(digest)
+        if found is None:
+            raise MismatchError(
+                f"It claims the device reported '{state}', but no verified event of the bundle "
+                "has its digest.",
+                reason="claim-mismatch",
+            )
+        event_id, received_ms, raw = found
+        report = read_report((event_id, self.device_id, received_ms, raw, digest))
+        why = (
+            f"event {event_id} does not read as a firmware report"
+            if report is None
+            else f"the report (event {event_id}) arrived at {received_ms} ms, the record says "
+            f"{at_ms} ms"
+            if received_ms != at_ms
+            else report_claim_mismatch(
+                report, state, entry.get("detail"), manifest, f"event {event_id}"
+            )
+        )
+        if why is not None:
+            raise MismatchError(
+                f"It does not match the device's report: {why}.", reason="claim-mismatch"
+            )
+        return "recomputed"
 
     def consistency(self, value: object) -> None:
         """Check that every receipt's checkpoint is a prefix of the largest: one log."""

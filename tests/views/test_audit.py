@@ -15,6 +15,13 @@ from device_sim import pki as sim_pki
 from gateway.core.note import COSIGNATURE_V1, Signer
 from gateway.ledger.keys import GatewayKey, write_gateway_key
 from gateway.ledger.log import TransparencyLog, erase_event, revoke_device
+from gateway.service.remediation import (
+    log_pending_records,
+    read_report,
+    record,
+    report_outcome,
+    unreachable_digest,
+)
 from gateway.store.db import Database
 from gateway.store.events import EventStore
 from gateway.store.trust_files import load_trust_dir
@@ -231,7 +238,10 @@ def test_a_withheld_event_shows_as_a_gap_in_the_signed_sequence(site):
     site.rewrite(withhold)
     result = site.verify()
     assert result.exit_code == 0, result.output
-    assert "gaps         seq 2 not in the bundle" in result.output
+    assert (
+        "gaps         seq 2 not in the bundle: events lost, quarantined or withheld"
+        in result.output
+    )
     assert site.verify_json()[1]["gaps"] == [[2, 2]]
 
 
@@ -359,3 +369,53 @@ def test_the_library_call_reads_the_same_bundle(site):
     assert report.events == 4
     with zipfile.ZipFile(io.BytesIO(site.out.read_bytes())) as bundle:
         assert "provgw audit verify" in bundle.read("README.txt").decode()
+
+
+def test_the_urgent_lanes_records_of_the_device_are_checked_against_its_reports(site):
+    with Database(site.path) as db:
+        report_event = next(
+            e for e in EventStore(db).history(site.other) if e.type == "firmware_update"
+        )
+        report = read_report(
+            (report_event.id, site.other, report_event.received_ms, report_event.raw,
+             report_event.digest)
+        )  # fmt: skip
+        state, detail = report_outcome(report)
+        # What the tracker records: the offer, the device's own report, a timeout elsewhere.
+        at_ms = report_event.received_ms
+        record(db, "remediation", state="offered", digest=b"\1" * 32, at_ms=at_ms - 5,
+               recall_id="Z-1", device_id=site.other, manifest=report.manifest)  # fmt: skip
+        record(db, "remediation", state=state, digest=report_event.digest, at_ms=at_ms,
+               recall_id="Z-1", device_id=site.other, manifest=report.manifest,
+               detail=detail)  # fmt: skip
+        record(db, "remediation", state="unreachable", at_ms=at_ms + 9, recall_id="Z-2",
+               device_id=site.other, digest=unreachable_digest("Z-2", site.other, at_ms + 9),
+               detail="no report within 3 attempts")  # fmt: skip
+        log_pending_records(db, TransparencyLog(db, site.key.signer))
+    site.seal()
+    site.export()
+    code, report_json = site.verify_json()
+    assert code == 0, report_json["problems"]
+    assert [(r["state"], r["checked"]) for r in report_json["remediation"]] == [
+        ("offered", "commitment only (the offer's bytes are not kept)"),
+        (state, "recomputed"),
+        ("unreachable", "recomputed"),
+    ]
+
+    def relabel(parts):
+        index = _index(parts)
+        installed = index["remediation"][1]
+        installed["state"] = "failed" if installed["state"] == "installed" else "installed"
+        index["remediation"][2]["at_ms"] += 1  # the timeout moved in time
+        parts["audit.json"] = json.dumps(index).encode()
+
+    shown = site.verify().output
+    assert "patch        Z-1: offered " in shown
+    assert "patch        Z-2: unreachable " in shown
+    site.rewrite(relabel)
+    code, report_json = site.verify_json()
+    assert code == 1
+    assert [(p["what"], p["reason"]) for p in report_json["problems"]] == [
+        ("remediation", "claim-mismatch"),
+        ("remediation", "claim-mismatch"),
+    ]

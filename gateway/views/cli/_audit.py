@@ -227,8 +227,17 @@ def _text(file: Path, report: AuditReport, below: int) -> str:
         lines.append(f"  revoked      by the site (logged): {report.revoked_by_site}")
     if report.gaps:
         lines.append(
-            f"  gaps         seq {_ranges(report.gaps)} not in the bundle (never stored by the "
-            "gateway: lost, quarantined, or withheld)"
+            f"  gaps         seq {_ranges(report.gaps)} not in the bundle: events lost, "
+            "quarantined or withheld, unless the device skips numbers (seq is monotonic, "
+            "not always contiguous)"
+        )
+    for record in report.remediation:
+        campaign = record["recall_id"] or "urgent manifest"
+        when = datetime.fromtimestamp(record["at_ms"] / 1000, tz=UTC)
+        lines.append(
+            f"  patch        {campaign}: {record['state']} {when:%Y-%m-%d %H:%M:%S} UTC, "
+            f"{'in the log' if record['in_log'] else 'not under a checkpoint yet'}; claim "
+            f"{record['checked']}"
         )
     standing = report.standing
     if standing is not None and standing.refusal is None and standing.valid_until is not None:
