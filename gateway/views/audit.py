@@ -117,6 +117,8 @@ MAX_AUDIT_SIZE = 256 * 1024 * 1024
 #: The largest part of each kind (an uncompressed size; a ZIP may claim less than it holds,
 #: so a part is also read no further than this).
 _MAX_INDEX = 64 * 1024 * 1024
+#: The ZIP's central directory: about 70 bytes a part, two parts an event.
+_MAX_DIRECTORY = 16 * 1024 * 1024
 _MAX_CHAIN = 64 * 1024
 _MAX_MESSAGE = 64 * 1024
 _INDEX = "audit.json"
@@ -386,9 +388,10 @@ The bundle names the device's serial number: share it only with whom the site ch
 class AuditProblem:
     """One record of the bundle that does not verify: what it is and why."""
 
-    #: ``event``, ``erasure``, ``revocation``, ``consistency`` or ``chain``.
+    #: ``event``, ``erasure``, ``revocation``, ``remediation`` or ``consistency``.
     what: str
-    #: The gateway's id of the record (event id, erasure id, revocation id, tree size).
+    #: The gateway's id of the record (event, erasure, revocation or urgent-lane record id;
+    #: for ``consistency``, the tree size).
     ref: int | None
     seq: int | None
     reason: str
@@ -465,6 +468,26 @@ def _malformed(message: str) -> MalformedError:
     return MalformedError(message, reason="malformed-audit")
 
 
+def _check_directory(data: bytes) -> None:
+    """Refuse a ZIP whose central directory is too large, before it is parsed.
+
+    ``zipfile`` reads the whole directory into one object per part (about 0.5 kB each): a
+    hostile bundle of millions of empty parts would exhaust memory inside the size cap. The
+    directory's size is in the end record (APPNOTE 4.3.16), found as ``zipfile`` finds it: in
+    the last 64 KiB + 22 bytes.
+    """
+    at = data.rfind(b"PK\x05\x06", max(0, len(data) - 65_557))
+    if at < 0 or len(data) < at + 22:
+        raise _malformed("The audit bundle is not a ZIP file (it has no end of directory).")
+    size = int.from_bytes(data[at + 12 : at + 16], "little")
+    if size > _MAX_DIRECTORY:
+        raise OversizeError(
+            f"The audit bundle's directory is {size:,} bytes; at most {_MAX_DIRECTORY:,} "
+            "(about 100,000 events) are read.",
+            reason="oversize-audit",
+        )
+
+
 class _Bundle:
     """The ZIP, opened with bounds: named parts only, each read no further than its cap."""
 
@@ -474,6 +497,7 @@ class _Bundle:
                 f"The audit bundle is {len(data):,} bytes; at most {MAX_AUDIT_SIZE:,} are read.",
                 reason="oversize-audit",
             )
+        _check_directory(data)
         try:
             self._zip = zipfile.ZipFile(io.BytesIO(data))
             names = [info.filename for info in self._zip.infolist()]
@@ -524,6 +548,13 @@ def _entries(index: Mapping[str, Any], name: str) -> list[Mapping[str, Any]]:
     if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
         raise _malformed(f"The index's {name!r} is not a list of records.")
     return value
+
+
+def _instant(ms: int, what: str) -> datetime:
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    except (OverflowError, ValueError, OSError):
+        raise _malformed(f"{what}: {ms} ms is not a time.") from None
 
 
 def _read_index(bundle: _Bundle) -> dict[str, Any]:
@@ -666,9 +697,8 @@ class _Audit:
         self.reports: dict[bytes, tuple[int, int, bytes]] = {}
         self.erased_digests: set[bytes] = set()
 
-    def _problem(self, what: str, ref: int | None, seq: int | None, err: Exception) -> None:
-        reason = err.reason if isinstance(err, VerificationError) else "error"
-        self.report.problems.append(AuditProblem(what, ref, seq, reason, str(err)))
+    def _problem(self, what: str, ref: int | None, seq: int | None, err: VerificationError) -> None:
+        self.report.problems.append(AuditProblem(what, ref, seq, err.reason, str(err)))
 
     # -- receipts --
 
@@ -724,7 +754,7 @@ class _Audit:
             received_ms = _field(entry, "received_ms", int, what)
             raw = self.bundle.part(entry.get("message"), _MAX_MESSAGE)
             salt = _hex(entry, "salt", what)
-            received = datetime.fromtimestamp(received_ms / 1000, tz=UTC)
+            received = _instant(received_ms, what)
             try:
                 if not len(registry) and not decode_sign1(raw).x5chain:
                     # The first contact (its chain in x5chain) was erased: enrol the kept chain.

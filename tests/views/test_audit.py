@@ -254,6 +254,25 @@ def test_parts_the_index_does_not_name_or_a_foreign_format_are_refused(site):
     site.out.write_bytes(b"PK\x03\x04 not a zip")
     code, report = site.verify_json()
     assert (code, report["reason"]) == (1, "malformed-audit")
+    # A directory claiming millions of parts is refused before zipfile would parse it.
+    end = b"PK\x05\x06" + bytes(8) + (64 << 20).to_bytes(4, "little") + bytes(6)
+    site.out.write_bytes(b"PK\x03\x04" + bytes(100) + end)
+    code, report = site.verify_json()
+    assert (code, report["reason"]) == (1, "oversize-audit")
+
+
+def test_an_arrival_time_out_of_range_is_a_clear_refusal(site):
+    site.export()
+
+    def far_future(parts):
+        index = _index(parts)
+        index["events"][0]["received_ms"] = 10**20
+        parts["audit.json"] = json.dumps(index).encode()
+
+    site.rewrite(far_future)
+    code, report = site.verify_json()
+    assert (code, report["reason"]) == (1, "malformed-audit")
+    assert "is not a time" in report["error"]
 
 
 def test_an_erased_first_contact_still_verifies_from_the_kept_chain(site):
