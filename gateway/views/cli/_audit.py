@@ -17,7 +17,7 @@ import click
 from gateway.core.errors import ProvenanceError
 from gateway.ledger.keys import load_verifier
 from gateway.views.audit import MAX_AUDIT_SIZE, AuditReport, export_audit, verify_audit
-from gateway.views.cli._log import _load_key, _witness_policy, key_option
+from gateway.views.cli._log import key_option, load_log_key, witness_policy, witness_vkey_option
 from gateway.views.cli._output import (
     db_option,
     emit,
@@ -27,6 +27,7 @@ from gateway.views.cli._output import (
     open_existing_db,
     read_trust,
     refusals,
+    trust_option,
 )
 
 __all__ = ["group"]
@@ -65,7 +66,7 @@ def export_command(
 
     Exit code 0: written; 1: the gateway never enrolled the device.
     """
-    key = _load_key(key_path)
+    key = load_log_key(key_path)
     with refusals(as_json=as_json), open_existing_db(db_path) as db:
         exported = export_audit(
             db,
@@ -108,12 +109,9 @@ def export_command(
 
 @group.command("verify")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--trust",
-    "trust_dir",
+@trust_option(
+    "Directory of the manufacturers' root certificates (*.pem) and CRLs (*.crl.pem).",
     required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Directory of the manufacturers' root certificates (*.pem) and CRLs (*.crl.pem).",
 )
 @click.option(
     "--key",
@@ -121,13 +119,7 @@ def export_command(
     required=True,
     help="The gateway's public log key (vkey, or a file holding it), from its operator.",
 )
-@click.option(
-    "--witness-vkey",
-    "witness_vkeys",
-    multiple=True,
-    metavar="VKEY",
-    help="A witness's cosignature public key (vkey, or a file holding it); repeatable.",
-)
+@witness_vkey_option
 @click.option(
     "--quorum",
     type=click.IntRange(min=1),
@@ -169,7 +161,7 @@ def verify_command(  # noqa: PLR0913 -- one parameter per command-line option
         key = load_verifier(key_ref)
     except (OSError, ProvenanceError, ValueError, UnicodeDecodeError) as err:
         fail(f"cannot read the gateway public key {key_ref!r}: {err}")
-    witnesses, required = _witness_policy(witness_vkeys, None, quorum)
+    witnesses, required = witness_policy(witness_vkeys, None, quorum)
     if require_witnessed and not witnesses:
         fail("--require-witnessed needs the witnesses' keys", hint="add --witness-vkey VKEY")
     if file.stat().st_size > MAX_AUDIT_SIZE:

@@ -39,7 +39,16 @@ key_option = click.option(
 )
 
 
-def _load_key(path: Path) -> GatewayKey:
+witness_vkey_option = click.option(
+    "--witness-vkey",
+    "witness_vkeys",
+    multiple=True,
+    metavar="VKEY",
+    help="A witness's cosignature public key (vkey, or a file holding it); repeatable.",
+)
+
+
+def load_log_key(path: Path) -> GatewayKey:
     try:
         return load_gateway_key(path)
     except (ProvenanceError, ValueError, UnicodeDecodeError) as err:
@@ -92,7 +101,7 @@ def checkpoint(db_path: Path, key_path: Path, *, as_json: bool) -> None:
     Before signing, the new head is proved consistent with the last signed one; the log refuses
     to sign (exit 1) when it is not. Exit 0 also when nothing was new (the latest note is shown).
     """
-    key = _load_key(key_path)
+    key = load_log_key(key_path)
     with refusals(as_json=as_json), open_existing_db(db_path) as db:
         log = TransparencyLog(db, key.signer)
         appended = log.append_pending()
@@ -131,7 +140,7 @@ def _witness_vkey(ref: str) -> note.Verifier:
     return verifier
 
 
-def _witness_policy(
+def witness_policy(
     vkeys: tuple[str, ...], config_path: Path | None, quorum: int | None
 ) -> tuple[list[note.Verifier], int | None]:
     """Return the witness keys and quorum: --config's [witnesses], then --witness-vkey."""
@@ -220,13 +229,7 @@ def _prove_text(
 @click.argument("event_id", type=int)
 @db_option
 @key_option
-@click.option(
-    "--witness-vkey",
-    "witness_vkeys",
-    multiple=True,
-    metavar="VKEY",
-    help="A witness's cosignature public key (vkey, or a file holding it); repeatable.",
-)
+@witness_vkey_option
 @click.option(
     "--config",
     "config_path",
@@ -271,8 +274,8 @@ def prove(  # noqa: PLR0913 -- one parameter per command-line option
     yet, has been erased (then it can no longer be linked to the log), or a cosignature by a
     given witness key does not verify.
     """
-    key = _load_key(key_path)
-    witnesses, required = _witness_policy(witness_vkeys, config_path, quorum)
+    key = load_log_key(key_path)
+    witnesses, required = witness_policy(witness_vkeys, config_path, quorum)
     with refusals(as_json=as_json), open_existing_db(db_path) as db:
         log = TransparencyLog(db, key.signer)
         event = EventStore(db).by_id(event_id)

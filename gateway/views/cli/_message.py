@@ -12,7 +12,7 @@ from gateway.core.errors import VerificationError
 from gateway.core.identity import DeviceRegistry
 from gateway.core.messages import verify_device_message
 from gateway.store.trust_files import load_trust_dir
-from gateway.views.cli._output import emit, fail, json_option
+from gateway.views.cli._output import emit, fail, json_option, trust_option
 
 
 @click.group("message")
@@ -22,12 +22,9 @@ def group() -> None:
 
 @group.command("verify")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--trust",
-    "trust_dir",
+@trust_option(
+    "Directory of trusted manufacturer root certificates (*.pem) and CRLs (*.crl.pem).",
     required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Directory of trusted manufacturer root certificates (*.pem) and CRLs (*.crl.pem).",
 )
 @click.option("--topic-device", help="Device id of the MQTT topic the message came on, if known.")
 @json_option

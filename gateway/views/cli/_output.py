@@ -45,11 +45,12 @@ def config_option(help_text: str) -> Callable[[_F], _F]:
     )
 
 
-def trust_option(help_text: str) -> Callable[[_F], _F]:
-    """``--trust DIR`` (optional): the gateway's trust folder, loaded by :func:`read_trust`."""
+def trust_option(help_text: str, *, required: bool = False) -> Callable[[_F], _F]:
+    """``--trust DIR``: a trust folder (roots and CRLs), loaded by :func:`read_trust`."""
     return click.option(
         "--trust",
         "trust_dir",
+        required=required,
         type=click.Path(exists=True, file_okay=False, path_type=Path),
         help=help_text,
     )
