@@ -413,8 +413,11 @@ class AuditReport:
     """What :func:`verify_audit` found."""
 
     device_id: str
+    #: The manufacturer its verified certificate names (the index's claim until one verifies).
     manufacturer: str
+    #: When the bundle says it was exported (a claim: nothing in it binds the time).
     exported: str
+    #: The log's origin, as the gateway key names it.
     origin: str
     #: Stored events whose signature, chain, schema and receipt verified.
     events: int = 0
@@ -681,12 +684,13 @@ class _Audit:
         self.index = _read_index(bundle)
         what = _INDEX
         self.device_id: str = _field(self.index, "device_id", str, what)
-        log = _field(self.index, "log", dict, what)
+        # The log is the one the key names (C2SP: a checkpoint key is named after its log's
+        # origin, and every receipt's checkpoint is opened under it), not what the index says.
         self.report = AuditReport(
             device_id=self.device_id,
             manufacturer=_field(self.index, "manufacturer", str, what),
             exported=_field(self.index, "exported", str, what),
-            origin=_field(log, "origin", str, "The index's log"),
+            origin=key.name,
         )
         self.chain = _chain(bundle, self.index.get("certificate_chain"))
         #: Tree size -> root, of every checkpoint a verified receipt stands under.
