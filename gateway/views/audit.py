@@ -56,6 +56,7 @@ import hashlib
 import io
 import itertools
 import json
+import re
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ from gateway.core.errors import (
 )
 from gateway.core.identity import DeviceRegistry, TrustStore, verify_device_chain
 from gateway.core.messages import verify_device_message
+from gateway.core.recall import MAX_RECALL_BYTES, Recall, RecallTrust
 from gateway.ledger.commitments import erasure_digest, leaf_for, revocation_digest
 from gateway.ledger.log import TransparencyLog
 from gateway.ledger.quorum import require_quorum
@@ -89,7 +91,12 @@ from gateway.ledger.receipts import (
     receipt_tree_size,
 )
 from gateway.service.claims import report_claim_mismatch
-from gateway.service.remediation import read_report, unreachable_digest
+from gateway.service.remediation import (
+    Report,
+    read_report,
+    report_moves_recall,
+    unreachable_digest,
+)
 from gateway.store.devices import DeviceStore, Standing
 from gateway.store.events import EventStore
 from gateway.store.offers import campaign_id
@@ -123,6 +130,8 @@ _MAX_CHAIN = 64 * 1024
 _MAX_MESSAGE = 64 * 1024
 _INDEX = "audit.json"
 _CRL_RESOLUTION = timedelta(seconds=1)
+#: What a recall id may not put in a part's name (it is the manufacturer's to choose).
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]")
 _CHAIN = "chain.pem"
 _README = "README.txt"
 
@@ -224,6 +233,7 @@ def export_audit(
     remediation = _remediation(db, device_id)
     for record in remediation:
         record["receipt"] = parts.receipt("remediation", record["record_id"])
+    recalls = _recalls(db, parts, {r["recall_id"] for r in remediation} - {None})
     index = {
         "format": FORMAT,
         "device_id": device_id,
@@ -235,6 +245,7 @@ def export_audit(
         "erased": erased,
         "revocation": revocation,
         "remediation": remediation,
+        "recalls": recalls,
         "consistency": _consistency(log, parts.sizes),
     }
     parts.add(_INDEX, json.dumps(index, indent=1, sort_keys=True).encode(), text=True)
@@ -342,6 +353,32 @@ def _remediation(db: Database, device_id: str) -> list[dict[str, Any]]:
     ]
 
 
+def _recalls(db: Database, parts: _Parts, recall_ids: set[str]) -> list[dict[str, Any]]:
+    """Add the kept notice of each recall the device's records name; return their entries.
+
+    With it, the receiver re-applies the rule by which a device's report counts for a recall
+    (its remedy), after checking the manufacturers' signatures on the notice itself.
+    """
+    entries: list[dict[str, Any]] = []
+    for recall_id in sorted(recall_ids):
+        rows = db.query(
+            "SELECT revision, source, raw FROM recalls WHERE recall_id = ?", (recall_id,)
+        )
+        if not rows:
+            continue
+        revision, source, raw = rows[0]
+        name = _UNSAFE_IN_NAME.sub("_", recall_id)[:100]
+        entries.append(
+            {
+                "recall_id": recall_id,
+                "revision": int(revision),
+                "source": source,
+                "notice": parts.add(f"recalls/{name}.{len(entries)}.bin", bytes(raw)),
+            }
+        )
+    return entries
+
+
 def _consistency(log: TransparencyLog, sizes: set[int]) -> dict[str, Any] | None:
     """Consistency proofs from each receipt's tree size to the largest (RFC 9162 §2.1.4)."""
     if not sizes:
@@ -365,6 +402,7 @@ whose transparency log is {origin}.
                        device if any, the urgent lane's records of it (patch offered,
                        installed, failed, unreachable), and consistency proofs between the
                        receipts' checkpoints
+  recalls/*.bin        the manufacturer-signed notice of each recall those records name
   chain.pem            the device's certificate and the chain above it
   events/SEQ.cose      the exact COSE_Sign1 bytes the device signed (RFC 9052)
   receipts/*.cbor      RFC 9942 receipts: inclusion proofs to checkpoints signed by the
@@ -613,11 +651,13 @@ def _named_parts(
     remediation = index.get("remediation")
     records: list[Any] = [*events, *erased, index.get("revocation")]
     records += remediation if isinstance(remediation, list) else []
+    recalls = index.get("recalls")
+    records += recalls if isinstance(recalls, list) else []
     records += [e.get("erasure") for e in erased]
     named = {_INDEX, _README, index.get("certificate_chain")}
     for record in records:
         if isinstance(record, dict):
-            named.update((record.get("message"), record.get("receipt")))
+            named.update((record.get("message"), record.get("receipt"), record.get("notice")))
     return named
 
 
@@ -628,6 +668,7 @@ def verify_audit(  # noqa: PLR0913 -- the bundle, the three trust inputs, the cl
     key: note.Verifier,
     witnesses: Sequence[note.Verifier] = (),
     quorum: int | None = None,
+    recall_trust: RecallTrust | None = None,
     now: datetime,
     progress: ProgressFn | None = None,
 ) -> AuditReport:
@@ -635,7 +676,9 @@ def verify_audit(  # noqa: PLR0913 -- the bundle, the three trust inputs, the cl
 
     *trust* holds the manufacturers' roots and CRLs, *key* the gateway's public log key,
     *witnesses* and *quorum* the witness keys of which *quorum* must have cosigned for an event
-    to count as witnessed (``None``: witnessing is not checked).
+    to count as witnessed (``None``: witnessing is not checked), *recall_trust* the
+    manufacturers' recall keys and threshold (``None``: the recall notices are not checked, nor
+    the rule by which a report counts for a recall).
 
     Raises :class:`MalformedError` or :class:`OversizeError` when the bundle cannot be read at
     all; every record that does not verify is an :class:`AuditProblem` in the report.
@@ -651,6 +694,8 @@ def verify_audit(  # noqa: PLR0913 -- the bundle, the three trust inputs, the cl
     audit.erased(erased)
     if index.get("revocation") is not None:
         audit.revocation(index["revocation"])
+    if recall_trust is not None:
+        audit.recalls(_entries(index, "recalls"), recall_trust)
     audit.remediation(_entries(index, "remediation"))
     audit.consistency(index.get("consistency"))
     seqs = [e["seq"] for e in events] + [_field(e, "seq", int, "An erased event") for e in erased]
@@ -700,6 +745,9 @@ class _Audit:
         #: SHA-256 of each verified event's bytes -> (event id, arrival, bytes).
         self.reports: dict[bytes, tuple[int, int, bytes]] = {}
         self.erased_digests: set[bytes] = set()
+        #: Recall id -> (remedy manifest, revision) of each notice that verified; None for an
+        #: unsigned CSAF import; absent when not checked.
+        self.remedies: dict[str, tuple[bytes | None, int] | None] = {}
 
     def _problem(self, what: str, ref: int | None, seq: int | None, err: VerificationError) -> None:
         self.report.problems.append(AuditProblem(what, ref, seq, err.reason, str(err)))
@@ -857,6 +905,26 @@ class _Audit:
         except VerificationError as err:
             self._problem("revocation", ref, None, err)
 
+    def recalls(self, entries: Sequence[Mapping[str, Any]], recall_trust: RecallTrust) -> None:
+        """Check each recall notice with the manufacturers' recall keys (threshold signed)."""
+        for entry in entries:
+            recall_id = _field(entry, "recall_id", str, "A recall")
+            raw = self.bundle.part(entry.get("notice"), MAX_RECALL_BYTES)
+            if entry.get("source") == "csaf":
+                # An operator's import of a CSAF advisory: no manufacturer signature to check.
+                self.remedies[recall_id] = None
+                continue
+            try:
+                fields = Recall.from_bytes(raw, trust=recall_trust).fields
+                if fields.recall_id != recall_id:
+                    raise MismatchError(
+                        f"The notice filed as recall {recall_id} is recall {fields.recall_id}.",
+                        reason="recall-mismatch",
+                    )
+                self.remedies[recall_id] = (fields.remedy.manifest, fields.revision)
+            except VerificationError as err:
+                self._problem("recall", None, None, err)
+
     def remediation(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Check each urgent-lane record against the log and against what it claims.
 
@@ -865,7 +933,8 @@ class _Audit:
         reports, received when the record says, whose result, detail and manifest are the
         record's; an unreachable one's digest is recomputed from its campaign, device and time;
         an offer's bytes are not kept, so only its commitment is checked. Whether a report
-        counts for the record's recall is not re-checked: the recall notice is not in the bundle.
+        counts for the record's recall (the tracker's rule, :func:`report_moves_recall`) is
+        re-applied when the recall's notice verified (:meth:`recalls`).
         """
         for entry in records:
             what = f"Urgent-lane record {entry.get('record_id')!r}"
@@ -916,6 +985,17 @@ class _Audit:
             raise MismatchError(
                 f"The gateway never records a device as '{state}'.", reason="claim-mismatch"
             )
+        return self._report_claim(entry, state, at_ms, digest, manifest)
+
+    def _report_claim(
+        self,
+        entry: Mapping[str, Any],
+        state: str,
+        at_ms: int,
+        digest: bytes,
+        manifest: bytes | None,
+    ) -> str:
+        """Check an installed or failed record against the device's own signed report."""
         if digest in self.erased_digests:
             return "unverifiable (the device's report was erased)"
         found = self.reports.get(digest)
@@ -927,21 +1007,40 @@ class _Audit:
             )
         event_id, received_ms, raw = found
         report = read_report((event_id, self.device_id, received_ms, raw, digest))
-        why = (
-            f"event {event_id} does not read as a firmware report"
-            if report is None
-            else f"the report (event {event_id}) arrived at {received_ms} ms, the record says "
-            f"{at_ms} ms"
-            if received_ms != at_ms
-            else report_claim_mismatch(
+        if report is None:
+            why: str | None = f"event {event_id} does not read as a firmware report"
+        elif received_ms != at_ms:
+            why = f"the report (event {event_id}) arrived at {received_ms} ms, not {at_ms} ms"
+        else:
+            why = report_claim_mismatch(
                 report, state, entry.get("detail"), manifest, f"event {event_id}"
             )
-        )
-        if why is not None:
+        if report is None or why is not None:
             raise MismatchError(
                 f"It does not match the device's report: {why}.", reason="claim-mismatch"
             )
-        return "recomputed"
+        return self._counts_for_recall(entry.get("recall_id"), report, state)
+
+    def _counts_for_recall(self, recall_id: object, report: Report, state: str) -> str:
+        """Re-apply the rule by which *report* counts for the record's recall, where it can be."""
+        if not isinstance(recall_id, str):
+            return "recomputed"  # an urgent manifest's campaign: no recall to count for
+        if recall_id not in self.remedies:
+            return "recomputed; the recall's rule not re-applied (its notice was not checked)"
+        held = self.remedies[recall_id]
+        if held is None:
+            return "recomputed; the recall's rule not re-applied (an unsigned CSAF import)"
+        remedy, revision = held
+        if report_moves_recall(report, state, recall_id, remedy):
+            return "recomputed, with the recall's rule"
+        if revision > 1 and report.trigger_ref != recall_id:
+            # Counted by the remedy of a revision since replaced (only the latest is kept).
+            return "recomputed; counted by an earlier revision's remedy (not kept)"
+        raise MismatchError(
+            f"The device's report does not remediate recall {recall_id}: it names neither the "
+            "recall nor its remedy.",
+            reason="claim-mismatch",
+        )
 
     def consistency(self, value: object) -> None:
         """Check that every receipt's checkpoint is a prefix of the largest: one log."""

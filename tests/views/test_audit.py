@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
 import time
 import zipfile
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from device_sim import pki as sim_pki
+from device_sim.events import SimDevice, make_event
 from gateway.core.note import COSIGNATURE_V1, Signer
+from gateway.core.recall import Recall
+from gateway.ingest.topics import event_topic
 from gateway.ledger.keys import GatewayKey, write_gateway_key
 from gateway.ledger.log import TransparencyLog, erase_event, revoke_device
+from gateway.service.ingest import Delivery
 from gateway.service.remediation import (
     log_pending_records,
     read_report,
@@ -24,12 +30,15 @@ from gateway.service.remediation import (
 )
 from gateway.store.db import Database
 from gateway.store.events import EventStore
+from gateway.store.recalls import RecallStore, load_recall_trust
 from gateway.store.trust_files import load_trust_dir
 from gateway.views.audit import FORMAT, verify_audit
 from tests._helpers import invoke_cli
 from tests.service.test_quarantine import Site
 
 KINDS = ("maintenance", "custody", "firmware_update", "maintenance")
+RECALLS = Path(__file__).resolve().parents[2] / "firmware_manifests" / "recalls"
+RECALL_ID = "Z-0412-2026"
 
 
 class AuditSite(Site):
@@ -417,7 +426,7 @@ def test_the_urgent_lanes_records_of_the_device_are_checked_against_its_reports(
     assert code == 0, report_json["problems"]
     assert [(r["state"], r["checked"]) for r in report_json["remediation"]] == [
         ("offered", "commitment only (the offer's bytes are not kept)"),
-        (state, "recomputed"),
+        (state, "recomputed; the recall's rule not re-applied (its notice was not checked)"),
         ("unreachable", "recomputed"),
     ]
 
@@ -438,3 +447,63 @@ def test_the_urgent_lanes_records_of_the_device_are_checked_against_its_reports(
         ("remediation", "claim-mismatch"),
         ("remediation", "claim-mismatch"),
     ]
+
+
+def _report(site, **body):
+    """A firmware_update report of the site's device: a routine one, with *body* over it."""
+    seq = site.seq[site.other] = site.seq.get(site.other, 0) + 1
+    now_ms = int(time.time() * 1000)
+    today = datetime.now(UTC).date()
+    event = make_event(site.other, "firmware_update", seq, now_ms - 1000, site.rng, today=today)
+    event = dataclasses.replace(event, body={**event.body, **body})
+    raw = SimDevice.load(site.pki, site.other).sign(event, with_chain=False)
+    site.ingest([Delivery(event_topic("icu", site.other, "firmware_update"), raw, seq, 1, now_ms)])
+    with Database(site.path) as db:
+        stored = EventStore(db).get(site.other, seq)
+    return stored, read_report(
+        (stored.id, site.other, stored.received_ms, stored.raw, stored.digest)
+    )
+
+
+def test_with_the_recall_keys_the_recall_notice_and_its_rule_are_checked_too(site):
+    notice = (RECALLS / f"{RECALL_ID}.recall.cbor").read_bytes()
+    recall = Recall.from_bytes(notice, trust=load_recall_trust(RECALLS / "trust"))
+    assert recall.fields.revision == 1
+    fixed, fixed_report = _report(site, trigger="recall", trigger_ref=RECALL_ID, result="installed")
+    routine, routine_report = _report(site, result="installed")
+    with Database(site.path) as db:
+        RecallStore(db).accept(recall, now=datetime.now(UTC))
+        for event, report in ((fixed, fixed_report), (routine, routine_report)):
+            state, detail = report_outcome(report)
+            record(db, "remediation", state=state, digest=event.digest, at_ms=event.received_ms,
+                   recall_id=RECALL_ID, device_id=site.other, manifest=report.manifest,
+                   detail=detail)  # fmt: skip
+        log_pending_records(db, TransparencyLog(db, site.key.signer))
+    site.seal()
+    site.export()
+    # Without the recall keys: both records match their reports; the recall's rule is not run.
+    code, report = site.verify_json()
+    assert code == 0, report["problems"]
+    assert {r["checked"] for r in report["remediation"]} == {
+        "recomputed; the recall's rule not re-applied (its notice was not checked)"
+    }
+    # With them: the notice's 2-of-3 signatures verify, and the routine install, which names
+    # neither the recall nor its remedy, cannot count for it.
+    code, report = site.verify_json("--recall-trust", RECALLS / "trust")
+    assert code == 1
+    assert [r["checked"] for r in report["remediation"]] == ["recomputed, with the recall's rule"]
+    assert [(p["what"], p["reason"]) for p in report["problems"]] == [
+        ("remediation", "claim-mismatch")
+    ]
+    assert "does not remediate recall" in report["problems"][0]["detail"]
+
+    def forge(parts):
+        name = _index(parts)["recalls"][0]["notice"]
+        data = bytearray(parts[name])
+        data[-1] ^= 1
+        parts[name] = bytes(data)
+
+    site.rewrite(forge)
+    code, report = site.verify_json("--recall-trust", RECALLS / "trust")
+    assert code == 1
+    assert report["problems"][0]["what"] == "recall"

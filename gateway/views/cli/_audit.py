@@ -16,6 +16,7 @@ import click
 
 from gateway.core.errors import ProvenanceError
 from gateway.ledger.keys import load_verifier
+from gateway.store.recalls import load_recall_trust
 from gateway.views.audit import MAX_AUDIT_SIZE, AuditReport, export_audit, verify_audit
 from gateway.views.cli._log import key_option, load_log_key, witness_policy, witness_vkey_option
 from gateway.views.cli._output import (
@@ -126,6 +127,13 @@ def export_command(
     help="Witnesses that must have cosigned for an event to count as witnessed (default 1).",
 )
 @click.option(
+    "--recall-trust",
+    "recall_trust_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The manufacturers' recall keys (recall/<vendor>/*.pem, recall-policy.json): check "
+    "the recall notices in the bundle and whether each patch report counts for its recall.",
+)
+@click.option(
     "--require-witnessed",
     is_flag=True,
     help="Exit 1 unless every event is witnessed (needs --witness-vkey).",
@@ -138,6 +146,7 @@ def verify_command(  # noqa: PLR0913 -- one parameter per command-line option
     key_ref: str,
     witness_vkeys: tuple[str, ...],
     quorum: int | None,
+    recall_trust_dir: Path | None,
     require_witnessed: bool,
     as_json: bool,
 ) -> None:
@@ -148,8 +157,10 @@ def verify_command(  # noqa: PLR0913 -- one parameter per command-line option
     device and time, and that it was not received after a CRL's revocation date. Each event's
     commitment (from its salt and bytes) must be in the log under a checkpoint signed by --key,
     witnessed when --quorum of the --witness-vkey keys cosigned it; erasures and the site's
-    revocation likewise; and all checkpoints must be one log (consistency proofs). Sequence
-    numbers missing from the bundle are listed; the certificate's standing now is shown.
+    revocation likewise; the urgent lane's records of the device against its reports (with
+    --recall-trust, also the recall notices and whether each report counts for its recall);
+    and all checkpoints must be one log (consistency proofs). Sequence numbers missing from
+    the bundle are listed; the certificate's standing now is shown.
 
     Exit code 0: every record verified; 1: a record did not (each is named), or the bundle
     cannot be read.
@@ -162,6 +173,12 @@ def verify_command(  # noqa: PLR0913 -- one parameter per command-line option
     except (OSError, ProvenanceError, ValueError, UnicodeDecodeError) as err:
         fail(f"cannot read the gateway public key {key_ref!r}: {err}")
     witnesses, required = witness_policy(witness_vkeys, None, quorum)
+    recall_trust = None
+    if recall_trust_dir is not None:
+        try:
+            recall_trust = load_recall_trust(recall_trust_dir)
+        except ProvenanceError as err:
+            fail(str(err), hint="point --recall-trust at the folder `provgw recall import` uses")
     if require_witnessed and not witnesses:
         fail("--require-witnessed needs the witnesses' keys", hint="add --witness-vkey VKEY")
     if file.stat().st_size > MAX_AUDIT_SIZE:
@@ -177,6 +194,7 @@ def verify_command(  # noqa: PLR0913 -- one parameter per command-line option
             key=key,
             witnesses=witnesses,
             quorum=required,
+            recall_trust=recall_trust,
             now=datetime.now(UTC),
             progress=long_work_progress("verified", "events", as_json=as_json),
         )
