@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from gateway.core import merkle
+from gateway.core import merkle, note
 from gateway.core.cbor import strict_loads
 from gateway.core.cose import decode_sign1
 from gateway.core.errors import (
@@ -102,7 +102,6 @@ from gateway.store.events import EventStore
 from gateway.store.offers import campaign_id
 
 if TYPE_CHECKING:
-    from gateway.core import note
     from gateway.core.identity import DeviceIdentity
     from gateway.ledger.keys import GatewayKey
     from gateway.store.db import Database
@@ -220,6 +219,7 @@ def export_audit(
     if row is None:
         return None
     log = TransparencyLog(db, key.signer)
+    _check_key(log, key)
     parts = _Parts(log, key, now)
     chain = b"".join(
         x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
@@ -254,6 +254,22 @@ def export_audit(
     return AuditExport(
         parts.close(), device_id, len(events), len(erased), pending, revocation is not None
     )
+
+
+def _check_key(log: TransparencyLog, key: GatewayKey) -> None:
+    """Refuse a log key that did not sign the database's checkpoints (receipts would not verify)."""
+    latest = log.latest_checkpoint()
+    if latest is None:
+        return
+    try:
+        note.open_checkpoint(latest.note, key.verifier)
+    except VerificationError:
+        raise PolicyError(
+            f"The log key {key.verifier.name} ({key.verifier.key_id:08x}) did not sign this "
+            "database's checkpoints: it is another gateway's key or a new one. Pass the key "
+            "`provgw serve` signs with (`[log] key` in its configuration).",
+            reason="wrong-log-key",
+        ) from None
 
 
 def _events(

@@ -507,3 +507,14 @@ def test_with_the_recall_keys_the_recall_notice_and_its_rule_are_checked_too(sit
     code, report = site.verify_json("--recall-trust", RECALLS / "trust")
     assert code == 1
     assert report["problems"][0]["what"] == "recall"
+
+
+def test_another_log_key_is_refused_at_export_not_handed_out_as_broken_receipts(site, tmp_path):
+    other = tmp_path / "other.key"
+    write_gateway_key(other, GatewayKey.generate("provgw.test/log"))
+    result = invoke_cli(
+        "audit", "export", site.other, "--db", site.path, "--key", other, "-o", site.out, "--json"
+    )
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["reason"] == "wrong-log-key"
+    assert not site.out.exists()

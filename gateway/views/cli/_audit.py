@@ -60,12 +60,15 @@ def export_command(
     The bundle (a ZIP) holds each event's exact signed bytes, its salt and RFC 9942 receipt
     (an inclusion proof to a checkpoint signed with the log key, with the witnesses'
     cosignatures), the device's certificate chain, every erasure and the site's revocation of
-    the device as logged, and consistency proofs between the receipts' checkpoints. The
-    receiver checks it with `provgw audit verify`. It names the device's serial number: give it
-    only to whom the site chooses. Events not under a checkpoint yet go in without a receipt
-    (run it again after the next checkpoint, every few seconds).
+    the device as logged, the urgent lane's records of it (patch offered, installed, failed,
+    unreachable) with the notices of the recalls they name, and consistency proofs between the
+    receipts' checkpoints. The receiver checks it with `provgw audit verify`. It names the
+    device's serial number: give it only to whom the site chooses. Events not under a
+    checkpoint yet go in without a receipt (run it again after the next checkpoint, every few
+    seconds).
 
-    Exit code 0: written; 1: the gateway never enrolled the device.
+    Exit code 0: written; 1: the gateway never enrolled the device, or --key is not the key
+    that signed the log's checkpoints.
     """
     key = load_log_key(key_path)
     with refusals(as_json=as_json), open_existing_db(db_path) as db:
