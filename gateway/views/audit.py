@@ -8,7 +8,8 @@ ZIP file of plain, documented parts, so that it can be read with any tool:
 ``audit.json``
     the index (:data:`FORMAT`): the device, each stored event (its message file, salt and
     receipt), each erased event and its logged erasure, the site's revocation of the device if
-    any, and the consistency proofs that tie the receipts' checkpoints to one log;
+    any, the urgent lane's records of it (patch offered, installed, failed, unreachable), and
+    the consistency proofs that tie the receipts' checkpoints to one log;
 ``chain.pem``
     the device's certificate and the chain above it, as the gateway holds them;
 ``events/SEQ.cose``
@@ -17,11 +18,14 @@ ZIP file of plain, documented parts, so that it can be read with any tool:
     the RFC 9942 receipt bundle of each record (:mod:`gateway.ledger.receipts`, the bytes of
     ``provgw log prove --out``): an inclusion proof to a signed checkpoint, with the
     witnesses' cosignatures and any chain anchor;
+``recalls/ID.N.bin``
+    the kept, manufacturer-signed notice of each recall those records name;
 ``README.txt``
     what the parts are and how to check them.
 
 :func:`verify_audit` checks a bundle with nothing but the manufacturers' root certificates, the
-gateway's public log key and, optionally, witness keys: no database and no private key.
+gateway's public log key and, optionally, witness keys and the manufacturers' recall keys: no
+database and no private key.
 
 - **Each event** is verified as the gateway verified it when it arrived
   (:func:`~gateway.core.messages.verify_device_message` at the time it was received): the
@@ -36,6 +40,10 @@ gateway's public log key and, optionally, witness keys: no database and no priva
   *witnessed* when the quorum of the witness keys given cosigned that checkpoint.
 - **Erasures and a revocation** are checked the same way from their logged records (an erased
   event's own commitment can only be shown to be in the log: its salt is gone).
+- **The urgent lane's records** are in the log, and say what the device's own reports say
+  (:meth:`_Audit.remediation`, by the rules ``provgw log verify`` applies); with the recall
+  keys, each recall notice's threshold signatures are verified and the tracker's rule decides
+  whether a report counts for its recall.
 - **One log**: every checkpoint the receipts stand under is consistent with the largest
   (RFC 9162 consistency proofs), so the bundle cannot mix two forks of the log.
 - **Gaps**: device sequence numbers that neither a stored nor an erased event holds are listed.
@@ -128,11 +136,12 @@ _MAX_DIRECTORY = 16 * 1024 * 1024
 _MAX_CHAIN = 64 * 1024
 _MAX_MESSAGE = 64 * 1024
 _INDEX = "audit.json"
-_CRL_RESOLUTION = timedelta(seconds=1)
-#: What a recall id may not put in a part's name (it is the manufacturer's to choose).
-_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]")
 _CHAIN = "chain.pem"
 _README = "README.txt"
+#: What a recall id may not put in a part's name (it is the manufacturer's to choose).
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]")
+#: CRLs date a revocation to the second (RFC 5280 UTCTime / GeneralizedTime).
+_CRL_RESOLUTION = timedelta(seconds=1)
 
 ProgressFn = Callable[[int, int], None]
 
@@ -759,7 +768,7 @@ class _Audit:
         self._witnessed: dict[bytes, bool] = {}  # checkpoint note -> quorum reached
         self._receipts = ReceiptVerifier(key, witnesses=witnesses)
         #: SHA-256 of each verified event's bytes -> (event id, arrival, bytes).
-        self.reports: dict[bytes, tuple[int, int, bytes]] = {}
+        self.by_digest: dict[bytes, tuple[int, int, bytes]] = {}
         self.erased_digests: set[bytes] = set()
         #: Recall id -> (remedy manifest, revision) of each notice that verified; None for an
         #: unsigned CSAF import; absent when not checked.
@@ -855,7 +864,7 @@ class _Audit:
                         reason="revoked-before-receipt",
                     )
                 report.manufacturer = identity.manufacturer
-                self.reports[hashlib.sha256(raw).digest()] = (event_id, received_ms, raw)
+                self.by_digest[hashlib.sha256(raw).digest()] = (event_id, received_ms, raw)
                 name = entry.get("receipt")
                 if name is None:
                     report.pending += 1
@@ -1014,7 +1023,7 @@ class _Audit:
         """Check an installed or failed record against the device's own signed report."""
         if digest in self.erased_digests:
             return "unverifiable (the device's report was erased)"
-        found = self.reports.get(digest)
+        found = self.by_digest.get(digest)
         if found is None:
             raise MismatchError(
                 f"It claims the device reported '{state}', but no verified event of the bundle "
