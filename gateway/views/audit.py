@@ -736,6 +736,37 @@ def verify_audit(  # noqa: PLR0913 -- the bundle, the three trust inputs, the cl
     return report
 
 
+@dataclass(frozen=True)
+class _UrgentRecord:
+    """One urgent-lane record of the index, its fields checked for type."""
+
+    ref: int
+    recall_id: str | None
+    manifest: bytes | None
+    state: str
+    detail: str | None
+    at_ms: int
+    digest: bytes
+    salt: bytes
+
+    @classmethod
+    def read(cls, entry: Mapping[str, Any]) -> _UrgentRecord:
+        what = f"Urgent-lane record {entry.get('record_id')!r}"
+        recall_id, detail = entry.get("recall_id"), entry.get("detail")
+        if not isinstance(recall_id, str | None) or not isinstance(detail, str | None):
+            raise _malformed(f"{what}: its recall id and detail must be text.")
+        return cls(
+            ref=_field(entry, "record_id", int, what),
+            recall_id=recall_id,
+            manifest=None if entry.get("manifest") is None else _hex(entry, "manifest", what),
+            state=_field(entry, "state", str, what),
+            detail=detail,
+            at_ms=_field(entry, "at_ms", int, what),
+            digest=_hex(entry, "digest", what),
+            salt=_hex(entry, "salt", what),
+        )
+
+
 class _Audit:
     """One bundle's verification: its parts, the keys it is checked with, and the report."""
 
@@ -962,93 +993,76 @@ class _Audit:
         re-applied when the recall's notice verified (:meth:`recalls`).
         """
         for entry in records:
-            what = f"Urgent-lane record {entry.get('record_id')!r}"
-            ref = _field(entry, "record_id", int, what)
-            state = _field(entry, "state", str, what)
-            at_ms = _field(entry, "at_ms", int, what)
-            digest = _hex(entry, "digest", what)
-            manifest = None if entry.get("manifest") is None else _hex(entry, "manifest", what)
-            recall_id = entry.get("recall_id")
+            record = _UrgentRecord.read(entry)
             shown = {
-                "record_id": ref,
-                "recall_id": recall_id,
-                "state": state,
-                "at_ms": at_ms,
+                "record_id": record.ref,
+                "recall_id": record.recall_id,
+                "state": record.state,
+                "at_ms": record.at_ms,
                 "in_log": entry.get("receipt") is not None,
             }
             try:
                 if entry.get("receipt") is not None:
-                    leaf = leaf_for("remediation", _hex(entry, "salt", what), digest)
+                    leaf = leaf_for("remediation", record.salt, record.digest)
                     self.receipt(entry["receipt"], leaf)
-                shown["checked"] = self._claim(entry, state, at_ms, digest, manifest)
+                shown["checked"] = self._claim(record)
                 self.report.remediation.append(shown)
             except VerificationError as err:
-                self._problem("remediation", ref, None, err)
+                self._problem("remediation", record.ref, None, err)
 
-    def _claim(
-        self,
-        entry: Mapping[str, Any],
-        state: str,
-        at_ms: int,
-        digest: bytes,
-        manifest: bytes | None,
-    ) -> str:
+    def _claim(self, record: _UrgentRecord) -> str:
         """Check what a record claims; return how (``recomputed``, or why it cannot be)."""
-        if state == "offered":
+        if record.state == "offered":
             return "commitment only (the offer's bytes are not kept)"
-        if state == "unreachable":
-            campaign = entry.get("recall_id")
-            if campaign is None and manifest is not None:
-                campaign = campaign_id(manifest)
-            if unreachable_digest(campaign, self.device_id, at_ms) != digest:
+        if record.state == "unreachable":
+            campaign = record.recall_id
+            if campaign is None and record.manifest is not None:
+                campaign = campaign_id(record.manifest)
+            if unreachable_digest(campaign, self.device_id, record.at_ms) != record.digest:
                 raise MismatchError(
                     "Its campaign, device or time is not what its digest was made from.",
                     reason="claim-mismatch",
                 )
             return "recomputed"
-        if state not in {"installed", "failed"}:
+        if record.state not in {"installed", "failed"}:
             raise MismatchError(
-                f"The gateway never records a device as '{state}'.", reason="claim-mismatch"
+                f"The gateway never records a device as '{record.state}'.",
+                reason="claim-mismatch",
             )
-        return self._report_claim(entry, state, at_ms, digest, manifest)
+        return self._report_claim(record)
 
-    def _report_claim(
-        self,
-        entry: Mapping[str, Any],
-        state: str,
-        at_ms: int,
-        digest: bytes,
-        manifest: bytes | None,
-    ) -> str:
+    def _report_claim(self, record: _UrgentRecord) -> str:
         """Check an installed or failed record against the device's own signed report."""
-        if digest in self.erased_digests:
+        if record.digest in self.erased_digests:
             return "unverifiable (the device's report was erased)"
-        found = self.by_digest.get(digest)
+        found = self.by_digest.get(record.digest)
         if found is None:
             raise MismatchError(
-                f"It claims the device reported '{state}', but no verified event of the bundle "
-                "has its digest.",
+                f"It claims the device reported '{record.state}', but no verified event of the "
+                "bundle has its digest.",
                 reason="claim-mismatch",
             )
         event_id, received_ms, raw = found
-        report = read_report((event_id, self.device_id, received_ms, raw, digest))
+        report = read_report((event_id, self.device_id, received_ms, raw, record.digest))
         if report is None:
             why: str | None = f"event {event_id} does not read as a firmware report"
-        elif received_ms != at_ms:
-            why = f"the report (event {event_id}) arrived at {received_ms} ms, not {at_ms} ms"
+        elif received_ms != record.at_ms:
+            why = (
+                f"the report (event {event_id}) arrived at {received_ms} ms, not {record.at_ms} ms"
+            )
         else:
             why = report_claim_mismatch(
-                report, state, entry.get("detail"), manifest, f"event {event_id}"
+                report, record.state, record.detail, record.manifest, f"event {event_id}"
             )
         if report is None or why is not None:
             raise MismatchError(
                 f"It does not match the device's report: {why}.", reason="claim-mismatch"
             )
-        return self._counts_for_recall(entry.get("recall_id"), report, state)
+        return self._counts_for_recall(record.recall_id, report, record.state)
 
-    def _counts_for_recall(self, recall_id: object, report: Report, state: str) -> str:
+    def _counts_for_recall(self, recall_id: str | None, report: Report, state: str) -> str:
         """Re-apply the rule by which *report* counts for the record's recall, where it can be."""
-        if not isinstance(recall_id, str):
+        if recall_id is None:
             return "recomputed"  # an urgent manifest's campaign: no recall to count for
         if recall_id not in self.remedies:
             return "recomputed; the recall's rule not re-applied (its notice was not checked)"
