@@ -258,6 +258,28 @@ class TransparencyLog:
         """The gateway database this log lives in."""
         return self._db
 
+    def check_signer(self) -> None:
+        """Refuse a signer key that did not sign this database's checkpoints.
+
+        Receipts issued with another key would verify nowhere: it is another gateway's key, or
+        a new one made by mistake. One signature check, on the latest checkpoint.
+
+        Raises :class:`PolicyError` (reason ``"wrong-log-key"``).
+        """
+        latest = self.latest_checkpoint()
+        if latest is None:
+            return
+        try:
+            note.open_checkpoint(latest.note, self.verifier)
+        except VerificationError:
+            verifier = self.verifier
+            raise PolicyError(
+                f"The log key {verifier.name} ({verifier.key_id:08x}) did not sign the "
+                f"checkpoints in {self._db.path}: it is another gateway's key or a new one. "
+                "Pass the key `provgw serve` signs with (`[log] key` in its configuration).",
+                reason="wrong-log-key",
+            ) from None
+
     # -- appending ------------------------------------------------------------------------------
 
     def append_pending(self, limit: int | None = None) -> int:

@@ -228,7 +228,7 @@ def export_audit(
     if row is None:
         return None
     log = TransparencyLog(db, key.signer)
-    _check_key(log, key)
+    log.check_signer()
     parts = _Parts(log, key, now)
     chain = b"".join(
         x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
@@ -263,22 +263,6 @@ def export_audit(
     return AuditExport(
         parts.close(), device_id, len(events), len(erased), pending, revocation is not None
     )
-
-
-def _check_key(log: TransparencyLog, key: GatewayKey) -> None:
-    """Refuse a log key that did not sign the database's checkpoints (receipts would not verify)."""
-    latest = log.latest_checkpoint()
-    if latest is None:
-        return
-    try:
-        note.open_checkpoint(latest.note, key.verifier)
-    except VerificationError:
-        raise PolicyError(
-            f"The log key {key.verifier.name} ({key.verifier.key_id:08x}) did not sign this "
-            "database's checkpoints: it is another gateway's key or a new one. Pass the key "
-            "`provgw serve` signs with (`[log] key` in its configuration).",
-            reason="wrong-log-key",
-        ) from None
 
 
 def _events(

@@ -409,3 +409,14 @@ def test_prove_takes_the_witness_keys_and_quorum_from_gateway_toml(gateway, gate
     assert (code, out["state"], out["witnesses"]) == (0, "witnessed", ["gw/witness", "w3.test"])
     code, out = _prove(db_path, key_path, "--config", str(config), "--quorum", "1")
     assert (code, out["state"], out["witnesses"]) == (0, "witnessed", ["gw/witness"])
+
+
+def test_prove_with_another_gateways_key_says_it_is_the_wrong_key(gateway, tmp_path):
+    db_path, key_path, _ = gateway
+    assert _run("log", "checkpoint", "--db", str(db_path), "--key", str(key_path)).exit_code == 0
+    other = tmp_path / "other.key"
+    keygen = _run("log", "keygen", "--out", str(other), "--origin", "provgw.test/log")
+    assert keygen.exit_code == 0
+    code, out = _json("log", "prove", "3", "--db", str(db_path), "--key", str(other))
+    assert (code, out["reason"]) == (1, "wrong-log-key")
+    assert "did not sign the checkpoints" in out["error"]

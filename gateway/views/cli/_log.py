@@ -278,6 +278,7 @@ def prove(  # noqa: PLR0913 -- one parameter per command-line option
     witnesses, required = witness_policy(witness_vkeys, config_path, quorum)
     with refusals(as_json=as_json), open_existing_db(db_path) as db:
         log = TransparencyLog(db, key.signer)
+        log.check_signer()
         event = EventStore(db).by_id(event_id)
         if event is None or event.salt is None:
             what = "no such event" if event is None else "the event was erased"
