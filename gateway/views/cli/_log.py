@@ -271,8 +271,8 @@ def prove(  # noqa: PLR0913 -- one parameter per command-line option
     (logged; witnessed: its cosignatures reached the configured witness quorum, fewer do not
     count; anchored: a chain transaction recorded), not verified here; a chain anchor is shown
     as claimed, for lookup on the chain. Exit 1 if the event is not logged under a checkpoint
-    yet, has been erased (then it can no longer be linked to the log), or a cosignature by a
-    given witness key does not verify.
+    yet, has been erased (then it can no longer be linked to the log), a cosignature by a
+    given witness key does not verify, or --key did not sign the log's checkpoints.
     """
     key = load_log_key(key_path)
     witnesses, required = witness_policy(witness_vkeys, config_path, quorum)
