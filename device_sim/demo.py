@@ -12,7 +12,8 @@ only the trust folder and those keys. Finally (8) an urgent
 recall: biomed imports the inventory (the Volara pumps run 4.2.9), the manufacturer publishes the
 2-of-3 signed recall Z-0412-2026 and then its remedy, firmware 4.2.10; the pumps receive signed
 offers from the gateway's urgent lane, check them, install (one fails, one is offline) and report,
-and ``provgw recall status`` shows each pump's remediation. From step 4 the read-only web UI
+and ``provgw recall status`` shows each pump's remediation; one patched pump's audit bundle is
+then verified with the manufacturer's recall keys (``provgw audit verify --recall-trust``). From step 4 the read-only web UI
 (``provgw ui``) runs beside the gateway; at the end the demo prints its URL and those of one
 device's page and the recall's page, and with ``browse`` keeps everything running until Ctrl-C.
 Everything it starts is stopped on exit, on error and on Ctrl-C.
@@ -707,9 +708,16 @@ def _show_log(  # noqa: PLR0913 - the demo's paths and the one event it proves
 
 
 def _show_audit(  # noqa: PLR0913 - the demo's paths and the device it exports
-    provgw: str, directory: Path, db: Path, pki: Path, device: str, *, say: Say
+    provgw: str,
+    directory: Path,
+    db: Path,
+    pki: Path,
+    device: str,
+    *,
+    recall_trust: Path | None = None,
+    say: Say,
 ) -> dict[str, Any]:
-    """Export the sample device's audit bundle and verify it as its receiver would (step 7)."""
+    """Export a device's audit bundle and verify it as its receiver would (steps 7 and 8)."""
     bundle = directory / f"{device}.audit.zip"
     key_file = directory / "gateway-log.key"
     subprocess.run(  # noqa: S603 - our own command
@@ -718,10 +726,12 @@ def _show_audit(  # noqa: PLR0913 - the demo's paths and the device it exports
         capture_output=True,
         check=False,
     )  # fmt: skip
-    say(f"      provgw audit export {device} -o {bundle.name}, then provgw audit verify:")
+    also = " --recall-trust (the manufacturer's recall keys)" if recall_trust is not None else ""
+    say(f"      provgw audit export {device} -o {bundle.name}, then provgw audit verify{also}:")
     result = subprocess.run(  # noqa: S603 - our own command
         [provgw, "audit", "verify", str(bundle), "--trust", str(pki / "trust"),
          "--key", _vkey_of(key_file), "--witness-vkey", _vkey_of(directory / "witness.key"),
+         *(["--recall-trust", str(recall_trust)] if recall_trust is not None else []),
          "--json"],
         capture_output=True,
         text=True,
@@ -740,6 +750,8 @@ def _show_audit(  # noqa: PLR0913 - the demo's paths and the device it exports
         f"public keys: {report['events']} events ({report['witnessed']} witnessed, "
         f"{report['pending']} not under a checkpoint yet), {len(report['problems'])} problems"
     )
+    for record in report["remediation"]:
+        say(f"        {record['recall_id']}: {record['state']}, claim {record['checked']}")
     return report
 
 
@@ -882,15 +894,32 @@ def _urgent_recall(setup: _UrgentSetup, *, say: Say) -> dict[str, Any] | None:
         f"      offers reached the online pumps {1000 * max(arrived or [0]):.0f} ms after the "
         f"remedy was published"
     )
+    return _show_remediation(setup, final, urgent["pid"], arrived, say=say)
+
+
+def _show_remediation(
+    setup: _UrgentSetup, final: dict[str, Any], lane_pid: int, arrived: list[float], *, say: Say
+) -> dict[str, Any]:
+    """Step 8's end: each pump's remediation, and one patched pump's audit bundle checked."""
     say(f"      provgw recall status {_RECALL_ID}:")
     say(f"        {'device':32} {'state':12} attempts  detail")
     for d in final["devices"]:
         line = f"{d['device_id']:32} {d['state']:12} {d['attempts']:>8}  {d['detail'] or ''}"
         say(f"        {line}".rstrip())
     say(f"      {_pairs(final['counts'])}")
+    installed = next((d["device_id"] for d in final["devices"] if d["state"] == "installed"), None)
+    audit = None
+    if installed is not None:
+        # What the manufacturer's security team gets: one patched pump's history, checked with
+        # its own recall keys, so the install is shown to remedy this recall.
+        audit = _show_audit(
+            setup.provgw, setup.directory, setup.db, setup.pki, installed,
+            recall_trust=_SAMPLES / "recalls" / "trust", say=say,
+        )  # fmt: skip
     return {
         "recall": _RECALL_ID,
-        "lane_pid": urgent["pid"],
+        "audit": audit,
+        "lane_pid": lane_pid,
         "counts": final["counts"],
         "devices": [
             {k: d[k] for k in ("device_id", "state", "attempts", "detail")}

@@ -65,6 +65,13 @@ def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
     assert "simulated install failure" in states["failed"]["detail"]
     assert max(urgent["offer_ms"]) < 2000
     assert not alive(urgent["lane_pid"])
+    # One patched pump's audit bundle, checked with the manufacturer's recall keys: its install
+    # is its own signed report, and that report remedies the recall by the tracker's rule.
+    patched = urgent["audit"]
+    assert (patched["ok"], patched["problems"]) == (True, [])
+    assert ("Z-0412-2026", "installed", "recomputed, with the recall's rule") in {
+        (r["recall_id"], r["state"], r["checked"]) for r in patched["remediation"]
+    }
     # The web UI ran beside the gateway, served the same store, and pointed at its pages.
     ui = out["ui"]
     reports = urgent["counts"]["installed"] + urgent["counts"]["failed"]  # the pumps' step 8
