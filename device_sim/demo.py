@@ -14,8 +14,9 @@ recall: biomed imports the inventory (the Volara pumps run 4.2.9), the manufactu
 offers from the gateway's urgent lane, check them, install (one fails, one is offline) and report,
 and ``provgw recall status`` shows each pump's remediation; one patched pump's audit bundle is
 then verified with the manufacturer's recall keys (``provgw audit verify --recall-trust``).
-From step 4 the read-only web UI (``provgw ui``) runs beside the gateway; at the end the demo prints its URL and those of one
-device's page and the recall's page, and with ``browse`` keeps everything running until Ctrl-C.
+From step 4 the read-only web UI (``provgw ui``) runs beside the gateway; at the end the demo
+prints its URL and those of one device's page and the recall's page, and with ``browse`` keeps
+everything running until Ctrl-C.
 Everything it starts is stopped on exit, on error and on Ctrl-C.
 """
 
