@@ -318,6 +318,19 @@ def test_audit_download_is_the_bundle_provgw_audit_export_writes_and_it_verifies
     assert missing == 404
 
 
+def test_a_ui_given_another_gateways_log_key_says_so(site):
+    server = make_server(site.db_path, GatewayKey.generate("provgw.local/log"), port=0)
+    try:
+        host = f"127.0.0.1:{server.server_address[1]}"
+        event_id = site.api(f"/api/devices/{site.pump}")["events"][-1]["id"]  # seq 1: sealed
+        for path in (f"/receipts/{event_id}.cbor", f"/devices/{site.pump}/audit"):
+            reply = server.respond("GET", path, host)
+            assert reply.status == 404
+            assert b"did not sign the checkpoints" in reply.body
+    finally:
+        server.server_close()
+
+
 def test_without_the_log_key_the_ui_offers_no_audit_bundle(site):
     server = make_server(site.db_path, None, port=0)
     try:
