@@ -751,6 +751,11 @@ def _show_audit(  # noqa: PLR0913 - the demo's paths and the device it exports
         f"public keys: {report['events']} events ({report['witnessed']} witnessed, "
         f"{report['pending']} not under a checkpoint yet), {len(report['problems'])} problems"
     )
+    for recall in report.get("recalls", []):
+        say(
+            f"        recall {recall['recall_id']} revision {recall['revision']}: the "
+            "manufacturer's signatures verify, and the gateway's record of taking it in"
+        )
     for record in report["remediation"]:
         say(f"        {record['recall_id']}: {record['state']}, claim {record['checked']}")
     return report

@@ -88,7 +88,7 @@ from gateway.core.errors import (
 )
 from gateway.core.identity import DeviceRegistry, TrustStore, verify_device_chain
 from gateway.core.messages import verify_device_message
-from gateway.core.recall import MAX_RECALL_BYTES, Recall, RecallTrust
+from gateway.core.recall import MAX_RECALL_BYTES, Recall, RecallFields, RecallTrust
 from gateway.ledger.commitments import erasure_digest, leaf_for, revocation_digest
 from gateway.ledger.log import TransparencyLog
 from gateway.ledger.quorum import require_quorum
@@ -383,9 +383,31 @@ def _recalls(db: Database, parts: _Parts, recall_ids: set[str]) -> list[dict[str
                 "revision": int(revision),
                 "source": source,
                 "notice": parts.add(f"recalls/{name}.{len(entries)}.bin", bytes(raw)),
+                "accepted": _accepted(db, parts, recall_id, hashlib.sha256(bytes(raw)).digest()),
             }
         )
     return entries
+
+
+def _accepted(db: Database, parts: _Parts, recall_id: str, digest: bytes) -> dict[str, Any] | None:
+    """Return the urgent lane's logged record of taking in these notice bytes, if any."""
+    rows = db.query(
+        "SELECT id, state, manifest, at_ms, salt FROM urgent_records"
+        " WHERE kind = 'recall' AND recall_id = ? AND digest = ? ORDER BY id DESC LIMIT 1",
+        (recall_id, digest),
+    )
+    if not rows:
+        return None
+    record_id, state, manifest, at_ms, salt = rows[0]
+    return {
+        "record_id": int(record_id),
+        "state": state,
+        "manifest": None if manifest is None else bytes(manifest).hex(),
+        "at_ms": int(at_ms),
+        "at": _ms_iso(int(at_ms)),
+        "salt": bytes(salt).hex(),
+        "receipt": parts.receipt("recall", int(record_id)),
+    }
 
 
 def _consistency(log: TransparencyLog, sizes: set[int]) -> dict[str, Any] | None:
@@ -478,6 +500,8 @@ class AuditReport:
     revoked_by_site: str | None = None
     #: The urgent lane's records of the device, each with how far it was checked.
     remediation: list[dict[str, Any]] = field(default_factory=list)
+    #: The recall notices that verified (with the recall keys), and when the gateway took each.
+    recalls: list[dict[str, Any]] = field(default_factory=list)
     #: Sequence numbers held by neither a stored nor an erased event, as (first, last) ranges.
     gaps: list[tuple[int, int]] = field(default_factory=list)
     checkpoints: int = 0
@@ -506,6 +530,7 @@ class AuditReport:
             "erased": self.erased,
             "revoked_by_site": self.revoked_by_site,
             "remediation": self.remediation,
+            "recalls": self.recalls,
             "gaps": [list(gap) for gap in self.gaps],
             "checkpoints": self.checkpoints,
             "tree_size": self.tree_size,
@@ -667,6 +692,9 @@ def _named_parts(
     for record in records:
         if isinstance(record, dict):
             named.update((record.get("message"), record.get("receipt"), record.get("notice")))
+            accepted = record.get("accepted")
+            if isinstance(accepted, dict):
+                named.add(accepted.get("receipt"))
     return named
 
 
@@ -962,8 +990,42 @@ class _Audit:
                         reason="recall-mismatch",
                     )
                 self.remedies[recall_id] = (fields.remedy.manifest, fields.revision)
+                accepted = self._accepted(entry.get("accepted"), raw, fields)
+                self.report.recalls.append(
+                    {
+                        "recall_id": recall_id,
+                        "revision": fields.revision,
+                        "status": fields.status,
+                        "accepted_ms": None if accepted is None else accepted["at_ms"],
+                        "in_log": accepted is not None and accepted.get("receipt") is not None,
+                    }
+                )
             except VerificationError as err:
                 self._problem("recall", None, None, err)
+
+    def _accepted(
+        self, accepted: object, raw: bytes, fields: RecallFields
+    ) -> Mapping[str, Any] | None:
+        """Check the logged record of the gateway accepting the notice: these bytes, as signed."""
+        if accepted is None:
+            return None
+        if not isinstance(accepted, dict):
+            raise _malformed("A recall's 'accepted' is not a record.")
+        what = f"Recall {fields.recall_id}'s record"
+        digest = hashlib.sha256(raw).digest()
+        if accepted.get("receipt") is not None:
+            leaf = leaf_for("recall", _hex(accepted, "salt", what), digest)
+            self.receipt(accepted["receipt"], leaf)
+        manifest = None if accepted.get("manifest") is None else _hex(accepted, "manifest", what)
+        if (accepted.get("state"), manifest) != (fields.status, fields.remedy.manifest):
+            raise MismatchError(
+                f"The gateway's record of recall {fields.recall_id} says status "
+                f"{accepted.get('state')!r}; the signed notice says {fields.status!r} (or "
+                "another remedy).",
+                reason="claim-mismatch",
+            )
+        _field(accepted, "at_ms", int, what)
+        return accepted
 
     def remediation(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Check each urgent-lane record against the log and against what it claims.

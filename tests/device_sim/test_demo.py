@@ -69,6 +69,7 @@ def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
     # is its own signed report, and that report remedies the recall by the tracker's rule.
     patched = urgent["audit"]
     assert (patched["ok"], patched["problems"]) == (True, [])
+    assert [r["recall_id"] for r in patched["recalls"]] == ["Z-0412-2026"]
     assert ("Z-0412-2026", "installed", "recomputed, with the recall's rule") in {
         (r["recall_id"], r["state"], r["checked"]) for r in patched["remediation"]
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import shutil
@@ -471,8 +472,13 @@ def test_with_the_recall_keys_the_recall_notice_and_its_rule_are_checked_too(sit
     assert recall.fields.revision == 1
     fixed, fixed_report = _report(site, trigger="recall", trigger_ref=RECALL_ID, result="installed")
     routine, routine_report = _report(site, result="installed")
+    accepted_ms = int(time.time() * 1000)
     with Database(site.path) as db:
+        # What the urgent lane keeps and logs when it takes in a notice.
         RecallStore(db).accept(recall, now=datetime.now(UTC))
+        record(db, "recall", state=recall.fields.status, digest=hashlib.sha256(notice).digest(),
+               at_ms=accepted_ms, recall_id=RECALL_ID,
+               manifest=recall.fields.remedy.manifest)  # fmt: skip
         for event, report in ((fixed, fixed_report), (routine, routine_report)):
             state, detail = report_outcome(report)
             record(db, "remediation", state=state, digest=event.digest, at_ms=event.received_ms,
@@ -491,6 +497,19 @@ def test_with_the_recall_keys_the_recall_notice_and_its_rule_are_checked_too(sit
     # neither the recall nor its remedy, cannot count for it.
     code, report = site.verify_json("--recall-trust", RECALLS / "trust")
     assert code == 1
+    assert report["recalls"] == [
+        {
+            "recall_id": RECALL_ID,
+            "revision": 1,
+            "status": recall.fields.status,
+            "accepted_ms": accepted_ms,
+            "in_log": True,
+        }
+    ]
+    assert (
+        f"recall       {RECALL_ID} revision 1"
+        in site.verify("--recall-trust", RECALLS / "trust").output
+    )
     assert [r["checked"] for r in report["remediation"]] == ["recomputed, with the recall's rule"]
     assert [(p["what"], p["reason"]) for p in report["problems"]] == [
         ("remediation", "claim-mismatch")
@@ -503,6 +522,18 @@ def test_with_the_recall_keys_the_recall_notice_and_its_rule_are_checked_too(sit
         data[-1] ^= 1
         parts[name] = bytes(data)
 
+    def restate(parts):
+        index = _index(parts)
+        index["recalls"][0]["accepted"]["state"] = "terminated"
+        parts["audit.json"] = json.dumps(index).encode()
+
+    site.rewrite(restate)
+    code, report = site.verify_json("--recall-trust", RECALLS / "trust")
+    assert (code, report["problems"][0]["what"], report["problems"][0]["reason"]) == (
+        1,
+        "recall",
+        "claim-mismatch",
+    )
     site.rewrite(forge)
     code, report = site.verify_json("--recall-trust", RECALLS / "trust")
     assert code == 1

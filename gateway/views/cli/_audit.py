@@ -244,14 +244,7 @@ def _text(file: Path, report: AuditReport, below: int) -> str:
             "quarantined or withheld, unless the device skips numbers (seq is monotonic, "
             "not always contiguous)"
         )
-    for record in report.remediation:
-        campaign = record["recall_id"] or "urgent manifest"
-        when = datetime.fromtimestamp(record["at_ms"] / 1000, tz=UTC)
-        lines.append(
-            f"  patch        {campaign}: {record['state']} {when:%Y-%m-%d %H:%M:%S} UTC, "
-            f"{'in the log' if record['in_log'] else 'not under a checkpoint yet'}; claim "
-            f"{record['checked']}"
-        )
+    lines += _urgent_lines(report)
     standing = report.standing
     if standing is not None and standing.refusal is None and standing.valid_until is not None:
         lines.append(
@@ -270,3 +263,30 @@ def _text(file: Path, report: AuditReport, below: int) -> str:
             f"  PROBLEM {problem.what} {problem.ref}{seq}: {problem.detail} [{problem.reason}]"
         )
     return "\n".join(lines)
+
+
+def _utc(ms: int) -> str:
+    return f"{datetime.fromtimestamp(ms / 1000, tz=UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _urgent_lines(report: AuditReport) -> list[str]:
+    """Return the lines of the verified recall notices and the urgent lane's records."""
+    lines = []
+    for recall in report.recalls:
+        if recall["accepted_ms"] is None:
+            taken = "not recorded as taken in"
+        else:
+            pending = "" if recall["in_log"] else " (not under a checkpoint yet)"
+            taken = f"taken in {_utc(recall['accepted_ms'])}{pending}"
+        lines.append(
+            f"  recall       {recall['recall_id']} revision {recall['revision']} "
+            f"({recall['status']}): the manufacturers' signatures verify; {taken}"
+        )
+    for record in report.remediation:
+        campaign = record["recall_id"] or "urgent manifest"
+        where = "in the log" if record["in_log"] else "not under a checkpoint yet"
+        lines.append(
+            f"  patch        {campaign}: {record['state']} {_utc(record['at_ms'])}, {where}; "
+            f"claim {record['checked']}"
+        )
+    return lines
