@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from gateway.core.errors import PolicyError
 from gateway.core.note import COSIGNATURE_V1, SignedCheckpoint, Verifier, open_checkpoint
 
-__all__ = ["DEFAULT_FUTURE_SKEW", "QuorumCheckpoint", "require_quorum"]
+__all__ = ["DEFAULT_FUTURE_SKEW", "QuorumCheckpoint", "quorum_of", "require_quorum"]
 
 #: Cosignatures timestamped more than this many seconds after ``now`` do not count.
 DEFAULT_FUTURE_SKEW = 300
@@ -82,3 +82,27 @@ def require_quorum(  # noqa: PLR0913 - checkpoint, keys, k, and the optional clo
             reason="witness-quorum",
         )
     return QuorumCheckpoint(signed, tuple(witnesses))
+
+
+def quorum_of(
+    signed_checkpoint: bytes,
+    log_verifier: Verifier,
+    witness_verifiers: Sequence[Verifier],
+    k: int,
+    *,
+    now: int | None = None,
+) -> tuple[str, ...] | None:
+    """Return the witnesses counted when *k* of them cosigned; ``None`` when fewer did.
+
+    :func:`require_quorum` as a question (``provgw log prove``, ``provgw audit verify``): a
+    checkpoint below the quorum is an answer, not an error. An unsound policy still raises
+    ``ValueError``, and a checkpoint that does not open still raises.
+    """
+    try:
+        return require_quorum(
+            signed_checkpoint, log_verifier, witness_verifiers, k, now=now
+        ).witnesses
+    except PolicyError as err:
+        if err.reason != "witness-quorum":
+            raise
+        return None

@@ -74,11 +74,7 @@ class DeviceRow:
         out of the trust folder or a certificate out of date refuse it there, whatever this site
         decided (:attr:`revoked` is the site's own revocation).
         """
-        try:
-            identity = verify_device_chain([self.cert, *self.chain], trust, now)
-        except VerificationError as err:
-            return Standing(err, None)
-        return Standing.accepted(identity)
+        return Standing.of([self.cert, *self.chain], trust, now)
 
 
 @dataclass(frozen=True)
@@ -90,6 +86,15 @@ class Standing:
     #: Until when an accepted chain stays valid: the earliest ``notAfter`` on its path (the
     #: device's certificate, its CAs); from then it is refused as ``expired``.
     valid_until: datetime | None
+
+    @classmethod
+    def of(cls, chain: Sequence[bytes], trust: TrustStore, now: datetime) -> Standing:
+        """Verify the DER *chain* (the device's certificate first) against *trust* at *now*."""
+        try:
+            identity = verify_device_chain(chain, trust, now)
+        except VerificationError as err:
+            return cls(err, None)
+        return cls.accepted(identity)
 
     @classmethod
     def accepted(cls, identity: DeviceIdentity) -> Standing:

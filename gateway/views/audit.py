@@ -91,7 +91,7 @@ from gateway.core.messages import verify_device_message
 from gateway.core.recall import MAX_RECALL_BYTES, Recall, RecallFields, RecallTrust
 from gateway.ledger.commitments import erasure_digest, leaf_for, revocation_digest
 from gateway.ledger.log import TransparencyLog
-from gateway.ledger.quorum import require_quorum
+from gateway.ledger.quorum import quorum_of
 from gateway.ledger.receipts import (
     MAX_BUNDLE_SIZE,
     ReceiptVerifier,
@@ -741,10 +741,7 @@ def verify_audit(  # noqa: PLR0913 -- the bundle, the three trust inputs, the cl
     report = audit.report
     report.gaps = _gaps(seqs)
     # The certificate as of now, CRLs included, as `provgw device show --trust` reports it.
-    try:
-        report.standing = Standing.accepted(verify_device_chain(audit.chain, trust, now))
-    except VerificationError as err:
-        report.standing = Standing(err, None)
+    report.standing = Standing.of(audit.chain, trust, now)
     return report
 
 
@@ -843,18 +840,9 @@ class _Audit:
         checkpoint_note = strict_loads(data, what="receipt")[2]
         reached = self._witnessed.get(checkpoint_note)
         if reached is None:
-            try:
-                require_quorum(
-                    checkpoint_note,
-                    self._key,
-                    self._witnesses,
-                    self._quorum,
-                    now=int(self._now.timestamp()),
-                )
-                reached = True
-            except PolicyError:
-                reached = False
-            self._witnessed[checkpoint_note] = reached
+            now = int(self._now.timestamp())
+            counted = quorum_of(checkpoint_note, self._key, self._witnesses, self._quorum, now=now)
+            reached = self._witnessed[checkpoint_note] = counted is not None
         return reached
 
     # -- the records --

@@ -420,3 +420,22 @@ def test_prove_with_another_gateways_key_says_it_is_the_wrong_key(gateway, tmp_p
     code, out = _json("log", "prove", "3", "--db", str(db_path), "--key", str(other))
     assert (code, out["reason"]) == (1, "wrong-log-key")
     assert "did not sign the checkpoints" in out["error"]
+
+
+def test_one_witness_key_under_two_names_is_refused_before_it_could_count_twice(
+    gateway, gateway_site
+):
+    db_path, key_path, _ = gateway
+    w1 = _witness("w1.test")
+    _cosign(db_path, key_path, w1)
+    pub = w1.verifier.public_key
+    alias = note.Verifier("w1-again.test", note.key_id("w1-again.test", note.COSIGNATURE_V1, pub),
+                          note.COSIGNATURE_V1, pub)  # fmt: skip
+    both = ("--witness-vkey", w1.verifier.vkey, "--witness-vkey", alias.vkey, "--quorum", "2")
+    result = _run("log", "prove", "5", "--db", str(db_path), "--key", str(key_path), *both)
+    assert result.exit_code == 2
+    assert "given under two names" in result.output
+    trust = str(gateway_site.pki / "trust")
+    audit = _run("audit", "verify", str(db_path), "--trust", trust, "--key", str(key_path), *both)
+    assert audit.exit_code == 2
+    assert "given under two names" in audit.output

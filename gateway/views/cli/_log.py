@@ -11,11 +11,11 @@ import click
 
 from gateway.core import merkle, note
 from gateway.core.cbor import strict_loads
-from gateway.core.errors import PolicyError, ProvenanceError
+from gateway.core.errors import ProvenanceError
 from gateway.ledger.commitments import leaf_for
 from gateway.ledger.keys import GatewayKey, load_gateway_key, load_verifier, write_gateway_key
 from gateway.ledger.log import TransparencyLog, erase_event, verify_log
-from gateway.ledger.quorum import require_quorum
+from gateway.ledger.quorum import quorum_of
 from gateway.ledger.receipts import ReceiptInfo, issue_receipt, verify_receipt
 from gateway.ledger.tree import MerkleTree
 from gateway.service.claims import verify_urgent_claims
@@ -157,6 +157,10 @@ def witness_policy(
         quorum = witnesses.quorum if quorum is None else quorum
     keys.extend(_witness_vkey(ref) for ref in vkeys)
     keys = list(dict.fromkeys(keys))  # the same key from --config and --witness-vkey counts once
+    if len({k.public_key for k in keys}) != len(keys):
+        # Ed25519 v1 cosignatures do not commit to the name: one key under two names would be
+        # counted twice towards the quorum (C2SP tlog-cosignature).
+        fail("one witness public key is given under two names; each witness counts once")
     if not keys:
         if quorum is not None:
             fail("--quorum needs witness keys", hint="add --witness-vkey VKEY or --config")
@@ -181,15 +185,9 @@ def _verified_state(
     if quorum is None:
         return "logged", ()
     checkpoint_note = strict_loads(bundle, what="receipt")[2]
-    try:
-        counted = require_quorum(
-            checkpoint_note, key.verifier, witnesses, quorum, now=int(datetime.now(UTC).timestamp())
-        )
-    except PolicyError:
-        return "logged", ()
-    except ValueError as err:  # one public key listed twice under two names
-        fail(f"the witness keys cannot form a quorum: {err}")
-    return "witnessed", counted.witnesses
+    now = int(datetime.now(UTC).timestamp())
+    counted = quorum_of(checkpoint_note, key.verifier, witnesses, quorum, now=now)
+    return ("logged", ()) if counted is None else ("witnessed", counted)
 
 
 def _prove_text(
