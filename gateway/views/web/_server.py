@@ -21,7 +21,6 @@ from gateway.ledger.keys import GatewayKey
 from gateway.store.devices import StandingCache
 from gateway.store.readonly import ReadOnlyDatabase
 from gateway.store.trust_files import TrustFolder
-from gateway.views.audit import export_audit
 from gateway.views.web import _data, _html
 
 if TYPE_CHECKING:
@@ -256,6 +255,9 @@ class UiServer(ThreadingHTTPServer):
         )
 
     def _audit(self, device_id: str) -> _Reply:
+        # Here, not at the top: the audit code (recall notices, claims) is for this download only.
+        from gateway.views.audit import export_audit  # noqa: PLC0415
+
         if self.key is None:
             return _error(
                 HTTPStatus.NOT_FOUND,
