@@ -24,9 +24,9 @@ from gateway.views.cli._output import (
     emit,
     fail,
     json_option,
+    load_trust,
     long_work_progress,
     open_existing_db,
-    read_trust,
     refusals,
     trust_option,
 )
@@ -168,9 +168,7 @@ def verify_command(  # noqa: PLR0913 -- one parameter per command-line option
     Exit code 0: every record verified; 1: a record did not (each is named), or the bundle
     cannot be read.
     """
-    trust = read_trust(trust_dir)
-    if trust is None:  # click requires --trust; this is for the type checker
-        raise click.UsageError("--trust DIR is required")
+    trust = load_trust(trust_dir)
     try:
         key = load_verifier(key_ref)
     except (OSError, ProvenanceError, ValueError, UnicodeDecodeError) as err:

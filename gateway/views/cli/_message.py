@@ -11,8 +11,7 @@ import click
 from gateway.core.errors import VerificationError
 from gateway.core.identity import DeviceRegistry
 from gateway.core.messages import verify_device_message
-from gateway.store.trust_files import load_trust_dir
-from gateway.views.cli._output import emit, fail, json_option, trust_option
+from gateway.views.cli._output import emit, json_option, load_trust, trust_option
 
 
 @click.group("message")
@@ -34,10 +33,7 @@ def verify(file: Path, trust_dir: Path, topic_device: str | None, *, as_json: bo
     The message must carry its certificate chain (x5chain), as on a device's first contact.
     Exit code 0: valid; 1: refused (the reason says why).
     """
-    try:
-        trust = load_trust_dir(trust_dir)
-    except VerificationError as err:
-        fail(f"cannot load the trust directory {trust_dir}: {err}", hint="run provgw-sim pki init")
+    trust = load_trust(trust_dir, hint="run provgw-sim pki init", code=2)
     now = datetime.now(UTC)
     data = file.read_bytes()
     try:

@@ -56,16 +56,19 @@ def trust_option(help_text: str, *, required: bool = False) -> Callable[[_F], _F
     )
 
 
-def read_trust(trust_dir: Path | None) -> TrustStore | None:
-    """Load the ``--trust`` folder (None without one); one that does not load stops with exit 1."""
-    if trust_dir is None:
-        return None
+def load_trust(trust_dir: Path, *, hint: str | None = None, code: int = 1) -> TrustStore:
+    """Load the ``--trust`` folder; one that does not load stops (exit *code*, 1 by default)."""
     from gateway.store.trust_files import load_trust_dir  # noqa: PLC0415 - X.509 code, on demand
 
     try:
         return load_trust_dir(trust_dir)
     except VerificationError as err:
-        fail(str(err), code=1)
+        fail(str(err), hint=hint, code=code)
+
+
+def read_trust(trust_dir: Path | None) -> TrustStore | None:
+    """Load an optional ``--trust`` folder (None without one), as :func:`load_trust` does."""
+    return None if trust_dir is None else load_trust(trust_dir)
 
 
 #: Seconds between two progress lines of long work.
