@@ -32,7 +32,6 @@ row). Quarantined messages are listed by size and SHA-256, never by their raw by
 
 from __future__ import annotations
 
-import urllib.parse
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -52,6 +51,7 @@ from gateway.store.manifests import ManifestStore
 from gateway.store.offers import ManifestOffers, campaign_id, campaign_manifest
 from gateway.store.recalls import RecallStore
 from gateway.views._events import event_body, summary
+from gateway.views.web._html import device_url
 
 if TYPE_CHECKING:
     from gateway.core.identity import TrustStore
@@ -227,16 +227,6 @@ def receipt_path(event_id: int) -> str:
     return f"/receipts/{event_id}.cbor"
 
 
-def fhir_path(device_id: str) -> str:
-    """Where the UI serves a device's FHIR Bundle (``provgw device fhir``'s)."""
-    return "/devices/" + urllib.parse.quote(device_id, safe="") + "/fhir"
-
-
-def audit_path(device_id: str) -> str:
-    """Where the UI serves a device's audit bundle (``provgw audit export``'s)."""
-    return "/devices/" + urllib.parse.quote(device_id, safe="") + "/audit"
-
-
 def device_page(page: Page, device_id: str, *, limit: int) -> dict[str, Any] | None:
     """Return a device's history, newest first, each event with its proof state; None if unknown."""
     store = EventStore(page.db)
@@ -290,8 +280,12 @@ def device_page(page: Page, device_id: str, *, limit: int) -> dict[str, Any] | N
             "certificate": page.certificate(enrolled),
         },
         "events_total": total,
-        "fhir": fhir_path(device_id),
-        "audit": audit_path(device_id) if page.key is not None and enrolled is not None else None,
+        # The device's exports: its FHIR Bundle (`provgw device fhir`), and its audit bundle
+        # (`provgw audit export`), which needs the log key and an enrolled device.
+        "fhir": device_url(device_id) + "/fhir",
+        "audit": device_url(device_id) + "/audit"
+        if page.key is not None and enrolled is not None
+        else None,
         "limit": limit,
         "events": events,
         "proof_source": _PROOF_SOURCE,

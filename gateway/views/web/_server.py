@@ -232,10 +232,7 @@ class UiServer(ThreadingHTTPServer):
             bundle = _data.receipt_bundle(page, event_id)
         if bundle is None:
             return _error(HTTPStatus.NOT_FOUND, f"No receipt for event {event_id}.", api=False)
-        disposition = f'attachment; filename="event-{event_id}.receipt.cbor"'
-        return _Reply(
-            HTTPStatus.OK, bundle, "application/cbor", (("Content-Disposition", disposition),)
-        )
+        return _attachment(bundle, "application/cbor", f"event-{event_id}.receipt.cbor")
 
     def _fhir(self, device_id: str) -> _Reply:
         # Here, not at the top: fhir.resources (pydantic models) takes 0.2 s to import.
@@ -245,14 +242,8 @@ class UiServer(ThreadingHTTPServer):
             exported = device_bundle(page.db, device_id, now=datetime.now(UTC))
         if exported is None:
             return _error(HTTPStatus.NOT_FOUND, f"No device {device_id!r} here.", api=False)
-        name = _UNSAFE_IN_FILENAME.sub("_", device_id)[:100]  # the id is the device's to choose
-        disposition = f'attachment; filename="{name}.fhir.json"'
-        return _Reply(
-            HTTPStatus.OK,
-            exported.to_json().encode(),
-            "application/fhir+json",
-            (("Content-Disposition", disposition),),
-        )
+        body = exported.to_json().encode()
+        return _attachment(body, "application/fhir+json", f"{_file_name(device_id)}.fhir.json")
 
     def _audit(self, device_id: str) -> _Reply:
         # Here, not at the top: the audit code (recall notices, claims) is for this download only.
@@ -271,11 +262,7 @@ class UiServer(ThreadingHTTPServer):
             return _error(
                 HTTPStatus.NOT_FOUND, f"No enrolled device {device_id!r} here.", api=False
             )
-        name = _UNSAFE_IN_FILENAME.sub("_", device_id)[:100]
-        disposition = f'attachment; filename="{name}.audit.zip"'
-        return _Reply(
-            HTTPStatus.OK, exported.data, "application/zip", (("Content-Disposition", disposition),)
-        )
+        return _attachment(exported.data, "application/zip", f"{_file_name(device_id)}.audit.zip")
 
     def _page(self) -> _PageContext:
         return _PageContext(self.db_path, self.key, self._trust_store(), self._standings)
@@ -286,6 +273,17 @@ class UiServer(ThreadingHTTPServer):
         with self._trust_lock:  # one request at a time reads a changed folder again
             self._trust.changed()
             return self._trust.store
+
+
+def _file_name(device_id: str) -> str:
+    """Return *device_id* made safe as a file name (the id is the device's to choose)."""
+    return _UNSAFE_IN_FILENAME.sub("_", device_id)[:100]
+
+
+def _attachment(body: bytes, content_type: str, file_name: str) -> _Reply:
+    """Return a download: *body* as *content_type*, saved as *file_name* (already safe)."""
+    disposition = f'attachment; filename="{file_name}"'
+    return _Reply(HTTPStatus.OK, body, content_type, (("Content-Disposition", disposition),))
 
 
 class _PageContext:
