@@ -108,6 +108,7 @@ from gateway.service.remediation import (
 from gateway.store.devices import DeviceStore, Standing
 from gateway.store.events import EventStore
 from gateway.store.offers import campaign_id
+from gateway.views._files import write_replacing
 
 if TYPE_CHECKING:
     from gateway.core.identity import DeviceIdentity
@@ -163,9 +164,7 @@ class AuditExport:
 
     def write(self, path: Path) -> None:
         """Write the bundle to *path*, complete or not at all (a temporary file, renamed)."""
-        partial = path.with_name(path.name + ".partial")
-        partial.write_bytes(self.data)
-        partial.replace(path)
+        write_replacing(path, self.data)
 
 
 def _ms_iso(ms: int) -> str:

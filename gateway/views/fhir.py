@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from gateway.store.devices import DeviceStore
 from gateway.store.events import EventStore
 from gateway.store.inventory import Inventory
 from gateway.views._events import event_body, summary
+from gateway.views._files import write_partial
 
 if TYPE_CHECKING:
     from gateway.store.db import Database
@@ -243,8 +243,8 @@ def bulk_export(
     partials: list[Path] = []
     try:
         # Provenance first: it names the devices the Device file then holds.
-        partials.append(_written(files[1], provenance_lines()))
-        partials.append(_written(files[0], device_lines()))
+        partials.append(write_partial(files[1], (line.encode() for line in provenance_lines())))
+        partials.append(write_partial(files[0], (line.encode() for line in device_lines())))
         for partial, final in zip(partials, files[::-1], strict=True):
             partial.replace(final)
     finally:
@@ -253,20 +253,6 @@ def bulk_export(
     return BulkExport(
         devices=len(seen), provenance=written, erased=erased, last_event_id=last, files=files
     )
-
-
-def _written(path: Path, lines: Iterator[str]) -> Path:
-    """Write *lines* to ``PATH.partial``, durably; return that path (removed if it fails)."""
-    partial = path.with_name(path.name + ".partial")
-    try:
-        with partial.open("w", encoding="utf-8") as out:
-            out.writelines(lines)
-            out.flush()
-            os.fsync(out.fileno())
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return partial
 
 
 def _with_id(resource: dict[str, Any], resource_id: str) -> dict[str, Any]:

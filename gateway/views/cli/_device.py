@@ -30,6 +30,7 @@ from gateway.core.errors import ProvenanceError
 from gateway.ledger.log import revoke_device
 from gateway.store.devices import DeviceRow, DeviceStore
 from gateway.store.events import EventStore
+from gateway.views._files import write_replacing
 from gateway.views.cli._broker import check_broker_dir, deny_revoked
 from gateway.views.cli._output import (
     db_option,
@@ -250,7 +251,7 @@ def fhir_command(device_id: str, db_path: Path, out: Path, *, as_json: bool) -> 
     if str(out) == "-":
         click.echo(text)
         return
-    out.write_text(text + "\n", encoding="utf-8")
+    write_replacing(out, (text + "\n").encode())
     erased = exported.erased
     left_out = f"; {erased:,} erased event{'s' * (erased != 1)} left out" if erased else ""
     emit(
