@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench._table import Row, seconds
-from bench.bench_fhir import _fill
+from bench.bench_fhir import fill_one_device
 from gateway.core.identity import DeviceRegistry, TrustStore
 from gateway.core.messages import verify_device_message
 from gateway.ledger.commitments import leaf_for
@@ -36,7 +36,7 @@ def run(quick: bool) -> list[Row]:  # noqa: FBT001 -- the bench runner's interfa
     events = 200 if quick else 1000
     key = GatewayKey.generate("bench.test/log")
     with tempfile.TemporaryDirectory() as tmp:
-        db, device_id = _fill(Path(tmp), events)
+        db, device_id = fill_one_device(Path(tmp), events)
         trust = load_trust_dir(Path(tmp) / "pki" / "trust")
         with db:
             log = TransparencyLog(db, key.signer)

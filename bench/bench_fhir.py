@@ -36,7 +36,11 @@ from gateway.store.trust_files import load_trust_dir
 from gateway.views import fhir
 
 
-def _fill(directory: Path, events: int) -> tuple[Database, str]:
+def fill_one_device(directory: Path, events: int) -> tuple[Database, str]:
+    """A demo PKI in *directory* and one device's *events*, signed and stored through ingest.
+
+    Shared with ``bench audit``. Returns the open database and the device's id.
+    """
     pki = directory / "pki"
     init_pki(pki, devices_per_model=1)
     record = load_devices(pki)[0]
@@ -69,7 +73,7 @@ class _Unchecked:
 def run(quick: bool) -> list[Row]:  # noqa: FBT001 -- the bench runner's interface
     events = 200 if quick else 1000
     with tempfile.TemporaryDirectory() as tmp:
-        db, device_id = _fill(Path(tmp), events)
+        db, device_id = fill_one_device(Path(tmp), events)
         with db:
             now = datetime.now(UTC)
 
