@@ -139,6 +139,16 @@ class Site:
         assert status == 200, body
         return body.decode()
 
+    def download(self, link: str, content_type: str, file_name: str) -> bytes:
+        """GET a device page's download *link*: linked from the page, served as an attachment."""
+        assert f'href="{link}"' in self.page(f"/devices/{self.pump}")
+        status, headers, body = self.request(link)
+        assert status == 200
+        assert headers["Content-Type"] == content_type
+        assert headers["Content-Disposition"] == f'attachment; filename="{file_name}"'
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        return body
+
     def api(self, path: str):
         status, headers, body = self.request(path)
         assert status == 200, body
@@ -270,12 +280,7 @@ def test_receipt_download_is_the_bundle_log_prove_writes_and_verifies_offline(si
 
 def test_fhir_download_is_the_bundle_provgw_device_fhir_writes(site, tmp_path):
     data = site.api(f"/api/devices/{site.pump}")
-    assert f'href="{data["fhir"]}"' in site.page(f"/devices/{site.pump}")
-    status, headers, body = site.request(data["fhir"])
-    assert status == 200
-    assert headers["Content-Type"] == "application/fhir+json"
-    assert headers["Content-Disposition"] == f'attachment; filename="{site.pump}.fhir.json"'
-    assert headers["X-Content-Type-Options"] == "nosniff"
+    body = site.download(data["fhir"], "application/fhir+json", f"{site.pump}.fhir.json")
     out = tmp_path / "pump.fhir.json"
     result = invoke_cli("device", "fhir", site.pump, "--db", site.db_path, "-o", out)
     assert result.exit_code == 0, result.output
@@ -288,12 +293,7 @@ def test_fhir_download_is_the_bundle_provgw_device_fhir_writes(site, tmp_path):
 
 def test_audit_download_is_the_bundle_provgw_audit_export_writes_and_it_verifies(site, tmp_path):
     data = site.api(f"/api/devices/{site.pump}")
-    assert f'href="{data["audit"]}"' in site.page(f"/devices/{site.pump}")
-    status, headers, body = site.request(data["audit"])
-    assert status == 200
-    assert headers["Content-Type"] == "application/zip"
-    assert headers["Content-Disposition"] == f'attachment; filename="{site.pump}.audit.zip"'
-    assert headers["X-Content-Type-Options"] == "nosniff"
+    body = site.download(data["audit"], "application/zip", f"{site.pump}.audit.zip")
     served = tmp_path / "served.zip"
     served.write_bytes(body)
     # What the receiver runs: the roots and the gateway's vkey. Events 1-6 are under the
